@@ -1,0 +1,11 @@
+"""movierec: the domain core of the movie recommendation service.
+
+Owns: stream events (`events`), synthetic data (`synthetic`), training and evaluation
+(`training`), the model artifact and vectorised scoring (`model`), the object store
+(`store`), the model registry (`registry`), ingestion (`ingest`), canary membership
+(`canary`) and the release policy (`release`).
+
+Must not touch: HTTP, OpenFaaS, the gateway or process management. Functions in
+`functions/` are thin adapters over this package; it is copied into each function's build
+context by `configuration.copy` in stack.yml.
+"""

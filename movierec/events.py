@@ -1,0 +1,217 @@
+"""The movie event stream's wire format, both ways: the one parser and the one formatter.
+
+A stream line is one of three kinds (see the stream conventions):
+
+    <time>,<userid>,GET /data/m/<movieid>/<minute>.mpg          -> WatchEvent
+    <time>,<userid>,GET /rate/<movieid>=<rating>                -> RateEvent
+    <time>,<userid>,recommendation request <server>, status <code>, result: <ids>, <n> ms
+                                                                -> RecommendationEvent
+
+`parse_line` never raises on bad input: anything that does not parse comes back as a
+`Rejection` carrying a short machine-readable `reason` (used as a metric label and as the
+quarantine key) and a human `detail`. Everything that reads or writes stream lines goes
+through this module, so producers and consumers cannot drift apart.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Union
+
+RATING_MIN = 1
+RATING_MAX = 5
+# Kafka user ids are integers; anything wider than int64 cannot be a real id.
+USER_ID_MAX = 2**63 - 1
+
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?")
+# A slug: `name+year`, the year may be missing, may end in '+'. No separators of the line.
+_MOVIE = r"[^\s,/=]+"
+_WATCH = re.compile(r"GET /data/m/(" + _MOVIE + r")/(\d{1,9})\.mpg")
+_RATE = re.compile(r"GET /rate/(" + _MOVIE + r")=(-?\d+(?:\.\d*)?)")
+_RECO = re.compile(
+    r"recommendation request (?P<server>[^,]*), status (?P<status>-?\d{1,4}), "
+    r"result: (?P<result>.*), (?P<latency>\d+(?:\.\d+)?) ?ms"
+)
+_MOVIE_ONLY = re.compile(_MOVIE)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    time: datetime
+    user_id: int
+    movie_id: str
+    minute: int
+
+    def to_line(self) -> str:
+        return f"{format_time(self.time)},{self.user_id},GET /data/m/{self.movie_id}/{self.minute}.mpg"
+
+
+@dataclass(frozen=True, slots=True)
+class RateEvent:
+    time: datetime
+    user_id: int
+    movie_id: str
+    rating: int
+
+    def to_line(self) -> str:
+        return f"{format_time(self.time)},{self.user_id},GET /rate/{self.movie_id}={self.rating}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationEvent:
+    time: datetime
+    user_id: int
+    server: str
+    status: int
+    movie_ids: tuple[str, ...]  # empty unless status is 200
+    error: str | None  # the caller's error text when status is not 200
+    latency_ms: float
+
+    def to_line(self) -> str:
+        result = ", ".join(self.movie_ids) if self.status == 200 else (self.error or "")
+        latency = f"{self.latency_ms:g}" if self.latency_ms % 1 else f"{int(self.latency_ms)}"
+        return (
+            f"{format_time(self.time)},{self.user_id},recommendation request {self.server}, "
+            f"status {self.status}, result: {result}, {latency} ms"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str  # short code: quarantine key and metric label
+    detail: str  # one line for a human
+    line: str  # the raw line, kept so nothing is lost
+
+
+Event = Union[WatchEvent, RateEvent, RecommendationEvent]
+ParseResult = Union[WatchEvent, RateEvent, RecommendationEvent, Rejection]
+
+# Every reason `parse_line` can give, so metrics can be pre-declared and documented.
+REJECTION_REASONS = (
+    "not_utf8",
+    "empty",
+    "truncated",
+    "bad_time",
+    "bad_user_id",
+    "bad_movie_id",
+    "bad_minute",
+    "bad_rating",
+    "rating_out_of_range",
+    "bad_recommendation",
+    "unknown_kind",
+)
+
+
+def format_time(t: datetime) -> str:
+    """Stream time format: ISO seconds, with microseconds only when present."""
+    return t.isoformat(timespec="microseconds" if t.microsecond else "seconds")
+
+
+def is_movie_id(text: str) -> bool:
+    return bool(text) and _MOVIE_ONLY.fullmatch(text) is not None
+
+
+def parse_user_id(text: str) -> int | None:
+    """The one rule for a valid user id (also used by the recommend API): a non-negative int64."""
+    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= USER_ID_MAX else None
+
+
+def _parse_time(text: str) -> datetime | None:
+    if not _TIME.fullmatch(text):
+        return None
+    frac = text.find(".")
+    if frac != -1 and len(text) - frac - 1 > 6:
+        text = text[: frac + 7]  # datetime holds microseconds; finer digits carry no meaning here
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # e.g. month 13
+        return None
+
+
+def parse_line(raw: str | bytes) -> ParseResult:
+    """Parse one stream line into a typed event, or a Rejection saying why not."""
+    if isinstance(raw, bytes):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection("not_utf8", "line is not valid UTF-8", raw.decode("utf-8", "replace"))
+    else:
+        line = raw
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        return Rejection("empty", "empty line", line)
+
+    parts = line.split(",", 2)
+    if len(parts) < 3:
+        return Rejection("truncated", f"expected 3 comma-separated fields, got {len(parts)}", line)
+    time_text, user_text, rest = parts
+
+    time = _parse_time(time_text)
+    if time is None:
+        return Rejection("bad_time", f"bad timestamp {time_text[:40]!r}", line)
+    user_id = parse_user_id(user_text)
+    if user_id is None:
+        return Rejection("bad_user_id", f"bad user id {user_text[:40]!r}", line)
+
+    if rest.startswith("GET /data/m/"):
+        m = _WATCH.fullmatch(rest)
+        if m is None:
+            return _reject_request(rest, line, "watch")
+        return WatchEvent(time, user_id, m.group(1), int(m.group(2)))
+
+    if rest.startswith("GET /rate/"):
+        m = _RATE.fullmatch(rest)
+        if m is None:
+            return _reject_request(rest, line, "rate")
+        rating_text = m.group(2)
+        if not rating_text.lstrip("-").isdigit():
+            return Rejection("bad_rating", f"rating {rating_text!r} is not a whole number", line)
+        rating = int(rating_text)
+        if not RATING_MIN <= rating <= RATING_MAX:
+            return Rejection(
+                "rating_out_of_range", f"rating {rating} outside {RATING_MIN}..{RATING_MAX}", line
+            )
+        return RateEvent(time, user_id, m.group(1), rating)
+
+    if rest.startswith("recommendation request "):
+        m = _RECO.fullmatch(rest)
+        if m is None:
+            return Rejection("bad_recommendation", "recommendation line does not match the format", line)
+        status = int(m.group("status"))
+        result = m.group("result")
+        movie_ids: tuple[str, ...] = ()
+        error = None
+        if status == 200:
+            movie_ids = tuple(x for x in result.split(", ") if x)
+            if not all(is_movie_id(x) for x in movie_ids):
+                return Rejection("bad_recommendation", "result holds a malformed movie id", line)
+        else:
+            error = result
+        return RecommendationEvent(
+            time, user_id, m.group("server"), status, movie_ids, error, float(m.group("latency"))
+        )
+
+    return Rejection("unknown_kind", f"unknown request {rest[:40]!r}", line)
+
+
+def _reject_request(rest: str, line: str, kind: str) -> Rejection:
+    """Say precisely what is wrong with a watch or rate request that did not match."""
+    path = rest[4:]  # after "GET "
+    segments = path.split("/")
+    if kind == "watch":
+        # /data/m/<movie>/<minute>.mpg -> ['', 'data', 'm', movie, 'N.mpg']
+        if len(segments) < 5 or not segments[4].endswith(".mpg"):
+            return Rejection("truncated", "watch request is incomplete", line)
+        if not is_movie_id(segments[3]):
+            return Rejection("bad_movie_id", f"bad movie id {segments[3][:60]!r}", line)
+        return Rejection("bad_minute", f"bad minute {segments[4][:20]!r}", line)
+    movie, sep, rating = path[len("/rate/"):].partition("=")
+    if not sep:
+        return Rejection("truncated", "rate request has no '=<rating>'", line)
+    if not is_movie_id(movie):
+        return Rejection("bad_movie_id", f"bad movie id {movie[:60]!r}", line)
+    return Rejection("bad_rating", f"rating {rating[:20]!r} is not a number", line)
