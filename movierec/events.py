@@ -204,7 +204,7 @@ def _reject_request(rest: str, line: str, kind: str) -> Rejection:
     segments = path.split("/")
     if kind == "watch":
         # /data/m/<movie>/<minute>.mpg -> ['', 'data', 'm', movie, 'N.mpg']
-        if len(segments) < 5 or not segments[4].endswith(".mpg"):
+        if len(segments) < 5 or ".mpg" not in segments[4]:
             return Rejection("truncated", "watch request is incomplete", line)
         if not is_movie_id(segments[3]):
             return Rejection("bad_movie_id", f"bad movie id {segments[3][:60]!r}", line)
