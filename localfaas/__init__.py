@@ -1,0 +1,12 @@
+"""localfaas: a local OpenFaaS-compatible runtime for machines without Docker or containerd.
+
+It runs whatever an OpenFaaS stack.yml holds, the way OpenFaaS would, so the same file can be
+deployed unchanged with faas-cli later:
+- `stackfile`: reads stack.yml like faas-cli (env substitution, validation);
+- `build`: makes each function's build context like `faas-cli build --shrinkwrap`;
+- `supervisor`: runs each function as replica processes (readiness, restarts, rolling updates);
+- `gateway`: the gateway's HTTP API, proxying, basic auth and `gateway_*` metrics;
+- `cron`: cron-connector, scheduling functions from their annotations.
+
+This package knows nothing of what the functions do; it must never import the domain code.
+"""
