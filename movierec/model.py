@@ -1,0 +1,517 @@
+"""The recommendation model: its arrays, vectorised scoring, and its safe on-disk artifact.
+
+Owns `RecommenderModel` (SVD factors and biases as float32 numpy arrays, sorted user and movie
+ids, each user's seen movies as CSR, a cold-start list), `build_model` (from a fitted
+scikit-surprise SVD and its training table), and the artifact: `model.npz` (plain numeric and
+unicode arrays, loaded with allow_pickle=False) plus `manifest.json` (format, sha256 of model.npz,
+counts, params, metrics). Loading verifies the sha256 and the arrays' shapes and raises
+`ModelIntegrityError` when anything is off.
+
+Scoring follows surprise's SVD: est = mu + bu[u] + bi[i] + qi[i] . pu[u], over all movies at once.
+Ranking drops the per-user constant (mu + bu[u]), so it orders exactly as est does.
+
+Must not touch: HTTP, OpenFaaS, the object store (callers move the two files), training, and
+importing surprise (the serving function does not ship it; `build_model` only reads attributes).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from movierec.events import RATING_MAX, RATING_MIN, USER_ID_MAX
+from movierec.ratings import RatingsTable
+
+FORMAT = "movierec-svd"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.npz"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_K = 20
+# Long enough that users who already watched many popular movies still get 20 unseen ones.
+COLD_START_SIZE = 200
+# Cold start ranks movies by a damped mean: (sum + DAMPING * mu) / (count + DAMPING), and
+# prefers movies rated at least COLD_START_MIN_COUNT times, so one 5-star rating is not "best".
+COLD_START_DAMPING = 10.0
+COLD_START_MIN_COUNT = 5
+
+# What model.npz holds: name -> (dtype kind, ndim). Nothing else is accepted.
+_ARRAYS = {
+    "global_mean": ("f", 0),
+    "user_ids": ("i", 1),
+    "user_has_factors": ("b", 1),
+    "user_bias": ("f", 1),
+    "user_factors": ("f", 2),
+    "movie_ids": ("U", 1),
+    "item_bias": ("f", 1),
+    "item_factors": ("f", 2),
+    "seen_indptr": ("i", 1),
+    "seen_indices": ("i", 1),
+    "cold_start": ("i", 1),
+}
+_RESERVED_MANIFEST_KEYS = {"format", "format_version", "sha256", "size_bytes", "counts", "created_at"}
+
+
+class ModelIntegrityError(Exception):
+    """The artifact is missing, tampered with, or not a model this code can serve."""
+
+
+class RecommenderModel:
+    """A loaded SVD model, ready to serve. Build with `build_model`/`from_arrays`, or `load_model`."""
+
+    def __init__(
+        self,
+        *,
+        global_mean: float,
+        user_ids: np.ndarray,
+        user_has_factors: np.ndarray,
+        user_bias: np.ndarray,
+        user_factors: np.ndarray,
+        movie_ids: np.ndarray,
+        item_bias: np.ndarray,
+        item_factors: np.ndarray,
+        seen_indptr: np.ndarray,
+        seen_indices: np.ndarray,
+        cold_start: np.ndarray,
+        params: dict | None = None,
+        manifest: dict | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        self.global_mean = float(global_mean)
+        self.user_ids = np.ascontiguousarray(user_ids, dtype=np.int64)
+        self.user_has_factors = np.ascontiguousarray(user_has_factors, dtype=bool)
+        self.user_bias = np.ascontiguousarray(user_bias, dtype=np.float32)
+        self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.movie_ids = np.asarray(movie_ids)
+        self.item_bias = np.ascontiguousarray(item_bias, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self.seen_indptr = np.ascontiguousarray(seen_indptr, dtype=np.int64)
+        self.seen_indices = np.ascontiguousarray(seen_indices, dtype=np.int32)
+        self.cold_start = np.ascontiguousarray(cold_start, dtype=np.int32)
+        self.params = dict(params or {})
+        self.manifest = dict(manifest or {})
+        self.sha256 = sha256
+        _check_consistent(self)
+        # Precomputed for the per-call path: plain Python strings and the cold-start list.
+        self._movie_list: list[str] = self.movie_ids.tolist()
+        self._cold_start_list: list[str] = [self._movie_list[i] for i in self.cold_start.tolist()]
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def version(self) -> str | None:
+        """The registry version from the manifest, if the registry set one."""
+        v = self.manifest.get("version")
+        return None if v is None else str(v)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_movies(self) -> int:
+        return len(self.movie_ids)
+
+    @property
+    def n_factors(self) -> int:
+        return self.item_factors.shape[1]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "users": self.n_users,
+            "users_with_factors": int(self.user_has_factors.sum()),
+            "movies": self.n_movies,
+            "factors": self.n_factors,
+            "seen_pairs": len(self.seen_indices),
+            "cold_start": len(self.cold_start),
+        }
+
+    # -- lookups ------------------------------------------------------------------------------
+    def _user_row(self, user_id: int) -> int:
+        """Row of a user id, or -1 if the model has never seen the user."""
+        if not 0 <= user_id <= USER_ID_MAX:
+            return -1
+        row = int(np.searchsorted(self.user_ids, user_id))
+        if row < len(self.user_ids) and self.user_ids[row] == user_id:
+            return row
+        return -1
+
+    def is_known_user(self, user_id: int) -> bool:
+        """True if the user had ratings in training (has personal factors)."""
+        row = self._user_row(user_id)
+        return row >= 0 and bool(self.user_has_factors[row])
+
+    def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
+        """Rows of many user ids; -1 for users the model has never seen."""
+        return lookup_sorted(self.user_ids, np.asarray(user_ids, dtype=np.int64))
+
+    def movie_indices(self, movie_ids: np.ndarray) -> np.ndarray:
+        """Indices of many movie ids; -1 for movies the model does not know."""
+        return lookup_sorted(self.movie_ids, np.asarray(movie_ids, dtype=str))
+
+    def seen_of_row(self, row: int) -> np.ndarray:
+        return self.seen_indices[self.seen_indptr[row]: self.seen_indptr[row + 1]]
+
+    # -- scoring ------------------------------------------------------------------------------
+    def predict(self, user_ids: np.ndarray, movie_ids: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Predicted ratings of (user, movie) pairs, with surprise's rules for unknowns.
+
+        Known user and movie: mu + bu + bi + qi.pu; unknown user: mu + bi; unknown movie:
+        mu + bu; both unknown: mu. Clipped to the rating scale unless clip=False.
+        """
+        rows = self.user_rows(user_ids)
+        items = self.movie_indices(movie_ids)
+        ku, ki = rows >= 0, items >= 0
+        ku[ku] = self.user_has_factors[rows[ku]]  # watch-only users are unknown to the SVD
+        est = np.full(len(rows), self.global_mean, dtype=np.float64)
+        est[ku] += self.user_bias[rows[ku]]
+        est[ki] += self.item_bias[items[ki]]
+        both = ku & ki
+        est[both] += np.einsum(
+            "ij,ij->i", self.user_factors[rows[both]], self.item_factors[items[both]], dtype=np.float64
+        )
+        return np.clip(est, RATING_MIN, RATING_MAX) if clip else est
+
+    def _ranking_scores(self, row: int) -> np.ndarray:
+        """bi + qi.pu[u] for every movie: est minus the per-user constant, a fresh array."""
+        scores = self.item_factors @ self.user_factors[row]
+        scores += self.item_bias
+        return scores
+
+    def recommend(self, user_id: int, k: int = DEFAULT_K) -> list[str]:
+        """Up to k movie ids, best first, never one the user rated or watched.
+
+        Users without personal factors get the cold-start list (minus what they watched).
+        Ties are broken by movie index (ascending), so the answer is deterministic.
+        """
+        if k <= 0:
+            return []
+        row = self._user_row(user_id)
+        if row < 0:
+            return self._cold_start_list[:k]
+        seen = self.seen_of_row(row)
+        if not self.user_has_factors[row]:
+            if len(seen) == 0:
+                return self._cold_start_list[:k]
+            keep = ~np.isin(self.cold_start, seen)
+            return [self._movie_list[i] for i in self.cold_start[keep][:k].tolist()]
+        scores = self._ranking_scores(row)
+        scores[seen] = -np.inf
+        top = top_k_indices(scores, k, n_available=self.n_movies - len(seen))
+        movies = self._movie_list
+        return [movies[i] for i in top.tolist()]
+
+    def cold_start_ids(self, k: int = DEFAULT_K) -> list[str]:
+        return self._cold_start_list[:k]
+
+
+def lookup_sorted(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """Position of each needle in a sorted, unique haystack, or -1 where it is absent."""
+    if len(needles) == 0 or len(haystack) == 0:
+        return np.full(len(needles), -1, dtype=np.int64)
+    pos = np.searchsorted(haystack, needles)
+    found = haystack[np.minimum(pos, len(haystack) - 1)] == needles
+    return np.where(found & (pos < len(haystack)), pos, -1)
+
+
+def top_k_indices(scores: np.ndarray, k: int, n_available: int | None = None) -> np.ndarray:
+    """Indices of the k largest scores, ordered by score desc then index asc.
+
+    `n_available` says how many scores are real (the rest are -inf placeholders for excluded
+    items). Ties at the k-th place are all considered, so the tie-break is exact.
+    """
+    n = len(scores)
+    k = min(k, n if n_available is None else n_available)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k < n:
+        kth_largest = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= kth_largest)
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((candidates, -scores[candidates]))
+    return candidates[order[:k]]
+
+
+# -- building ---------------------------------------------------------------------------------
+def _check_consistent(m: RecommenderModel) -> None:
+    n_users, n_movies = len(m.user_ids), len(m.movie_ids)
+    problems = []
+    if m.movie_ids.dtype.kind != "U":
+        problems.append(f"movie_ids must be a unicode array, got {m.movie_ids.dtype}")
+    if m.user_factors.ndim != 2 or m.item_factors.ndim != 2:
+        problems.append("factor matrices must be 2-dimensional")
+    elif m.user_factors.shape[1] != m.item_factors.shape[1]:
+        problems.append(f"factor counts differ: users {m.user_factors.shape[1]}, movies {m.item_factors.shape[1]}")
+    elif m.user_factors.shape[0] != n_users or m.item_factors.shape[0] != n_movies:
+        problems.append("factor matrix rows do not match the id arrays")
+    if len(m.user_bias) != n_users or len(m.user_has_factors) != n_users or len(m.item_bias) != n_movies:
+        problems.append("bias arrays do not match the id arrays")
+    if n_users > 1 and not np.all(m.user_ids[1:] > m.user_ids[:-1]):
+        problems.append("user_ids must be sorted and unique")
+    if n_movies > 1 and not np.all(m.movie_ids[1:] > m.movie_ids[:-1]):
+        problems.append("movie_ids must be sorted and unique")
+    if len(m.seen_indptr) != n_users + 1 or (n_users and (m.seen_indptr[0] != 0
+                                                          or m.seen_indptr[-1] != len(m.seen_indices))):
+        problems.append("seen_indptr does not match the users and seen_indices")
+    elif n_users and np.any(np.diff(m.seen_indptr) < 0):
+        problems.append("seen_indptr must be non-decreasing")
+    for name, idx in (("seen_indices", m.seen_indices), ("cold_start", m.cold_start)):
+        if len(idx) and (idx.min() < 0 or idx.max() >= n_movies):
+            problems.append(f"{name} point outside the movie list")
+    if not np.isfinite(m.global_mean):
+        problems.append("global_mean is not finite")
+    for name in ("user_bias", "user_factors", "item_bias", "item_factors"):
+        if not np.all(np.isfinite(getattr(m, name))):
+            problems.append(f"{name} holds NaN or infinite values")
+    if problems:
+        raise ModelIntegrityError("inconsistent model: " + "; ".join(problems))
+
+
+def _seen_csr(
+    user_ids: np.ndarray, seen_user_ids: np.ndarray, seen_movie_idx: np.ndarray, n_movies: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, indices) of distinct seen movies per user row; pairs of unknown users are dropped."""
+    rows = lookup_sorted(user_ids, seen_user_ids)
+    ok = (rows >= 0) & (seen_movie_idx >= 0)
+    keys = np.unique(rows[ok].astype(np.int64) * n_movies + seen_movie_idx[ok])
+    pair_rows, indices = np.divmod(keys, n_movies)
+    indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pair_rows, minlength=len(user_ids)), out=indptr[1:])
+    return indptr, indices.astype(np.int32)
+
+
+def cold_start_ranking(
+    movie_idx: np.ndarray, ratings: np.ndarray, n_movies: int, size: int = COLD_START_SIZE
+) -> np.ndarray:
+    """Popular, well-rated movies first: damped mean rating among movies with enough ratings."""
+    counts = np.bincount(movie_idx, minlength=n_movies).astype(np.float64)
+    sums = np.bincount(movie_idx, weights=ratings.astype(np.float64), minlength=n_movies)
+    mu = sums.sum() / counts.sum() if counts.sum() else (RATING_MIN + RATING_MAX) / 2
+    damped = (sums + COLD_START_DAMPING * mu) / (counts + COLD_START_DAMPING)
+    enough = counts >= min(COLD_START_MIN_COUNT, counts.max() if n_movies else 0)
+    # Sort keys, last is primary: enough ratings first, then damped mean desc, count desc, index asc.
+    order = np.lexsort((np.arange(n_movies), -counts, -damped, ~enough))
+    return order[:size].astype(np.int32)
+
+
+def from_arrays(
+    *,
+    global_mean: float,
+    user_ids: np.ndarray,
+    user_bias: np.ndarray,
+    user_factors: np.ndarray,
+    movie_ids: np.ndarray,
+    item_bias: np.ndarray,
+    item_factors: np.ndarray,
+    seen_user_ids: np.ndarray,
+    seen_movie_idx: np.ndarray,
+    cold_start: np.ndarray,
+    watches: tuple[np.ndarray, np.ndarray] | None = None,
+    params: dict | None = None,
+) -> RecommenderModel:
+    """A model from factor arrays (any order of users; movies sorted and unique).
+
+    `seen_*` are (user id, movie index) pairs from the ratings; `watches` are (user id, movie id)
+    pairs. Watching users without ratings are added without personal factors, so their
+    watched movies are still excluded from their cold-start answers.
+    """
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    order = np.argsort(user_ids, kind="stable")
+    user_ids = user_ids[order]
+    user_bias = np.asarray(user_bias, dtype=np.float32)[order]
+    user_factors = np.asarray(user_factors, dtype=np.float32)[order]
+    has_factors = np.ones(len(user_ids), dtype=bool)
+    movie_ids = np.asarray(movie_ids)
+    seen_user_ids = np.asarray(seen_user_ids, dtype=np.int64)
+    seen_movie_idx = np.asarray(seen_movie_idx, dtype=np.int64)
+
+    if watches is not None:
+        watch_users = np.asarray(watches[0], dtype=np.int64)
+        watch_movies = np.asarray(watches[1])
+        if len(watch_users) != len(watch_movies):
+            raise ValueError("watches must be two arrays of equal length: user ids and movie ids")
+        if len(watch_users):
+            watch_idx = lookup_sorted(movie_ids, watch_movies.astype(str))
+            extra_users = np.setdiff1d(watch_users, user_ids)
+            if len(extra_users):
+                all_users = np.concatenate([user_ids, extra_users])
+                order = np.argsort(all_users, kind="stable")
+                n_extra, k = len(extra_users), user_factors.shape[1]
+                user_ids = all_users[order]
+                user_bias = np.concatenate([user_bias, np.zeros(n_extra, np.float32)])[order]
+                user_factors = np.concatenate([user_factors, np.zeros((n_extra, k), np.float32)])[order]
+                has_factors = np.concatenate([has_factors, np.zeros(n_extra, bool)])[order]
+            seen_user_ids = np.concatenate([seen_user_ids, watch_users])
+            seen_movie_idx = np.concatenate([seen_movie_idx, watch_idx])
+
+    indptr, indices = _seen_csr(user_ids, seen_user_ids, seen_movie_idx, len(movie_ids))
+    return RecommenderModel(
+        global_mean=global_mean, user_ids=user_ids, user_has_factors=has_factors, user_bias=user_bias,
+        user_factors=user_factors, movie_ids=movie_ids, item_bias=item_bias, item_factors=item_factors,
+        seen_indptr=indptr, seen_indices=indices, cold_start=cold_start, params=params,
+    )
+
+
+def build_model(
+    algo: Any,
+    train: RatingsTable,
+    watches: tuple[np.ndarray, np.ndarray] | None = None,
+    params: dict | None = None,
+) -> RecommenderModel:
+    """The serving model of a fitted surprise SVD and the table it was fitted on.
+
+    Seen = every (user, movie) of `train`, plus the optional `watches` (user ids, movie ids).
+    Works with any trainset whose raw ids are the table's ids (int users, str movies).
+    """
+    if len(train) == 0:
+        raise ValueError("cannot build a model from an empty training table")
+    trainset = algo.trainset
+    users, _, movies, movie_idx = train.codes
+    try:
+        u_inner = np.fromiter((trainset.to_inner_uid(u) for u in users.tolist()), np.int64, len(users))
+        i_inner = np.fromiter((trainset.to_inner_iid(m) for m in movies.tolist()), np.int64, len(movies))
+    except ValueError as e:
+        raise ValueError(f"the SVD was not fitted on this training table: {e}") from None
+    if params is None:
+        params = {
+            name: getattr(algo, name)
+            for name in ("n_factors", "n_epochs", "lr_pu", "reg_pu", "random_state")
+            if isinstance(getattr(algo, name, None), (int, float, str, type(None)))
+        }
+    return from_arrays(
+        global_mean=float(trainset.global_mean),
+        user_ids=users,
+        user_bias=algo.bu[u_inner],
+        user_factors=algo.pu[u_inner],
+        movie_ids=movies,
+        item_bias=algo.bi[i_inner],
+        item_factors=algo.qi[i_inner],
+        seen_user_ids=train.user_ids,
+        seen_movie_idx=movie_idx,
+        cold_start=cold_start_ranking(movie_idx, train.ratings, len(movies)),
+        watches=watches,
+        params=params,
+    )
+
+
+# -- the artifact -----------------------------------------------------------------------------
+def _model_arrays(model: RecommenderModel) -> dict[str, np.ndarray]:
+    return {
+        "global_mean": np.array(model.global_mean, dtype=np.float64),
+        "user_ids": model.user_ids,
+        "user_has_factors": model.user_has_factors,
+        "user_bias": model.user_bias,
+        "user_factors": model.user_factors,
+        "movie_ids": model.movie_ids,
+        "item_bias": model.item_bias,
+        "item_factors": model.item_factors,
+        "seen_indptr": model.seen_indptr,
+        "seen_indices": model.seen_indices,
+        "cold_start": model.cold_start,
+    }
+
+
+def serialize_model(model: RecommenderModel, extra_manifest: dict | None = None) -> tuple[bytes, dict]:
+    """(model.npz bytes, manifest dict): what save_model writes, for callers that store bytes."""
+    extra = dict(extra_manifest or {})
+    clash = _RESERVED_MANIFEST_KEYS & extra.keys()
+    if clash:
+        raise ValueError(f"extra_manifest may not set {sorted(clash)}: they describe the artifact itself")
+    buf = io.BytesIO()
+    np.savez(buf, **_model_arrays(model))
+    data = buf.getvalue()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "counts": model.counts(),
+        "params": model.params,
+        **extra,
+    }
+    json.dumps(manifest)  # fail here, not half-way through writing, if extra is not JSON
+    return data, manifest
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: RecommenderModel, directory: str | os.PathLike, extra_manifest: dict | None = None) -> dict:
+    """Write `model.npz` then `manifest.json` into directory (created if needed); return the manifest."""
+    data, manifest = serialize_model(model, extra_manifest)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(directory / MODEL_FILE, data)
+    _write_atomically(directory / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return manifest
+
+
+def load_model(directory: str | os.PathLike) -> RecommenderModel:
+    """Load and verify a saved model (sha256, array names, dtypes, shapes). Never unpickles."""
+    directory = Path(directory)
+    try:
+        manifest_text = (directory / MANIFEST_FILE).read_text(encoding="utf-8")
+        data = (directory / MODEL_FILE).read_bytes()
+    except FileNotFoundError as e:
+        raise ModelIntegrityError(f"model artifact incomplete in {directory}: missing {Path(e.filename).name}") from None
+    except OSError as e:
+        raise ModelIntegrityError(f"cannot read model artifact in {directory}: {e.strerror}") from None
+    try:
+        manifest = json.loads(manifest_text)
+    except json.JSONDecodeError as e:
+        raise ModelIntegrityError(f"{directory / MANIFEST_FILE} is not valid JSON: {e.msg}") from None
+    return load_model_bytes(data, manifest, source=str(directory))
+
+
+def load_model_bytes(npz_bytes: bytes, manifest: dict, source: str = "model artifact") -> RecommenderModel:
+    """Load a model from model.npz bytes and its manifest, verifying both."""
+    if not isinstance(manifest, dict):
+        raise ModelIntegrityError(f"{source}: manifest is not a JSON object")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelIntegrityError(
+            f"{source}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
+            f"expected {FORMAT!r} v{FORMAT_VERSION}"
+        )
+    expected = manifest.get("sha256")
+    actual = hashlib.sha256(npz_bytes).hexdigest()
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{source}: sha256 mismatch for {MODEL_FILE}: manifest says {str(expected)[:16]}..., "
+            f"file is {actual[:16]}..."
+        )
+    try:
+        with np.load(io.BytesIO(npz_bytes), allow_pickle=False) as npz:
+            names = set(npz.files)
+            if names != set(_ARRAYS):
+                missing, unexpected = sorted(set(_ARRAYS) - names), sorted(names - set(_ARRAYS))
+                raise ModelIntegrityError(f"{source}: arrays missing {missing}, unexpected {unexpected}")
+            arrays = {name: npz[name] for name in _ARRAYS}
+    except ModelIntegrityError:
+        raise
+    except (ValueError, OSError, EOFError) as e:  # includes "Object arrays cannot be loaded..."
+        raise ModelIntegrityError(f"{source}: {MODEL_FILE} is not a loadable array file: {e}") from None
+    for name, (kind, ndim) in _ARRAYS.items():
+        a = arrays[name]
+        if a.dtype.kind != kind or a.ndim != ndim:
+            raise ModelIntegrityError(f"{source}: array {name!r} has dtype {a.dtype} ndim {a.ndim}, expected {kind}/{ndim}")
+    arrays["global_mean"] = float(arrays["global_mean"])
+    return RecommenderModel(
+        **arrays, params=manifest.get("params"), manifest=manifest, sha256=actual
+    )
