@@ -1,0 +1,44 @@
+"""ingest: one bounded run of Kafka topic -> object store batches (cron-connector or by hand).
+
+Thin on purpose: the run lives in movierec.ingest. `POST /` (cron sends an empty body) runs with
+the settings from env; `?max_records=N&max_seconds=S` bound a manual run. Replies with the run's
+JSON summary; a failing dependency gives 503 with a one-line error naming it.
+"""
+from movierec.ingest import IngestConfig, IngestError, run_ingest
+from movierec.store import StoreError
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _reply(status, body):
+    return {"statusCode": status, "body": body, "headers": JSON}
+
+
+def _number(query, name, kind):
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"query parameter {name} must be a number, got {raw[:20]!r}") from None
+    if value <= 0:
+        raise ValueError(f"query parameter {name} must be positive, got {raw[:20]!r}")
+    return value
+
+
+def handle(event, context):
+    if event.method not in ("POST", "GET"):
+        return _reply(405, {"error": f"method {event.method} not allowed: use POST"})
+    try:
+        config = IngestConfig.from_env(
+            max_records=_number(event.query, "max_records", int),
+            max_seconds=_number(event.query, "max_seconds", float),
+        )
+    except ValueError as e:
+        return _reply(400, {"error": str(e)})
+    try:
+        summary = run_ingest(config)
+    except (IngestError, StoreError) as e:
+        return _reply(503, {"error": str(e)})
+    return _reply(200, summary.as_dict())

@@ -1,0 +1,1 @@
+"""MinIO (S3) setup for production: bucket, policy, faasd compose snippet."""

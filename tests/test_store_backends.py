@@ -1,0 +1,150 @@
+"""The object store contract, run against both backends: the local directory and S3 (moto's
+real S3 server over HTTP on 127.0.0.1)."""
+from __future__ import annotations
+
+import uuid
+
+import boto3
+import pytest
+
+from movierec.s3store import S3Store
+from movierec.store import (
+    LocalDirectoryStore,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StoreUnavailableError,
+    open_store,
+)
+from scripts.broker import free_port
+
+ACCESS_KEY, SECRET_KEY = "test-access", "test-secret"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def make_bucket(endpoint: str) -> str:
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
+                 aws_secret_access_key=SECRET_KEY, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3", "s3-prefixed"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalDirectoryStore(tmp_path / "store")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    prefix = "movierec/prod" if request.param == "s3-prefixed" else ""
+    return S3Store(make_bucket(endpoint), prefix, endpoint_url=endpoint,
+                   access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+
+
+def test_put_once_writes_a_new_object_and_get_returns_its_bytes(store):
+    assert store.put_once("data/ratings/t/p0/a.npz", b"\x00\x01bytes") is True
+    assert store.get("data/ratings/t/p0/a.npz") == b"\x00\x01bytes"
+    assert store.exists("data/ratings/t/p0/a.npz")
+
+
+def test_put_once_of_the_same_bytes_again_is_a_no_op(store):
+    store.put_once("models/v1/model.npz", b"same")
+    assert store.put_once("models/v1/model.npz", b"same") is False
+    assert store.get("models/v1/model.npz") == b"same"
+
+
+def test_put_once_of_different_bytes_is_refused_and_keeps_the_original(store):
+    store.put_once("models/v1/model.npz", b"first")
+    with pytest.raises(ObjectExistsError, match="write-once"):
+        store.put_once("models/v1/model.npz", b"second")
+    assert store.get("models/v1/model.npz") == b"first"
+
+
+def test_replace_overwrites_a_pointer(store):
+    store.replace("models/aliases/stable", b"v1")
+    store.replace("models/aliases/stable", b"v2")
+    assert store.get("models/aliases/stable") == b"v2"
+
+
+def test_get_of_a_missing_key_raises_object_not_found_naming_the_key(store):
+    with pytest.raises(ObjectNotFoundError, match="releases/none"):
+        store.get("releases/none")
+    assert not store.exists("releases/none")
+
+
+def test_list_returns_all_keys_under_a_prefix_sorted(store):
+    for key in ["data/b/2", "data/a/1", "models/x", "data/a/0"]:
+        store.put_once(key, b"x")
+    assert store.list("data/") == ["data/a/0", "data/a/1", "data/b/2"]
+    assert store.list("data/a/") == ["data/a/0", "data/a/1"]
+    assert store.list("nothing/") == []
+    assert store.list() == ["data/a/0", "data/a/1", "data/b/2", "models/x"]
+
+
+def test_s3_list_pages_through_more_than_a_thousand_keys(s3_endpoint):
+    store = S3Store(make_bucket(s3_endpoint), "pre", endpoint_url=s3_endpoint,
+                    access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    keys = [f"data/many/{i:05d}" for i in range(1100)]
+    for key in keys:
+        store.put_once(key, b"")
+    assert store.list("data/many/") == keys
+
+
+@pytest.mark.parametrize("bad", ["", "/abs", "a//b", "a/../b", "./a"])
+def test_invalid_keys_are_refused(store, bad):
+    with pytest.raises(ValueError, match="invalid object key"):
+        store.put_once(bad, b"x")
+
+
+def test_s3_put_once_falls_back_to_head_then_put_without_conditional_writes(s3_endpoint):
+    store = S3Store(make_bucket(s3_endpoint), endpoint_url=s3_endpoint,
+                    access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    store._conditional_put = False  # as after a server answered 501 to If-None-Match
+    assert store.put_once("k", b"one") is True
+    assert store.put_once("k", b"one") is False
+    with pytest.raises(ObjectExistsError):
+        store.put_once("k", b"two")
+
+
+def test_open_store_routes_s3_urls_with_credentials_from_secret_files(s3_endpoint, tmp_path):
+    bucket = make_bucket(s3_endpoint)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "s3-access-key").write_text(ACCESS_KEY + "\n")
+    (secrets / "s3-secret-key").write_text(SECRET_KEY + "\n")
+    env = {"STORE_URL": f"s3://{bucket}/pre", "S3_ENDPOINT_URL": s3_endpoint, "SECRETS_DIR": str(secrets)}
+    store = open_store(env)
+    assert isinstance(store, S3Store)
+    assert store.bucket == bucket and store.prefix == "pre"
+    store.put_once("data/x", b"1")
+    assert store.list("data/") == ["data/x"]
+    assert s3_endpoint in store.describe()
+
+
+def test_s3_store_that_is_down_raises_store_unavailable_naming_the_endpoint():
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    store = S3Store("bucket", endpoint_url=endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                    attempts=3, backoff_s=0.01, timeout_s=1)
+    for action in (lambda: store.put_once("k", b"x"), lambda: store.list()):
+        with pytest.raises(StoreUnavailableError, match=f"{endpoint}.*after 3 attempts"):
+            action()
+
+
+def test_s3_store_with_a_missing_bucket_names_the_bucket(s3_endpoint):
+    store = S3Store("no-such-bucket", endpoint_url=s3_endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    with pytest.raises(StoreUnavailableError, match="no-such-bucket"):
+        store.put_once("k", b"x")
+
+
+def test_s3_store_from_url_rejects_a_url_without_bucket():
+    with pytest.raises(ValueError, match="s3://bucket"):
+        S3Store.from_url("s3://", {})
