@@ -6,6 +6,7 @@ deployed unchanged with faas-cli later:
 - `build`: makes each function's build context like `faas-cli build --shrinkwrap`;
 - `supervisor`: runs each function as replica processes (readiness, restarts, rolling updates);
 - `gateway`: the gateway's HTTP API, proxying, basic auth and `gateway_*` metrics;
+- `secretstore`: the secrets behind `/system/secrets` (private files, name rules);
 - `cron`: cron-connector, scheduling functions from their annotations.
 
 This package knows nothing of what the functions do; it must never import the domain code.

@@ -4,11 +4,13 @@ Owns: routes and JSON shapes of the real gateway (`/function/*`, `/async-functio
 `/healthz`, `/metrics`), proxying to ready replicas over pooled keep-alive connections with
 round-robin and retry on another replica when a connection fails before any response, the basic-auth
 credentials files, and the `gateway_*` Prometheus metrics.
-Must not touch: processes (the supervisor starts, drains and stops them), stack parsing, building.
+Must not touch: processes (the supervisor starts, drains and stops them), stack parsing, building,
+secret files (`localfaas.secretstore` writes them; the gateway only maps its errors to HTTP).
 """
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import hmac
 import json
@@ -32,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from yarl import URL
 
 from localfaas.build import BuildContext
+from localfaas.secretstore import SecretError, SecretStore
 from localfaas.stackfile import DEFAULT_NAMESPACE
 from localfaas.supervisor import (
     DeployError,
@@ -184,6 +187,7 @@ class Gateway:
         self.upstream_timeout = upstream_timeout
         self.no_replica_wait = no_replica_wait
         self.metrics = GatewayMetrics(supervisor)
+        self.secrets = SecretStore(supervisor.state_dir / "secrets")
         self.session: aiohttp.ClientSession | None = None
         self._async_slots = asyncio.Semaphore(max_async_inflight)
         self._background: set[asyncio.Task[Any]] = set()
@@ -203,6 +207,9 @@ class Gateway:
         app.router.add_get("/system/info", self.info)
         app.router.add_get("/system/namespaces", self.namespaces)
         app.router.add_get("/system/secrets", self.list_secrets)
+        app.router.add_post("/system/secrets", self.create_secret)
+        app.router.add_put("/system/secrets", self.update_secret)
+        app.router.add_delete("/system/secrets", self.delete_secret)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.prometheus)
         app.on_startup.append(self._open_session)
@@ -527,11 +534,64 @@ class Gateway:
     async def namespaces(self, _request: web.Request) -> web.Response:
         return web.json_response([DEFAULT_NAMESPACE])
 
-    async def list_secrets(self, _request: web.Request) -> web.Response:
-        folder = self.supervisor.state_dir / "secrets"
-        names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(
-            ("basic-auth-", "."))) if folder.is_dir() else []
-        return web.json_response([{"name": n, "namespace": DEFAULT_NAMESPACE} for n in names])
+    # ----- /system/secrets: the body is faas-provider's Secret {name, namespace, value, rawValue} --
+    async def list_secrets(self, request: web.Request) -> web.Response:
+        namespace = self._check_namespace(request.query.get("namespace"))
+        return web.json_response([{"name": n, "namespace": namespace} for n in self.secrets.names()])
+
+    async def _secret_request(self, request: web.Request, *, with_value: bool) -> tuple[str, bytes]:
+        body = await self._json_body(request)
+        # faas-cli sends the namespace in the body; faasd also reads it from the query.
+        self._check_namespace(body.get("namespace") or request.query.get("namespace"))
+        name = body.get("name")
+        if not with_value:
+            return str(name or ""), b""
+        raw, value = body.get("rawValue"), body.get("value")
+        if raw:  # Go marshals []byte as base64: what `faas-cli secret create --from-file` sends
+            if not isinstance(raw, str):
+                raise GatewayError(400, "rawValue must be a base64 string")
+            try:
+                return str(name or ""), b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise GatewayError(400, "rawValue is not valid base64") from None
+        if isinstance(value, str) and value:
+            return str(name or ""), value.encode()
+        raise GatewayError(400, "a non-empty value (text) or rawValue (base64) is required")
+
+    @staticmethod
+    def _secret_error(exc: SecretError) -> GatewayError:
+        status = {"invalid": 400, "exists": 409, "missing": 404, "reserved": 403}[exc.kind]
+        return GatewayError(status, str(exc))
+
+    async def create_secret(self, request: web.Request) -> web.Response:
+        name, value = await self._secret_request(request, with_value=True)
+        try:
+            self.secrets.create(name, value)
+        except SecretError as exc:
+            raise self._secret_error(exc) from None
+        log.info("secret %s created", name)
+        return web.Response(status=202)
+
+    async def update_secret(self, request: web.Request) -> web.Response:
+        name, value = await self._secret_request(request, with_value=True)
+        try:
+            self.secrets.update(name, value)
+        except SecretError as exc:
+            raise self._secret_error(exc) from None
+        refreshed = self.supervisor.refresh_secret(name)
+        log.info("secret %s updated (refreshed for %s)", name, ", ".join(refreshed) or "no function")
+        return web.Response(status=202)
+
+    async def delete_secret(self, request: web.Request) -> web.Response:
+        name, _ = await self._secret_request(request, with_value=False)
+        try:
+            self.secrets.delete(name)
+        except SecretError as exc:
+            raise self._secret_error(exc) from None
+        # Replicas already running keep their copy (a mounted secret outlives its deletion too);
+        # a later deploy naming it is refused until it is created again.
+        log.info("secret %s deleted", name)
+        return web.Response(status=202)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="OK")

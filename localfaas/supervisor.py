@@ -362,12 +362,27 @@ class Supervisor:
             if stale.name not in config.secrets:
                 stale.unlink()
         for secret in config.secrets:
-            dest = target / secret
-            tmp = target / f".{secret}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write((source / secret).read_bytes())
-            os.replace(tmp, dest)
+            self._copy_secret(source / secret, target)
+
+    @staticmethod
+    def _copy_secret(source: Path, target: Path) -> None:
+        tmp = target / f".{source.name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(source.read_bytes())
+        os.replace(tmp, target / source.name)  # a replica reading it sees the old or the new value
+
+    def refresh_secret(self, name: str) -> list[str]:
+        """A secret's value changed: update it for every function that mounts it, without a restart
+        (as a mounted Kubernetes secret is updated in place). Returns those functions' names."""
+        source = self.state_dir / "secrets" / name
+        refreshed = []
+        for fn in self.functions.values():
+            target = self._secrets_dir(fn.config.name)
+            if name in fn.config.secrets and source.is_file() and target.is_dir():
+                self._copy_secret(source, target)
+                refreshed.append(fn.config.name)
+        return refreshed
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"function-{name}.log"

@@ -2,6 +2,7 @@
 proxying, async calls with callbacks, cron invocations and gateway_* metrics."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -78,7 +79,7 @@ def test_info_and_namespaces_have_the_gateway_shapes(faas):
 
 
 @pytest.mark.parametrize("route", ["/system/functions", "/system/info", "/system/namespaces",
-                                   "/system/function/echo"])
+                                   "/system/function/echo", "/system/secrets"])
 def test_system_routes_refuse_missing_or_wrong_credentials_with_basic_realm(faas, route):
     for auth in (None, (faas.auth[0], "wrong-password"), ("someone", faas.auth[1])):
         reply = requests.get(faas.url + route, auth=auth, timeout=5)
@@ -190,3 +191,108 @@ def test_bad_deploy_bodies_get_a_clear_400(faas):
     scale = requests.post(faas.url + "/system/scale-function/echo", auth=faas.auth, timeout=5,
                           json={"serviceName": "echo", "replicas": "lots"})
     assert scale.status_code == 400
+
+
+# ----- /system/secrets, with the request bodies faas-cli sends (faas-provider's Secret) -----------
+def secrets_api(faas, method, body=None, auth="default", **kwargs):
+    return requests.request(method, faas.url + "/system/secrets", json=body, timeout=5,
+                            auth=faas.auth if auth == "default" else auth, **kwargs)
+
+
+def secret_names(faas) -> list[str]:
+    reply = secrets_api(faas, "GET")
+    assert reply.status_code == 200
+    assert all(entry["namespace"] == "openfaas-fn" for entry in reply.json())
+    return [entry["name"] for entry in reply.json()]
+
+
+def test_secret_create_list_update_delete_round_trip_like_faas_cli(faas):
+    path = faas.state / "secrets" / "smtp-password"
+    created = secrets_api(faas, "POST", {"name": "smtp-password", "namespace": "openfaas-fn", "value": "first"})
+    assert created.status_code in (200, 201, 202)
+    assert path.read_text() == "first" and path.stat().st_mode & 0o777 == 0o600
+    assert "smtp-password" in secret_names(faas)
+
+    again = secrets_api(faas, "POST", {"name": "smtp-password", "namespace": "openfaas-fn", "value": "other"})
+    assert again.status_code == 409 and "already exists" in again.text
+    assert path.read_text() == "first"
+
+    # `faas-cli secret update --from-file` sends the bytes as rawValue (base64), any bytes at all.
+    raw = b"\x00binary\nvalue\xff"
+    updated = secrets_api(faas, "PUT", {"name": "smtp-password", "namespace": "openfaas-fn",
+                                        "rawValue": base64.b64encode(raw).decode()})
+    assert updated.status_code in (200, 202)
+    assert path.read_bytes() == raw and path.stat().st_mode & 0o777 == 0o600
+
+    deleted = secrets_api(faas, "DELETE", {"name": "smtp-password", "namespace": "openfaas-fn"})
+    assert deleted.status_code in (200, 202)
+    assert not path.exists() and "smtp-password" not in secret_names(faas)
+    assert secrets_api(faas, "DELETE", {"name": "smtp-password"}).status_code == 404
+    assert secrets_api(faas, "PUT", {"name": "smtp-password", "value": "x"}).status_code == 404
+
+
+def test_secret_list_shows_names_only_never_values(faas):
+    listed = secrets_api(faas, "GET", params={"namespace": "openfaas-fn"})
+    assert {"name": "api-token", "namespace": "openfaas-fn"} in listed.json()
+    assert "s3cret-token" not in listed.text and faas.auth[1] not in listed.text
+    assert all(set(entry) == {"name", "namespace"} for entry in listed.json())
+
+
+def test_updated_secret_reaches_running_replicas_without_a_redeploy(faas):
+    pids_before = {faas.call("echo").json()["pid"] for _ in range(4)}
+    try:
+        assert secrets_api(faas, "PUT", {"name": "api-token", "value": "rotated-token"}).status_code == 202
+        seen = [faas.call("echo").json() for _ in range(4)]
+        assert {s["secret"] for s in seen} == {"rotated-token"}
+        assert {s["pid"] for s in seen} == pids_before  # same processes: nothing was restarted
+    finally:
+        secrets_api(faas, "PUT", {"name": "api-token", "value": "s3cret-token"})
+    assert faas.call("echo").json()["secret"] == "s3cret-token"
+
+
+def test_a_created_secret_can_be_named_by_a_deploy_and_is_then_mounted(faas):
+    assert secrets_api(faas, "POST", {"name": "extra-token", "value": "extra"}).status_code == 202
+    try:
+        spare = faas.functions()["spare"]
+        body = {"service": "spare", "image": spare["image"], "namespace": "openfaas-fn",
+                "envVars": spare["envVars"], "labels": spare["labels"], "annotations": spare["annotations"],
+                "secrets": ["api-token", "extra-token"]}
+        assert requests.put(faas.url + "/system/functions", json=body, auth=faas.auth, timeout=30).status_code == 202
+        assert faas.call("spare").json()["secret_files"] == ["api-token", "extra-token"]
+    finally:
+        body["secrets"] = ["api-token"]
+        requests.put(faas.url + "/system/functions", json=body, auth=faas.auth, timeout=30)
+        secrets_api(faas, "DELETE", {"name": "extra-token"})
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ({"name": "../escape", "value": "x"}, 400, "invalid secret name"),
+    ({"name": "Upper_Case", "value": "x"}, 400, "invalid secret name"),
+    ({"name": "", "value": "x"}, 400, "name is required"),
+    ({"name": "no-value"}, 400, "value"),
+    ({"name": "bad-raw", "rawValue": "%%% not base64"}, 400, "base64"),
+    ({"name": "elsewhere", "namespace": "kube-system", "value": "x"}, 400, "namespace"),
+    (["not", "an", "object"], 400, "JSON object"),
+])
+def test_bad_secret_bodies_get_a_clear_one_line_400(faas, body, status, says):
+    reply = secrets_api(faas, "POST", body)
+    assert reply.status_code == status
+    assert says in reply.text and reply.text.count("\n") == 1
+    assert not any(p.name.startswith(("..", "escape", "Upper")) for p in (faas.state / "secrets").iterdir())
+
+
+def test_secret_changes_need_credentials(faas):
+    for method in ("POST", "PUT", "DELETE"):
+        reply = secrets_api(faas, method, {"name": "api-token", "value": "stolen"}, auth=None)
+        assert reply.status_code == 401
+    assert (faas.state / "secrets" / "api-token").read_text() == "s3cret-token"
+
+
+def test_gateway_credentials_cannot_be_changed_or_deleted_through_the_secrets_api(faas):
+    user, password = faas.auth
+    assert secrets_api(faas, "POST", {"name": "basic-auth-password", "value": "new"}).status_code == 409
+    for method in ("PUT", "DELETE"):
+        reply = secrets_api(faas, method, {"name": "basic-auth-password", "value": "new"})
+        assert reply.status_code == 403 and "gateway's own credential" in reply.text
+    assert faas.auth == (user, password)
+    assert secrets_api(faas, "GET").status_code == 200  # the old credentials still work
