@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train up down status demo clean
+.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train release-token up down status demo simulate clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,44 @@ lint: $(STAMP)
 
 bench-recommend: $(STAMP)
 	$(PY) -m bench.recommend
+
+# Ingest throughput vs raw kafka-python consumption on a local Tansu; writes bench/results/ingest.json.
+bench-ingest: $(STAMP)
+	$(PY) -m bench.ingest
+
+# Training end to end vs a bare surprise fit (1M synthetic ratings), and register -> canary serving
+# on a throwaway local runtime (free ports); writes bench/results/train.json.
+bench-train: $(STAMP)
+	$(PY) -m bench.train
+
+# The token that guards the release function's manual actions (promote/rollback/abort):
+# generated once, never a default. `make up` needs it (stack.yml lists it as a secret).
+release-token:
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	@test -s var/secrets/release-admin-token || \
+	  (umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > var/secrets/release-admin-token)
+	@echo "release-admin-token in var/secrets/release-admin-token"
+
+# The local stack on 127.0.0.1 (broker, localfaas gateway :8080, nginx :8082, Prometheus :9090,
+# Pushgateway :9091): started in the background by PID, logs in var/logs/. See scripts/stack.py.
+up: $(STAMP) release-token
+	$(PY) -m scripts.stack up
+
+status: $(STAMP)
+	@$(PY) -m scripts.stack status
+
+down: $(STAMP)
+	$(PY) -m scripts.stack down
+
+# p50/p99 of GET /recommend/<uid> direct vs through the gateway vs through nginx (brings up its own
+# localfaas + nginx on free ports); writes bench/results/gateway.json.
+bench-gateway: $(STAMP)
+	$(PY) -m bench.gateway
+
+# The stream simulator against the running stack (broker :9092, public entry :8082). Bounded by
+# default (60 s); ARGS passes flags, e.g. `make simulate ARGS="--duration 0 --rate 50 --backfill 20000"`.
+simulate: $(STAMP)
+	$(PY) -m scripts.simulator $(ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,0 +1,157 @@
+"""Dataset snapshots: a named, reproducible set of stored rating batches.
+
+A snapshot is the set of committed ingest batches at one moment (see `movierec.ingest` for the
+layout): for each batch, its manifest key and its ratings object key, each with the sha256 of
+its bytes. Its id is derived from that list only,
+`snap-<first 16 hex of sha256("<key> <sha256>\\n" for each object, sorted)>`, so the same batches
+always give the same id, and any added, removed or changed batch gives another. The snapshot
+manifest is stored write-once at `data/snapshots/<id>.json`; it holds nothing time-dependent,
+so taking the same snapshot twice is a no-op.
+
+Ratings are read with ingest's own loader (`movierec.ingest.load_ratings`, which keeps every
+Kafka offset once) through `SnapshotView`: a read-only store that shows only the snapshot's
+objects and refuses any whose bytes changed. One loader, and a snapshot cannot silently grow.
+
+`export_ratings` / `read_ratings_file` write and read a snapshot's ratings as one `.npz` file
+(plain arrays, loaded without pickle): the file DVC tracks and the offline training reads.
+
+Must not touch: how batches are written (ingest), training, the registry.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from movierec.ingest import list_batches, load_ratings
+from movierec.ratings import RatingsTable
+from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
+
+SNAPSHOTS = "data/snapshots"
+
+
+class SnapshotError(Exception):
+    """A snapshot cannot be taken or read (one line)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    topic: str | None
+    objects: tuple[tuple[str, str], ...]  # (key, sha256), sorted by key
+
+    @property
+    def n_batches(self) -> int:
+        return sum(1 for k, _ in self.objects if k.startswith("data/manifests/"))
+
+    def manifest(self) -> dict:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "n_batches": self.n_batches,
+            "objects": [{"key": k, "sha256": s} for k, s in self.objects],
+        }
+
+
+def snapshot_id(objects) -> str:
+    digest = hashlib.sha256("".join(f"{k} {s}\n" for k, s in sorted(objects)).encode()).hexdigest()
+    return f"snap-{digest[:16]}"
+
+
+class SnapshotView:
+    """A read-only ObjectStore showing only a snapshot's objects, each checked by sha256."""
+
+    def __init__(self, store: ObjectStore, objects: dict[str, str], prefetched: dict[str, bytes] | None = None):
+        self.store, self.objects = store, objects
+        self._prefetched = dict(prefetched or {})
+
+    def describe(self) -> str:
+        return f"snapshot view of {self.store.describe()}"
+
+    def get(self, key: str) -> bytes:
+        if key not in self.objects:
+            raise ObjectNotFoundError(f"{self.describe()}: {key} is not in the snapshot")
+        data = self._prefetched.pop(key, None)
+        if data is None:
+            data = self.store.get(key)
+        if sha256_hex(data) != self.objects[key]:
+            raise SnapshotError(f"{key} changed since the snapshot was taken (sha256 mismatch)")
+        return data
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def put_once(self, key: str, data: bytes) -> bool:
+        raise SnapshotError("a snapshot is read-only")
+
+    replace = put_once
+
+
+def take_snapshot(store: ObjectStore, topic: str | None = None) -> tuple[Snapshot, RatingsTable]:
+    """Snapshot every committed batch (of `topic`, or all) now, store its manifest, and return
+    its ratings."""
+    objects: dict[str, str] = {}
+    fetched: dict[str, bytes] = {}
+    for ref in list_batches(store, topic):
+        manifest_key = ref.key("manifests")
+        data = store.get(manifest_key)
+        objects[manifest_key], fetched[manifest_key] = sha256_hex(data), data
+        ratings_key = json.loads(data).get("objects", {}).get("ratings")
+        if ratings_key:
+            data = store.get(ratings_key)
+            objects[ratings_key], fetched[ratings_key] = sha256_hex(data), data
+    if not objects:
+        where = f"topic {topic!r}" if topic else "any topic"
+        raise SnapshotError(f"no committed rating batches for {where} in {store.describe()}")
+    snapshot = Snapshot(snapshot_id(objects.items()), topic, tuple(sorted(objects.items())))
+    store.put_once(f"{SNAPSHOTS}/{snapshot.id}.json", _dump(snapshot.manifest()))
+    return snapshot, load_ratings(SnapshotView(store, objects, fetched), topic)
+
+
+def load_snapshot(store: ObjectStore, snap_id: str) -> tuple[Snapshot, RatingsTable]:
+    """The ratings of an earlier snapshot, each object verified against its recorded sha256."""
+    try:
+        manifest = json.loads(store.get(f"{SNAPSHOTS}/{snap_id}.json"))
+    except ObjectNotFoundError:
+        raise SnapshotError(f"no snapshot {snap_id} in {store.describe()}") from None
+    objects = tuple((o["key"], o["sha256"]) for o in manifest["objects"])
+    if snapshot_id(objects) != snap_id:
+        raise SnapshotError(f"snapshot {snap_id}: manifest does not match its id")
+    snapshot = Snapshot(snap_id, manifest.get("topic"), objects)
+    return snapshot, load_ratings(SnapshotView(store, dict(objects)), snapshot.topic)
+
+
+def export_ratings(table: RatingsTable, path: str | os.PathLike[str], snap_id: str | None = None) -> str:
+    """Write the ratings to one .npz file (deterministic bytes); returns its sha256."""
+    buf = io.BytesIO()
+    arrays = {"user_ids": table.user_ids, "movie_ids": table.movie_ids, "ratings": table.ratings}
+    if snap_id:
+        arrays["snapshot_id"] = np.array(snap_id)
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+    return sha256_hex(data)
+
+
+def read_ratings_file(path: str | os.PathLike[str]) -> tuple[RatingsTable, str | None]:
+    """(ratings, snapshot id if recorded) from a file written by `export_ratings`."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            table = RatingsTable(npz["user_ids"], npz["movie_ids"], npz["ratings"])
+            snap_id = str(npz["snapshot_id"]) if "snapshot_id" in npz.files else None
+    except (OSError, KeyError, ValueError) as e:
+        raise SnapshotError(f"cannot read ratings file {path}: {str(e).splitlines()[0]}") from None
+    return table, snap_id
+
+
+def _dump(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()

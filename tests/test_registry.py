@@ -1,0 +1,177 @@
+"""The model registry: immutable versions, aliases with history, verified cached fetches, and the
+serving loader that survives an unreachable store. Run on the local directory store and on S3
+(moto's real S3 server over HTTP on 127.0.0.1)."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import numpy as np
+import pytest
+
+from movierec.model import from_arrays
+from movierec.registry import (
+    IntegrityError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    Registry,
+    is_version,
+    load_serving_model,
+    version_name,
+)
+from movierec.store import LocalDirectoryStore, ObjectExistsError, StoreUnavailableError
+
+ACCESS_KEY, SECRET_KEY = "test-access", "test-secret"
+T0 = datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)
+
+
+def tiny_model(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    movies = np.array(sorted(f"movie+{i}+2001" for i in range(6)))
+    return from_arrays(
+        global_mean=3.5,
+        user_ids=np.array([1, 2, 3]),
+        user_bias=rng.normal(size=3),
+        user_factors=rng.normal(size=(3, 2)),
+        movie_ids=movies,
+        item_bias=rng.normal(size=6),
+        item_factors=rng.normal(size=(6, 2)),
+        seen_user_ids=np.array([1, 2]),
+        seen_movie_idx=np.array([0, 1]),
+        cold_start=np.arange(6),
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalDirectoryStore(tmp_path / "store")
+    from movierec.s3store import S3Store
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"r-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    return S3Store(bucket, endpoint_url=endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+
+
+class UnreachableStore:
+    """A store whose backend is down: every call fails the way a real backend's would."""
+
+    def describe(self):
+        return "S3 store s3://models at http://127.0.0.1:9"
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise StoreUnavailableError(f"{self.describe()}: connection refused")
+
+        return fail
+
+
+def test_version_names_sort_in_registration_order_and_carry_the_artifact_sha():
+    a = version_name("ab" * 32, T0)
+    b = version_name("00" * 32, T0 + timedelta(seconds=1))
+    assert a == "v20261128-010203-abababab" and is_version(a) and a < b
+
+
+def test_registering_stores_an_immutable_version_with_metadata(store):
+    registry = Registry(store)
+    entry = registry.register_model(
+        tiny_model(), params={"n_factors": 2}, metrics={"rmse": 0.9}, snapshot_id="snap-1", code="abc123", now=T0
+    )
+    assert registry.versions() == [entry.version]
+    meta = registry.get(entry.version).metadata
+    assert meta["sha256"] == entry.sha256 and set(meta["files"]) == {"model.npz", "manifest.json"}
+    assert (meta["params"], meta["metrics"], meta["snapshot_id"], meta["code_version"]) == (
+        {"n_factors": 2}, {"rmse": 0.9}, "snap-1", "abc123")
+    assert meta["created"] == "2026-11-28T01:02:03Z"
+    with pytest.raises(ObjectExistsError):
+        store.put_once(f"models/{entry.version}/model.npz", b"tampered")
+
+
+def test_a_half_written_version_is_invisible(store):
+    store.put_once("models/v20261128-010203-deadbeef/model.npz", b"partial")
+    registry = Registry(store)
+    assert registry.versions() == []
+    with pytest.raises(ModelNotFoundError):
+        registry.resolve("v20261128-010203-deadbeef")
+
+
+def test_aliases_move_by_replace_and_keep_their_history(store):
+    registry = Registry(store)
+    v1 = registry.register_model(tiny_model(1), now=T0).version
+    v2 = registry.register_model(tiny_model(2), now=T0 + timedelta(seconds=5)).version
+    registry.set_alias("stable", v1, reason="first", now=T0)
+    registry.set_alias("stable", v2, reason="promoted", now=T0 + timedelta(minutes=1))
+    assert registry.resolve("stable") == v2 and registry.resolve(v1) == v1
+    history = registry.alias_history("stable")
+    assert [(h["version"], h["previous"], h["reason"]) for h in history] == [
+        (v1, None, "first"), (v2, v1, "promoted")]
+
+
+def test_an_alias_cannot_point_at_a_missing_version(store):
+    with pytest.raises(ModelNotFoundError, match="no model version"):
+        Registry(store).set_alias("stable", "v20261128-010203-00000000")
+
+
+def test_resolving_an_unknown_name_says_what_was_expected(store):
+    registry = Registry(store)
+    with pytest.raises(ModelNotFoundError, match="alias 'stable' is not set"):
+        registry.resolve("stable")
+    with pytest.raises(ModelNotFoundError, match="neither a model version"):
+        registry.resolve("../etc")
+
+
+def test_serving_model_reports_its_registry_version(store, tmp_path):
+    registry = Registry(store)
+    entry = registry.register_model(tiny_model(), now=T0)
+    registry.set_alias("stable", entry.version)
+    model = load_serving_model("stable", store, tmp_path / "cache")
+    assert model.version == entry.version and model.sha256 == entry.sha256
+    assert model.recommend(1, 3) == tiny_model().recommend(1, 3)
+
+
+def test_a_restart_with_the_store_unreachable_serves_the_cached_model(store, tmp_path):
+    registry = Registry(store)
+    entry = registry.register_model(tiny_model(), now=T0)
+    registry.set_alias("stable", entry.version)
+    cache = tmp_path / "cache"
+    load_serving_model("stable", store, cache)
+    for spec in ("stable", entry.version):
+        assert load_serving_model(spec, UnreachableStore(), cache).version == entry.version
+
+
+def test_without_a_cached_copy_an_unreachable_store_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="store unavailable.*never cached"):
+        load_serving_model("stable", UnreachableStore(), tmp_path / "cache")
+
+
+def test_a_tampered_download_is_refused(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    entry = Registry(store).register_model(tiny_model(), now=T0)
+    (tmp_path / "store" / "models" / entry.version / "model.npz").write_bytes(b"evil")
+    with pytest.raises(IntegrityError, match="sha256"):
+        Registry(store).fetch(entry.version, tmp_path / "cache")
+
+
+def test_a_damaged_cache_is_fetched_again(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    registry = Registry(store)
+    entry = registry.register_model(tiny_model(), now=T0)
+    directory = registry.fetch(entry.version, tmp_path / "cache")
+    (directory / "model.npz").write_bytes(b"bit rot")
+    assert load_serving_model(entry.version, store, tmp_path / "cache").sha256 == entry.sha256

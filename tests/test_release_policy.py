@@ -1,0 +1,344 @@
+"""The canary controller's pure logic: statistics, decision policy, state machine, actions.
+
+Collaborators (Prometheus, gateway, notifier) are in-process fakes here; the real ones are
+exercised in test_release_services.py.
+"""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from movierec.canary import CANARY, STABLE
+from movierec.events import RecommendationEvent, WatchEvent
+from movierec.registry import Registry
+from movierec.release import (
+    ABORTED,
+    PROMOTE,
+    PROMOTED,
+    ROLLBACK,
+    ROLLED_BACK,
+    WAIT,
+    InvalidTransition,
+    QualityCounts,
+    ReleaseConfig,
+    ReleaseError,
+    ReleaseRunningError,
+    ReleaseStore,
+    VariantMetrics,
+    bootstrap_stable,
+    decide,
+    manual_action,
+    online_quality,
+    parse_duration,
+    run_release_step,
+    start_release,
+    status,
+    two_proportion_z_test,
+    variant_queries,
+)
+from movierec.store import LocalDirectoryStore
+
+T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
+CONFIG = ReleaseConfig(window_s=600, min_requests=100, timeout_s=3600)
+GOOD = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.02, p99_latency_s=0.09)
+
+
+# -- statistics ----------------------------------------------------------------------------
+def test_z_test_finds_a_clearly_higher_error_rate_significant():
+    z, p = two_proportion_z_test(30, 1000, 10, 4000)
+    assert z > 3 and p < 0.001
+
+
+def test_z_test_finds_equal_error_rates_not_significant():
+    z, p = two_proportion_z_test(5, 1000, 20, 4000)
+    assert z == pytest.approx(0.0) and p == pytest.approx(0.5)
+
+
+def test_z_test_without_evidence_returns_p_one():
+    assert two_proportion_z_test(0, 0, 3, 100) == (0.0, 1.0)
+    assert two_proportion_z_test(0, 100, 0, 100) == (0.0, 1.0)
+
+
+def test_z_test_lower_canary_error_rate_is_not_worse():
+    _, p = two_proportion_z_test(0, 1000, 50, 4000)
+    assert p > 0.99
+
+
+# -- configuration -------------------------------------------------------------------------
+def test_durations_accept_seconds_minutes_hours_and_milliseconds():
+    assert [parse_duration(t) for t in ("90", "90s", "1m", "2h", "500ms")] == [90, 90, 60, 7200, 0.5]
+
+
+def test_config_from_env_reads_window_and_thresholds():
+    config = ReleaseConfig.from_env({"RELEASE_WINDOW": "1m", "RELEASE_MIN_REQUESTS": "50", "RELEASE_MAX_P99": "300ms"})
+    assert (config.window_s, config.min_requests, config.max_p99_s) == (60, 50, 0.3)
+
+
+def test_config_rejects_a_bad_duration_with_one_line():
+    with pytest.raises(ReleaseError, match="RELEASE_WINDOW|invalid duration"):
+        ReleaseConfig.from_env({"RELEASE_WINDOW": "two hours"})
+
+
+# -- queries -------------------------------------------------------------------------------
+def test_queries_select_the_variant_function_and_range():
+    q = variant_queries("recommend-canary", "openfaas-fn", 120)
+    assert q["requests"] == (
+        'sum(increase(gateway_function_invocation_total{function_name="recommend-canary.openfaas-fn"}[120s]))'
+    )
+    assert 'code=~"5.."' in q["errors"]
+    assert q["p99_latency_s"].startswith("histogram_quantile(0.99, sum by (le) (rate(gateway_functions_seconds_bucket")
+
+
+# -- policy --------------------------------------------------------------------------------
+def test_policy_waits_until_the_canary_has_the_minimum_sample():
+    d = decide(VariantMetrics(requests=99), GOOD, CONFIG, elapsed_s=900)
+    assert d.action == WAIT and "99 of 100" in d.reason
+
+
+def test_policy_rolls_back_when_samples_never_arrive_before_timeout():
+    d = decide(VariantMetrics(requests=10), GOOD, CONFIG, elapsed_s=3600)
+    assert d.action == ROLLBACK and "timed out" in d.reason
+
+
+def test_policy_waits_for_the_window_even_when_checks_pass():
+    d = decide(GOOD, GOOD, CONFIG, elapsed_s=300)
+    assert d.action == WAIT and all(c.passed for c in d.checks)
+
+
+def test_policy_promotes_a_healthy_canary_after_the_window():
+    d = decide(GOOD, GOOD, CONFIG, elapsed_s=600)
+    assert d.action == PROMOTE
+
+
+def test_policy_rolls_back_early_on_a_low_success_rate():
+    bad = VariantMetrics(requests=1000, errors=50, mean_latency_s=0.02, p99_latency_s=0.09)
+    d = decide(bad, GOOD, CONFIG, elapsed_s=60)
+    assert d.action == ROLLBACK
+    failed = {c.name for c in d.checks if not c.passed}
+    assert {"success_rate", "error_rate_vs_stable"} <= failed
+
+
+def test_policy_rolls_back_on_slow_p99():
+    slow = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.3, p99_latency_s=0.9)
+    d = decide(slow, GOOD, CONFIG, elapsed_s=600)
+    assert d.action == ROLLBACK
+    assert {c.name for c in d.checks if not c.passed} == {"p99_latency", "p99_vs_stable"}
+
+
+def test_policy_ignores_a_p99_ratio_below_the_floor_where_buckets_are_coarse():
+    canary = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.03, p99_latency_s=0.05)
+    stable = VariantMetrics(requests=4000, errors=0, mean_latency_s=0.02, p99_latency_s=0.025)
+    assert decide(canary, stable, CONFIG, elapsed_s=600).action == PROMOTE
+
+
+def test_policy_rolls_back_an_error_rate_significantly_above_stable_even_under_the_floor():
+    config = ReleaseConfig(window_s=600, min_requests=100, min_success_rate=0.95)
+    canary = VariantMetrics(requests=2000, errors=40, mean_latency_s=0.02, p99_latency_s=0.09)  # 98%
+    stable = VariantMetrics(requests=8000, errors=8, mean_latency_s=0.02, p99_latency_s=0.09)  # 99.9%
+    d = decide(canary, stable, config, elapsed_s=600)
+    assert d.action == ROLLBACK and [c.name for c in d.checks if not c.passed] == ["error_rate_vs_stable"]
+
+
+def test_policy_rolls_back_when_the_watched_share_is_significantly_lower():
+    quality = {CANARY: QualityCounts(2000, 100), STABLE: QualityCounts(8000, 800)}
+    d = decide(GOOD, GOOD, CONFIG, elapsed_s=600, quality=quality)
+    assert d.action == ROLLBACK and "watched" in d.reason
+
+
+def test_online_quality_counts_recommended_movies_watched_within_the_window():
+    t = datetime(2026, 1, 1, 12, 0, 0)
+    events = [
+        RecommendationEvent(t, 5, "h", 200, ("a+2001", "b+2002"), None, 50),  # canary (5 % 100 < 20)
+        WatchEvent(t + timedelta(minutes=5), 5, "a+2001", 0),
+        WatchEvent(t - timedelta(minutes=5), 5, "b+2002", 0),  # before the recommendation: not counted
+        RecommendationEvent(t, 55, "h", 200, ("c+2003",), None, 50),  # stable
+        WatchEvent(t + timedelta(hours=3), 55, "c+2003", 0),  # too late
+        RecommendationEvent(t, 56, "h", 0, (), "timeout", 800),  # failed call: nothing recommended
+    ]
+    q = online_quality(events, canary_percent=20, within_s=3600)
+    assert q[CANARY] == QualityCounts(2, 1) and q[STABLE] == QualityCounts(1, 0)
+
+
+# -- state machine and actions -------------------------------------------------------------
+class FakePrometheus:
+    def __init__(self, by_function: dict[str, VariantMetrics]):
+        self.by_function = by_function
+        self.queries: list[str] = []
+
+    def query_value(self, promql, at=None):
+        self.queries.append(promql)
+        function = "recommend-canary" if "recommend-canary." in promql else "recommend"
+        m = self.by_function[function]
+        if promql.startswith("histogram_quantile"):
+            return m.p99_latency_s
+        if "_sum" in promql:
+            return m.mean_latency_s
+        return m.errors if "5.." in promql else m.requests
+
+
+class FakeDeployer:
+    def __init__(self):
+        self.env = {"recommend": {}, "recommend-canary": {}}
+        self.calls = []
+        self.fail = False
+
+    def update_env(self, name, changes):
+        if self.fail:
+            from movierec.deploy import DeployError
+
+            raise DeployError("gateway http://127.0.0.1:1 unreachable")
+        self.calls.append((name, dict(changes)))
+        self.env[name].update(changes)
+
+
+class FakeNotifier:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, subject, payload):
+        self.sent.append((subject, json.loads(json.dumps(payload))))
+        return {"webhook": "sent"}
+
+
+@pytest.fixture
+def world(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    registry = Registry(store)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    versions = []
+    for i in range(2):
+        (model_dir / "model.npz").write_bytes(f"artifact {i}".encode())
+        versions.append(registry.publish(model_dir, now=T0 + timedelta(seconds=i)).version)
+    deployer = FakeDeployer()
+    bootstrap_stable(CONFIG, store, deployer, versions[0], now=T0)
+    return store, registry, deployer, versions
+
+
+def test_first_model_goes_straight_to_stable_on_both_deployments(world):
+    _store, registry, deployer, (v1, _) = world
+    assert registry.alias_version("stable") == v1
+    assert deployer.env == {"recommend": {"MODEL_VERSION": v1}, "recommend-canary": {"MODEL_VERSION": v1}}
+
+
+def test_starting_a_release_deploys_the_canary_and_sets_the_candidate(world):
+    store, registry, deployer, (v1, v2) = world
+    release = start_release(CONFIG, store, deployer, v2, now=T0)
+    assert deployer.env["recommend-canary"]["MODEL_VERSION"] == v2
+    assert deployer.env["recommend"]["MODEL_VERSION"] == v1
+    assert registry.alias_version("candidate") == v2
+    assert ReleaseStore(store).running().id == release.id and release.stable == v1
+
+
+def test_only_one_release_runs_at_a_time(world):
+    store, _, deployer, (_, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    with pytest.raises(ReleaseRunningError):
+        start_release(CONFIG, store, deployer, v2, now=T0)
+
+
+def test_a_step_without_a_release_is_idle(world):
+    store, _, deployer, _ = world
+    result = run_release_step(CONFIG, store, FakePrometheus({}), deployer, FakeNotifier(), now=T0)
+    assert result.action == "idle"
+
+
+def test_a_step_waits_and_records_the_analysis(world):
+    store, _, deployer, (_, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    prom = FakePrometheus({"recommend": GOOD, "recommend-canary": GOOD})
+    result = run_release_step(CONFIG, store, prom, deployer, FakeNotifier(), now=T0 + timedelta(seconds=120))
+    assert result.action == WAIT
+    current = ReleaseStore(store).current()
+    assert current.state == "canary" and current.analysis["range"] == "120s"
+    assert all("[120s]" in q for q in prom.queries)
+
+
+def test_a_healthy_canary_is_promoted_with_history_and_notification(world):
+    store, registry, deployer, (_v1, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    notifier = FakeNotifier()
+    prom = FakePrometheus({"recommend": GOOD, "recommend-canary": GOOD})
+    result = run_release_step(CONFIG, store, prom, deployer, notifier, now=T0 + timedelta(minutes=11))
+    assert result.action == PROMOTE
+    assert deployer.env["recommend"]["MODEL_VERSION"] == v2
+    assert registry.alias_version("stable") == v2 and registry.alias_version("candidate") is None
+    [entry] = ReleaseStore(store).history()
+    assert entry.state == PROMOTED and entry.actor == "controller"
+    assert entry.analysis["metrics"]["canary"]["requests"] == 1000
+    assert "gateway_function_invocation_total" in entry.analysis["queries"]["canary"]["requests"]
+    subject, payload = notifier.sent[0]
+    assert "promoted" in subject and payload["candidate_version"] == v2 and payload["queries"]
+    assert entry.notifications == {"webhook": "sent"}
+
+
+def test_a_failing_canary_is_rolled_back_to_the_stable_version(world):
+    store, registry, deployer, (v1, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    bad = VariantMetrics(requests=500, errors=100, mean_latency_s=0.02, p99_latency_s=0.09)
+    prom = FakePrometheus({"recommend": GOOD, "recommend-canary": bad})
+    result = run_release_step(CONFIG, store, prom, deployer, FakeNotifier(), now=T0 + timedelta(minutes=2))
+    assert result.action == ROLLBACK
+    assert deployer.env["recommend-canary"]["MODEL_VERSION"] == v1
+    assert registry.alias_version("stable") == v1
+    assert ReleaseStore(store).current().state == ROLLED_BACK
+
+
+def test_a_failed_redeploy_leaves_the_release_running_for_the_next_step(world):
+    store, _, deployer, (_, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    deployer.fail = True
+    prom = FakePrometheus({"recommend": GOOD, "recommend-canary": GOOD})
+    with pytest.raises(Exception, match="unreachable"):
+        run_release_step(CONFIG, store, prom, deployer, FakeNotifier(), now=T0 + timedelta(minutes=11))
+    assert ReleaseStore(store).running() is not None
+    deployer.fail = False
+    assert run_release_step(CONFIG, store, prom, deployer, FakeNotifier(), now=T0 + timedelta(minutes=12)).action == PROMOTE
+
+
+def test_a_decision_interrupted_by_a_failed_redeploy_is_finished_the_same_way(world):
+    store, registry, deployer, (v1, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    deployer.fail = True
+    bad = VariantMetrics(requests=500, errors=100, mean_latency_s=0.02, p99_latency_s=0.09)
+    with pytest.raises(Exception, match="unreachable"):
+        run_release_step(CONFIG, store, FakePrometheus({"recommend": GOOD, "recommend-canary": bad}), deployer,
+                         None, now=T0 + timedelta(minutes=2))
+    deployer.fail = False
+    # Metrics now look healthy, but the rollback already decided is what gets applied.
+    healthy = FakePrometheus({"recommend": GOOD, "recommend-canary": GOOD})
+    result = run_release_step(CONFIG, store, healthy, deployer, None, now=T0 + timedelta(minutes=20))
+    assert result.action == ROLLBACK and healthy.queries == []
+    assert ReleaseStore(store).current().state == ROLLED_BACK
+    assert deployer.env["recommend"]["MODEL_VERSION"] == v1 and registry.alias_version("stable") == v1
+
+
+def test_abort_by_hand_reverts_the_canary_and_records_the_actor(world):
+    store, _, deployer, (v1, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    release = manual_action("abort", CONFIG, store, deployer, FakeNotifier(), actor="admin", now=T0)
+    assert release.state == ABORTED and release.actor == "admin"
+    assert deployer.env["recommend-canary"]["MODEL_VERSION"] == v1
+
+
+def test_a_finished_release_cannot_change_again(world):
+    store, _, deployer, (_, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    manual_action("rollback", CONFIG, store, deployer, None, now=T0)
+    with pytest.raises(InvalidTransition, match="no release is running"):
+        manual_action("promote", CONFIG, store, deployer, None, now=T0)
+    release = ReleaseStore(store).current()
+    with pytest.raises(InvalidTransition, match="already rolled_back"):
+        release.finish(PROMOTED, "x", "y", T0)
+
+
+def test_status_shows_aliases_and_history(world):
+    store, _, deployer, (_v1, v2) = world
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    assert status(store)["running"] is True
+    manual_action("promote", CONFIG, store, deployer, None, now=T0)
+    s = status(store)
+    assert s["running"] is False and s["aliases"] == {"stable": v2, "candidate": None}
+    assert s["history"][0]["state"] == PROMOTED

@@ -1,0 +1,175 @@
+"""The training job: snapshots of stored batches, data checks, gates, registration and the start
+of a release through the gateway's deployment API (real HTTP to a gateway double)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from movierec.deploy import GatewayDeployer
+from movierec.ingest import parse_batch, store_batch
+from movierec.registry import Registry
+from movierec.release import ReleaseConfig, ReleaseStore
+from movierec.snapshot import (
+    SnapshotError,
+    export_ratings,
+    load_snapshot,
+    read_ratings_file,
+    take_snapshot,
+)
+from movierec.store import LocalDirectoryStore
+from movierec.synthetic import SyntheticWorld
+from movierec.training import SVDParams
+from movierec.trainjob import TrainConfig, TrainError, check_data, gates, main, run_training
+from tests.gateway_double import GatewayDouble
+
+T0 = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
+FAST = SVDParams(n_factors=8, n_epochs=15, random_state=0)
+
+
+def put_batches(store, world, n_batches=2, lines_per_batch=6000, start=0):
+    """Stream lines stored as committed ingest batches (ingest's own parse_batch/store_batch)."""
+    for i in range(start, start + n_batches):
+        lines = list(world.stream_lines(lines_per_batch // 4, start=datetime(2026, 1, 1) + timedelta(days=i)))
+        first = i * 1_000_000
+        records = [(first + j, line.encode()) for j, line in enumerate(lines)]
+        store_batch(store, parse_batch("movielog1", 0, records, []))
+
+
+@pytest.fixture
+def world():
+    return SyntheticWorld(n_users=200, n_movies=150, n_factors=4, noise=0.5, seed=7)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalDirectoryStore(tmp_path / "store")
+
+
+@pytest.fixture
+def gateway():
+    with GatewayDouble("admin", "s3cret-pw", ["recommend", "recommend-canary"]) as double:
+        yield double
+
+
+def config_for(tmp_path, **overrides):
+    base = {"svd": FAST, "min_ratings": 500, "cache_dir": str(tmp_path / "cache"), "pushgateway_url": None}
+    return TrainConfig(**{**base, **overrides})
+
+
+def deployer_for(gateway):
+    return GatewayDeployer(gateway.url, "admin", "s3cret-pw", backoff_s=0.01)
+
+
+# -- snapshots -----------------------------------------------------------------------------
+def test_a_snapshot_id_depends_only_on_the_batches_it_contains(store, world):
+    put_batches(store, world)
+    first, table = take_snapshot(store)
+    again, _ = take_snapshot(store)
+    assert first.id == again.id and first.id.startswith("snap-") and first.n_batches == 2
+    assert len(table) > 0 and store.exists(f"data/snapshots/{first.id}.json")
+    put_batches(store, world, n_batches=1, start=2)
+    assert take_snapshot(store)[0].id != first.id
+
+
+def test_an_earlier_snapshot_reloads_the_same_ratings(store, world):
+    put_batches(store, world)
+    snapshot, table = take_snapshot(store)
+    put_batches(store, world, n_batches=1, start=2)
+    _, reloaded = load_snapshot(store, snapshot.id)
+    assert len(reloaded) == len(table) and (reloaded.ratings == table.ratings).all()
+
+
+def test_a_snapshot_of_nothing_is_a_clear_error(store):
+    with pytest.raises(SnapshotError, match="no committed rating batches"):
+        take_snapshot(store)
+
+
+def test_a_batch_changed_after_the_snapshot_is_refused(tmp_path, world):
+    store = LocalDirectoryStore(tmp_path / "store")
+    put_batches(store, world, n_batches=1)
+    snapshot, _ = take_snapshot(store)
+    key = next(k for k, _ in snapshot.objects if k.startswith("data/ratings/"))
+    (tmp_path / "store" / key).write_bytes(b"rewritten behind the store's back")
+    with pytest.raises(SnapshotError, match="changed since the snapshot"):
+        load_snapshot(store, snapshot.id)
+
+
+def test_exported_ratings_file_round_trips_with_its_snapshot_id(store, world, tmp_path):
+    put_batches(store, world, n_batches=1)
+    snapshot, table = take_snapshot(store)
+    sha = export_ratings(table, tmp_path / "r.npz", snapshot.id)
+    assert sha == export_ratings(table, tmp_path / "r2.npz", snapshot.id)  # deterministic bytes
+    loaded, snap_id = read_ratings_file(tmp_path / "r.npz")
+    assert snap_id == snapshot.id and (loaded.user_ids == table.user_ids).all()
+
+
+# -- checks and gates ----------------------------------------------------------------------
+def test_too_little_data_is_refused_before_fitting(world, tmp_path):
+    with pytest.raises(TrainError, match="data check failed: .* unique ratings < minimum 500"):
+        check_data(world.sample_ratings(100), config_for(tmp_path))
+
+
+def test_gates_require_rmse_under_the_threshold_and_no_regression_beyond_tolerance(tmp_path):
+    config = config_for(tmp_path, rmse_max=1.0, rmse_tolerance=0.02)
+    assert all(g["passed"] for g in gates({"rmse": 0.90}, 0.89, config))
+    assert [g["passed"] for g in gates({"rmse": 0.92}, 0.89, config)] == [True, False]
+    assert [g["passed"] for g in gates({"rmse": 1.01}, None, config)] == [False]
+
+
+def test_config_reads_svd_params_from_params_then_env():
+    config = TrainConfig.from_env({"SVD_N_EPOCHS": "7", "RMSE_MAX": "0.95"}, {"n_factors": 12, "n_epochs": 3})
+    assert (config.svd.n_factors, config.svd.n_epochs, config.rmse_max) == (12, 7, 0.95)
+
+
+# -- the job -------------------------------------------------------------------------------
+def test_the_first_model_ever_goes_straight_to_stable_and_recommend_is_redeployed(store, world, gateway, tmp_path):
+    put_batches(store, world)
+    summary = run_training(config_for(tmp_path), store, deployer_for(gateway), now=T0)
+    assert summary["gates_passed"] and summary["release"] == "first model: now stable"
+    assert summary["metrics"]["rmse"] < 1.0 and summary["metrics"]["precision_at_k"] is not None
+    registry = Registry(store)
+    assert registry.alias_version("stable") == summary["version"]
+    assert gateway.env("recommend")["MODEL_VERSION"] == summary["version"]
+    assert gateway.env("recommend")["RECOMMEND_K"] == "20"  # the rest of the deployment is kept
+    meta = registry.get(summary["version"]).metadata
+    assert meta["snapshot_id"] == summary["snapshot_id"] and meta["params"]["n_factors"] == 8
+
+
+def test_a_second_good_model_starts_a_canary_release(store, world, gateway, tmp_path):
+    put_batches(store, world)
+    first = run_training(config_for(tmp_path), store, deployer_for(gateway), now=T0)
+    put_batches(store, world, n_batches=1, start=2)
+    second = run_training(config_for(tmp_path), store, deployer_for(gateway), release_config=ReleaseConfig(),
+                          now=T0 + timedelta(days=2))
+    assert second["gates_passed"], second["gates"]
+    assert second["release"].startswith("canary started")
+    assert "stable_rmse_same_holdout" in second["metrics"]
+    assert gateway.env("recommend-canary")["MODEL_VERSION"] == second["version"]
+    assert gateway.env("recommend")["MODEL_VERSION"] == first["version"]
+    assert ReleaseStore(store).running().candidate == second["version"]
+    third = run_training(config_for(tmp_path), store, deployer_for(gateway), now=T0 + timedelta(days=3))
+    assert third["release"].startswith("not released: release r")
+
+
+def test_a_model_failing_a_gate_is_registered_but_not_released(store, world, gateway, tmp_path):
+    put_batches(store, world)
+    summary = run_training(config_for(tmp_path, rmse_max=0.1), store, deployer_for(gateway), now=T0)
+    assert not summary["gates_passed"] and summary["release"] == "not released: a gate failed"
+    assert Registry(store).versions() == [summary["version"]]
+    assert Registry(store).alias_version("stable") is None and gateway.puts == []
+
+
+def test_offline_training_writes_a_loadable_model_and_metrics(store, world, tmp_path):
+    put_batches(store, world)
+    snapshot, table = take_snapshot(store)
+    export_ratings(table, tmp_path / "ratings.npz", snapshot.id)
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  n_factors: 8\n  n_epochs: 10\n  min_ratings: 100\n")
+    code = main(["--offline", "--ratings", str(tmp_path / "ratings.npz"), "--params", str(params),
+                 "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "metrics.json")])
+    assert code == 0
+    from movierec.model import load_model
+
+    model = load_model(tmp_path / "model")
+    assert model.manifest["snapshot_id"] == snapshot.id and (tmp_path / "metrics.json").exists()
