@@ -1,0 +1,261 @@
+"""Benchmark: what the public entry (nginx) and the OpenFaaS gateway add to GET /recommend/<uid>.
+
+Brings up what it needs itself, on free ports and in a temporary folder: a small model
+(bench.recommend's generator, saved as the real artifact and served via MODEL_PATH), a stack file
+holding only recommend and recommend-canary (taken from the project's stack.yml), the local
+OpenFaaS runtime (`python -m localfaas up`) and nginx with the rendered gateway/ config, plus one
+function process started straight from the runtime's build context. Then, in this one run, at a
+fixed open-loop rate (default 200 req/s for 30 s per path), it measures:
+- direct:  the function process itself  GET /<uid>
+- gateway: the OpenFaaS gateway          GET /function/recommend/<uid>
+- nginx:   the public entry              GET /recommend/<uid> (canary split included)
+and prints p50/p99 and the overhead against `direct` (the baseline), with error counts.
+Writes bench/results/gateway.json. Run: `make bench-gateway` or `python -m bench.gateway`.
+
+Owns nothing but this measurement (and `RecommendStack`, the bring-up the end-to-end test reuses);
+starts and stops only its own processes, by PID.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench/recommend.py: replicas run 1 BLAS thread
+
+import argparse
+import asyncio
+import json
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import requests
+import yaml
+
+from bench.recommend import build_bench_model
+from movierec.model import save_model
+from scripts.stack import StackConfig, services, start_service, stop_pid
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
+RECOMMEND_FUNCTIONS = ("recommend", "recommend-canary")
+READY_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def recommend_only_project(folder: Path) -> Path:
+    """A project folder whose stack.yml holds only the recommend functions of the real stack.yml;
+    template/, functions/ and movierec/ link to the repo's, so the build contexts are the real ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = yaml.safe_load((ROOT / "stack.yml").read_text())  # ${VAR} stay text: localfaas substitutes
+    stack["functions"] = {name: stack["functions"][name] for name in RECOMMEND_FUNCTIONS}
+    (folder / "stack.yml").write_text(yaml.safe_dump(stack, sort_keys=False))
+    for name in ("template", "functions", "movierec"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(ROOT / name, target_is_directory=True)
+    return folder / "stack.yml"
+
+
+class RecommendStack:
+    """localfaas + nginx (+ optionally one direct function process) serving a small model.
+
+    Use as a context manager; everything it started is stopped by PID on exit.
+    """
+
+    def __init__(self, workdir: Path, n_users: int = 2000, n_movies: int = 2000, direct: bool = True,
+                 canary_percent: int = 20):
+        self.workdir = workdir
+        self.direct_wanted = direct
+        self.model_dir = workdir / "model"
+        self.n_users, self.n_movies = n_users, n_movies
+        self.canary_percent = canary_percent
+        self.started: list[tuple[object, int]] = []
+        self.direct_process: subprocess.Popen | None = None
+        self.user_ids: np.ndarray | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        model = build_bench_model(self.n_users, self.n_movies, n_factors=32, seed=7)
+        save_model(model, self.model_dir)
+        self.user_ids = np.asarray(model.user_ids)
+        stack_file = recommend_only_project(self.workdir / "project")
+        self.config = StackConfig(
+            state_dir=self.workdir / "var", gateway_port=free_port(), public_port=free_port(),
+            kafka_bootstrap="kafka.invalid:9092",  # not ours to start: the bench needs no broker
+            stack_file=stack_file, simulator=False,
+        )
+        os.environ["MODEL_PATH"] = str(self.model_dir)  # read by localfaas's ${MODEL_PATH:-} substitution
+        os.environ["CANARY_PERCENT"] = str(self.canary_percent)
+        os.environ.setdefault("LOCALFAAS_HEALTH_INTERVAL", "0.5")
+        wanted = {"localfaas", "nginx"}
+        for service in services(self.config):
+            if service.name in wanted:
+                pid, _ = start_service(self.config, service)
+                self.started.append((service, pid))
+        self.gateway_url = self.config.url(self.config.gateway_port)
+        self.public_url = self.config.url(self.config.public_port)
+        for name in RECOMMEND_FUNCTIONS:
+            self._wait_ok(f"{self.gateway_url}/function/{name}/{int(self.user_ids[0])}", name)
+        if self.direct_wanted:
+            self._start_direct()
+
+    def _wait_ok(self, url: str, what: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = requests.get(url, timeout=5)
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}: {response.text.strip()[:120]}"
+            except requests.RequestException as e:
+                last = type(e).__name__
+            time.sleep(0.3)
+        raise RuntimeError(f"{what} not serving at {url} after {READY_TIMEOUT_S:g}s ({last}); "
+                           f"see {self.config.state_dir / 'logs'}")
+
+    def _start_direct(self) -> None:
+        context = self.config.stack_file.parent / "build" / "recommend"
+        port = free_port()
+        env = {**os.environ, "PORT": str(port), "MODEL_PATH": str(self.model_dir), "PYTHONUNBUFFERED": "1"}
+        with open(self.config.state_dir / "logs" / "direct-recommend.log", "ab") as log:
+            self.direct_process = subprocess.Popen([sys.executable, "index.py"], cwd=context, env=env,
+                                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.direct_url = f"http://127.0.0.1:{port}"
+        self._wait_ok(f"{self.direct_url}/_/ready", "the direct recommend process")
+
+    def __exit__(self, *exc) -> None:
+        if self.direct_process is not None and self.direct_process.poll() is None:
+            stop_pid(self.direct_process.pid, 10.0)
+            self.direct_process.wait()
+        for service, pid in reversed(self.started):
+            stop_pid(pid, service.stop_grace_s, service.stop_signal)
+        self.started.clear()
+
+
+# -- the load ------------------------------------------------------------------------------------
+async def fixed_rate(url_for, rate: float, seconds: float, timeout_s: float = 2.0) -> dict:
+    """Open loop: request i is sent at start + i/rate whatever earlier answers do (no coordinated
+    omission); latency is measured from the send. Bounded: rate*seconds requests in all."""
+    import aiohttp
+
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=64, force_close=False)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            try:
+                async with session.get(url_for(i)) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors[f"http_{response.status}"] = errors.get(f"http_{response.status}", 0) + 1
+                        return
+            except (TimeoutError, aiohttp.ClientError) as e:
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                return
+            latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": total, "ok": len(latencies), "errors": sum(errors.values()), "error_kinds": errors,
+        "achieved_rate": total / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+    }
+
+
+def run(rate: float, seconds: float, warmup_s: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, RecommendStack(Path(tmp)) as stack:
+        rng = np.random.default_rng(1)
+        # 90% known users, 10% new ones (cold start), the same sequence on every path.
+        known = rng.choice(stack.user_ids, size=int(rate * seconds))
+        unknown = rng.integers(10**9, 2 * 10**9, size=len(known))
+        users = np.where(rng.random(len(known)) < 0.9, known, unknown)
+        paths = {
+            "direct": lambda i: f"{stack.direct_url}/{users[i % len(users)]}",
+            "gateway": lambda i: f"{stack.gateway_url}/function/recommend/{users[i % len(users)]}",
+            "nginx": lambda i: f"{stack.public_url}/recommend/{users[i % len(users)]}",
+        }
+        measured = {}
+        for name, url_for in paths.items():
+            asyncio.run(fixed_rate(url_for, rate, warmup_s))  # connections and caches warm
+            measured[name] = asyncio.run(fixed_rate(url_for, rate, seconds))
+    return measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="per path (default 30, at most 120)")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if not (0 < args.rate <= 1000 and 0 < args.seconds <= 120):
+        print("error: --rate must be in (0, 1000] and --seconds in (0, 120]", file=sys.stderr)
+        return 2
+    measured = run(args.rate, args.seconds, args.warmup)
+    result = {
+        "direct_p50_ms": measured["direct"]["p50_ms"], "gateway_p50_ms": measured["gateway"]["p50_ms"],
+        "nginx_p50_ms": measured["nginx"]["p50_ms"], "direct_p99_ms": measured["direct"]["p99_ms"],
+        "gateway_p99_ms": measured["gateway"]["p99_ms"], "nginx_p99_ms": measured["nginx"]["p99_ms"],
+        "errors": sum(m["errors"] for m in measured.values()), "rate": args.rate, "seconds": args.seconds,
+        "paths": measured, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    base = measured["direct"]
+    print(f"GET /recommend/<uid> at {args.rate:g} req/s for {args.seconds:g} s per path "
+          f"(baseline: the function process, same run)")
+    print(f"{'path':<8} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'p99 x':>6} {'errors':>7} {'req/s':>7}")
+    for name, m in measured.items():
+        if m["p50_ms"] is None:
+            print(f"{name:<8} {'-':>8} {'-':>8} {'-':>8} {'-':>6} {m['errors']:>7} {m['achieved_rate']:>7.1f}")
+            continue
+        extra = m["p50_ms"] - base["p50_ms"] if base["p50_ms"] is not None else float("nan")
+        ratio = m["p99_ms"] / base["p99_ms"] if base["p99_ms"] else float("nan")
+        print(f"{name:<8} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {extra:>8.2f} {ratio:>6.2f} "
+              f"{m['errors']:>7} {m['achieved_rate']:>7.1f}")
+    targets = {
+        "gateway adds <= 2 ms at p50": (result["gateway_p50_ms"] or 1e9) - (result["direct_p50_ms"] or 0) <= 2.0,
+        "p99 through nginx <= 30 ms": (result["nginx_p99_ms"] or 1e9) <= 30.0,
+        "0 errors": result["errors"] == 0,
+    }
+    result["targets_met"] = targets
+    for text, ok in targets.items():
+        print(f"target {text}: {'met' if ok else 'NOT met'}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
