@@ -21,12 +21,13 @@ Owns nothing but this measurement; uses movierec's public API only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from movierec.ingest import parse_batch, store_batch
@@ -39,18 +40,18 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 
 
 def ingest_synthetic(store, world: SyntheticWorld, n_ratings: int, batch_size: int) -> int:
-    """Store `n_ratings` rating lines as ingest batches (ingest's own parser and writer)."""
+    """Store `n_ratings` rating lines as ingest batches (ingest's own parser and writer).
+
+    One stream of `n_ratings` distinct (user, movie) ratings, cut into batches: drawing each
+    batch separately would re-rate popular pairs across batches, and dedupe would leave fewer
+    than `n_ratings` ratings to train on."""
+    lines = world.stream_lines(n_ratings, watches_per_rating=0, watch_only_fraction=0.0,
+                               start=datetime(2026, 1, 1))
     offset = 0
-    start = datetime(2026, 1, 1)
-    remaining = n_ratings
-    while remaining > 0:
-        n = min(batch_size, remaining)
-        lines = world.stream_lines(n, watches_per_rating=0, watch_only_fraction=0.0,
-                                   start=start + timedelta(seconds=offset))
-        records = [(offset + i, line.encode()) for i, line in enumerate(lines)]
+    while batch := list(itertools.islice(lines, batch_size)):
+        records = [(offset + i, line.encode()) for i, line in enumerate(batch)]
         store_batch(store, parse_batch("movielog1", 0, records, []))
         offset += len(records)
-        remaining -= n
     return offset
 
 

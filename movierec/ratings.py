@@ -27,21 +27,91 @@ class Codes(NamedTuple):
     movie_codes: np.ndarray  # per row: position in `movies`
 
 
-def factorize_strings(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, code per value): np.unique's answer, about 3x faster on strings.
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
-    np.unique sorts every row's string; a dict pass then sorting only the distinct ones is
-    what keeps the training pipeline's overhead small next to the SGD itself.
+
+def _as_words(values: np.ndarray) -> np.ndarray:
+    """Each string of a numpy unicode array as a row of uint64 words (equal strings, equal rows).
+
+    Latin-1 text (every code point < 256, what movie slugs are) packs one byte per character,
+    so a row is a few words; anything else keeps the 4-byte code points.
     """
-    first_seen: dict[str, int] = {}
-    codes = np.fromiter(
-        (first_seen.setdefault(v, len(first_seen)) for v in values.tolist()), dtype=np.int64, count=len(values)
-    )
-    distinct = np.array(list(first_seen), dtype=values.dtype) if first_seen else values[:0]
+    n, width = len(values), values.dtype.itemsize // 4
+    points = np.ascontiguousarray(values).view(np.uint32).reshape(n, width)
+    chars = points.astype(np.uint8) if width and points.max() < 256 else points.view(np.uint8).reshape(n, -1)
+    n_words = -(-chars.shape[1] // 8)
+    packed = np.zeros((n, 8 * n_words), dtype=np.uint8)
+    packed[:, : chars.shape[1]] = chars
+    return packed.view(np.uint64)
+
+
+def factorize_strings(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, code per value): np.unique's answer, several times faster.
+
+    np.unique sorts every row's string. Here each string is hashed as a few 64-bit words, the
+    hashes are factorised (an integer sort), every row is checked against its group's first
+    string (so a hash collision can never merge two ids: it falls back to a dict pass), and
+    only the distinct strings are sorted.
+    """
+    values = np.asarray(values)
+    if len(values) == 0:
+        return values[:0], np.empty(0, dtype=np.int64)
+    words = _as_words(values)
+    h = np.zeros(len(values), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(words.shape[1]):
+            h = _splitmix64(h ^ (words[:, column] + np.uint64(0x9E3779B97F4A7C15)))
+    _, first, codes = np.unique(h, return_index=True, return_inverse=True)
+    if np.array_equal(words, words[first][codes]):
+        distinct = values[first]
+    else:  # a 64-bit collision: astronomically rare, but never wrong
+        seen: dict[str, int] = {}
+        codes = np.fromiter((seen.setdefault(v, len(seen)) for v in values.tolist()), np.int64, len(values))
+        distinct = np.array(list(seen), dtype=values.dtype)
     order = np.argsort(distinct, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return distinct[order], rank[codes]
+    return distinct[order], rank[codes.reshape(-1)]
+
+
+def factorize_ints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, code per value) of non-negative integers, as np.unique's answer.
+
+    Ids spread over a range not much larger than the row count are factorised through a
+    presence table (linear, no sort); others by np.unique.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    top = int(values.max()) if len(values) else 0
+    if len(values) == 0 or top > 16 * len(values) + (1 << 20):
+        distinct, codes = np.unique(values, return_inverse=True)
+        return distinct, codes.reshape(-1).astype(np.int64, copy=False)
+    present = np.zeros(top + 1, dtype=bool)
+    present[values] = True
+    distinct = np.flatnonzero(present)
+    code_of = np.cumsum(present, dtype=np.int64 if len(distinct) >= 1 << 31 else np.int32) - 1
+    return distinct.astype(np.int64, copy=False), code_of[values].astype(np.int64)
+
+
+def _has_repeats(keys: np.ndarray, n_keys: int) -> bool:
+    """Whether any of the non-negative `keys` (all < n_keys) occurs twice."""
+    if n_keys <= 16 * len(keys) + (1 << 20):
+        present = np.zeros(n_keys, dtype=bool)
+        present[keys] = True
+        return int(np.count_nonzero(present)) < len(keys)
+    ordered = np.sort(keys)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+def _compact(distinct: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct, codes) restricted to the distinct values `codes` still uses, renumbered."""
+    used = np.bincount(codes, minlength=len(distinct)) > 0
+    if used.all():
+        return distinct, codes
+    renumber = np.cumsum(used) - 1
+    return distinct[used], renumber[codes]
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +177,23 @@ class RatingsTable:
         )
 
     @classmethod
+    def from_movie_codes(cls, user_ids: np.ndarray, movie_vocab: np.ndarray, movie_codes: np.ndarray,
+                         ratings: np.ndarray) -> RatingsTable:
+        """A table whose movie column comes dictionary-encoded (ids `movie_vocab[movie_codes]`,
+        as ingest batches store it): its codes are derived from the small vocabulary instead of
+        factorising a million strings again."""
+        movie_vocab, movie_codes = np.asarray(movie_vocab), np.asarray(movie_codes, dtype=np.int64)
+        if len(movie_codes) and (movie_codes.min() < 0 or movie_codes.max() >= len(movie_vocab)):
+            raise ValueError("movie codes point outside the movie vocabulary")
+        table = cls(user_ids, movie_vocab[movie_codes], ratings)
+        if len(table):
+            vocab, vocab_codes = np.unique(movie_vocab.astype(table.movie_ids.dtype), return_inverse=True)
+            movies, codes = _compact(vocab, vocab_codes.reshape(-1)[movie_codes])
+            users, user_codes = factorize_ints(table.user_ids)
+            object.__setattr__(table, "_codes", Codes(users, user_codes, movies, codes))
+        return table
+
+    @classmethod
     def concat(cls, tables: Iterable[RatingsTable]) -> RatingsTable:
         """Tables appended in the given order (so later tables hold the later ratings)."""
         tables = [t for t in tables if len(t)]
@@ -124,26 +211,36 @@ class RatingsTable:
 
     @property
     def n_users(self) -> int:
-        return len(np.unique(self.user_ids))
+        return len(self.codes.users)
 
     @property
     def n_movies(self) -> int:
-        return len(np.unique(self.movie_ids))
+        return len(self.codes.movies)
 
     @property
     def codes(self) -> Codes:
         """Sorted distinct ids and per-row codes, computed once per table."""
         cached = self.__dict__.get("_codes")
         if cached is None:
-            users, user_codes = np.unique(self.user_ids, return_inverse=True)
+            users, user_codes = factorize_ints(self.user_ids)
             movies, movie_codes = factorize_strings(self.movie_ids)
-            cached = Codes(users, user_codes.astype(np.int64), movies, movie_codes)
+            cached = Codes(users, user_codes, movies, movie_codes)
             object.__setattr__(self, "_codes", cached)
         return cached
 
     def take(self, rows: np.ndarray) -> RatingsTable:
-        """The rows selected by an index array or boolean mask, in that order."""
-        return RatingsTable(self.user_ids[rows], self.movie_ids[rows], self.ratings[rows])
+        """The rows selected by an index array or boolean mask, in that order.
+
+        If this table's codes are known, the new table's are derived from them (integer work)
+        instead of factorising its movie-id strings again.
+        """
+        taken = RatingsTable(self.user_ids[rows], self.movie_ids[rows], self.ratings[rows])
+        codes = self.__dict__.get("_codes")
+        if codes is not None:
+            users, user_codes = _compact(codes.users, codes.user_codes[rows])
+            movies, movie_codes = _compact(codes.movies, codes.movie_codes[rows])
+            object.__setattr__(taken, "_codes", Codes(users, user_codes, movies, movie_codes))
+        return taken
 
     # -- cleaning and splitting ---------------------------------------------------------------
     def dedupe(self) -> RatingsTable:
@@ -152,17 +249,11 @@ class RatingsTable:
             return self
         codes = self.codes
         pair_keys = codes.user_codes * len(codes.movies) + codes.movie_codes
+        if not _has_repeats(pair_keys, len(codes.users) * len(codes.movies)):  # the usual case
+            return self
         # Scan from the end so np.unique's "first occurrence" is the latest row.
         _, first_from_end = np.unique(pair_keys[::-1], return_index=True)
-        keep = np.sort(len(self) - 1 - first_from_end)
-        if len(keep) == len(self):
-            return self
-        deduped = self.take(keep)
-        # Dedupe drops no user and no movie entirely, so the distinct ids carry over.
-        object.__setattr__(deduped, "_codes", codes._replace(
-            user_codes=codes.user_codes[keep], movie_codes=codes.movie_codes[keep]
-        ))
-        return deduped
+        return self.take(np.sort(len(self) - 1 - first_from_end))  # take() carries the codes
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[RatingsTable, RatingsTable]:
         """Per-user random holdout: (train, holdout).

@@ -71,10 +71,25 @@ def build_trainset(table: RatingsTable):
         raise ValueError("cannot train on an empty ratings table")
     users, user_codes, movies, movie_codes = table.codes
     ratings = table.ratings.astype(np.float64)
+    rating_values, rating_codes = np.unique(ratings, return_inverse=True)
+    rating_codes = rating_codes.reshape(-1)
+    rating_list = rating_values.tolist()
 
-    def grouped(keys: np.ndarray, values: np.ndarray, n_keys: int) -> defaultdict:
-        order = np.argsort(keys, kind="stable")
-        pairs = list(zip(values[order].tolist(), ratings[order].tolist()))
+    def sort_order(keys: np.ndarray, n_keys: int) -> np.ndarray:
+        # A stable sort of small integer codes is a radix sort when they fit 16 bits.
+        return np.argsort(keys.astype(np.uint16) if n_keys <= 1 << 16 else keys, kind="stable")
+
+    def grouped(keys: np.ndarray, values: np.ndarray, n_keys: int, n_values: int) -> defaultdict:
+        """key -> [(value, rating), ...] in table order. The (value, rating) tuples are shared:
+        one per distinct combination (a few per movie or user), not one per rating."""
+        order = sort_order(keys, n_keys)
+        combos = values[order] * len(rating_list) + rating_codes[order]
+        if n_values * len(rating_list) <= len(combos):
+            shared = np.empty(n_values * len(rating_list), dtype=object)
+            shared[:] = [(v, r) for v in range(n_values) for r in rating_list]
+            pairs = shared[combos].tolist()
+        else:  # many distinct ratings: one tuple per rating is cheaper than the table
+            pairs = list(zip(values[order].tolist(), ratings[order].tolist()))
         bounds = np.searchsorted(keys[order], np.arange(n_keys + 1)).tolist()
         grouped_pairs = defaultdict(list)
         for key in range(n_keys):
@@ -82,8 +97,8 @@ def build_trainset(table: RatingsTable):
         return grouped_pairs
 
     with _cyclic_gc_paused():
-        ur = grouped(user_codes, movie_codes, len(users))
-        ir = grouped(movie_codes, user_codes, len(movies))
+        ur = grouped(user_codes, movie_codes, len(users), len(movies))
+        ir = grouped(movie_codes, user_codes, len(movies), len(users))
     trainset = Trainset(
         ur=ur,
         ir=ir,

@@ -123,10 +123,9 @@ def check_data(table: RatingsTable, config: TrainConfig, deduped: RatingsTable |
         "ratings": len(table),
         "unique_ratings": len(deduped),
         "duplicate_share": 0.0 if len(table) == 0 else 1 - len(deduped) / len(table),
-        "users": len(np.unique(deduped.user_ids)),
-        # Distinct 64-bit hashes count the distinct ids (a collision among thousands of ids has
-        # odds of ~1e-12) at a fraction of the cost of sorting the strings themselves.
-        "movies": len(np.unique(_string_hash(deduped.movie_ids))),
+        # The table's codes (computed once, reused by the split, the trainset and the model).
+        "users": deduped.n_users,
+        "movies": deduped.n_movies,
     }
     problems = []
     if figures["unique_ratings"] < config.min_ratings:
@@ -155,8 +154,11 @@ def _string_hash(strings: np.ndarray) -> np.ndarray:
     codepoints = strings.view(np.uint32).reshape(len(strings), width) if len(strings) else np.empty((0, width))
     h = np.full(len(strings), 0xCBF29CE484222325, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for column in range(width):  # padding zeros of shorter strings hash like any other code point
-            h = (h ^ codepoints[:, column].astype(np.uint64)) * np.uint64(0x100000001B3)
+        for column in range(width):
+            # Padding zeros are skipped, so a string's hash does not depend on the longest id in
+            # the snapshot (else a new long title would reshuffle every pair's holdout side).
+            code = codepoints[:, column].astype(np.uint64)
+            h = np.where(code != 0, (h ^ code) * np.uint64(0x100000001B3), h)
     return h
 
 
@@ -172,7 +174,11 @@ def holdout_split(table: RatingsTable, test_fraction: float, seed: int = 0) -> t
     if not 0.0 < test_fraction < 1.0:
         raise TrainError(f"test fraction must be between 0 and 1, got {test_fraction}")
     with np.errstate(over="ignore"):
-        key = _splitmix64(table.user_ids.astype(np.uint64) ^ np.uint64(seed)) ^ _string_hash(table.movie_ids)
+        # Hash each distinct movie id once and spread by the table's codes (the same values as
+        # hashing every row's string: the distinct ids keep the column's dtype).
+        movies, movie_codes = table.codes.movies, table.codes.movie_codes
+        movie_hash = _string_hash(movies.astype(table.movie_ids.dtype, copy=False))[movie_codes]
+        key = _splitmix64(table.user_ids.astype(np.uint64) ^ np.uint64(seed)) ^ movie_hash
         bucket = _splitmix64(key) % np.uint64(1_000_000)
     is_holdout = bucket < np.uint64(round(test_fraction * 1_000_000))
     return table.take(~is_holdout), table.take(is_holdout)

@@ -173,3 +173,21 @@ def test_offline_training_writes_a_loadable_model_and_metrics(store, world, tmp_
 
     model = load_model(tmp_path / "model")
     assert model.manifest["snapshot_id"] == snapshot.id and (tmp_path / "metrics.json").exists()
+
+
+def test_holdout_side_of_a_pair_does_not_depend_on_the_longest_movie_id_in_the_snapshot():
+    import numpy as np
+
+    from movierec.ratings import RatingsTable
+    from movierec.trainjob import holdout_split
+
+    users = np.arange(2000, dtype=np.int64)
+    short = RatingsTable(users, np.array(["heat+1995"] * 2000), np.full(2000, 4.0, dtype=np.float32))
+    longer = RatingsTable(np.concatenate([users, [1]]),
+                          np.array(["heat+1995"] * 2000 + ["a+much+longer+title+than+any+other+2001"]),
+                          np.full(2001, 4.0, dtype=np.float32))
+    held_short = set(holdout_split(short, 0.2)[1].user_ids.tolist())
+    holdout_long = holdout_split(longer, 0.2)[1]
+    held_long = {u for u, m in zip(holdout_long.user_ids.tolist(), holdout_long.movie_ids.tolist())
+                 if m == "heat+1995"}
+    assert held_short and held_short == held_long
