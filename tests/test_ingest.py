@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,3 +265,69 @@ def test_the_store_being_down_fails_before_consuming_and_names_it(kafka_bootstra
     with pytest.raises(IngestError, match=f"object store unavailable.*{endpoint}"):
         run_ingest(config(kafka_bootstrap, topic), store)
     assert committed(kafka_bootstrap, f"g-{topic}", topic) == [None, None]
+
+
+def test_records_added_to_a_batch_in_parts_give_the_same_bytes_as_added_at_once():
+    records = [(100 + i, line.encode()) for i, line in enumerate(stream_lines(5000))]
+    whole = parse_batch("t", 0, records, [10])
+    builder = ingest.BatchBuilder("t", 0)
+    for start in range(0, len(records), 777):
+        part = records[start:start + 777]
+        builder.add([o for o, _ in part], [v for _, v in part])
+    parts = builder.build([10])
+    assert parts.objects == whole.objects and parts.quality == whole.quality
+    assert (parts.first, parts.last, parts.records) == (100, 5099, 5000)
+
+
+def test_building_batches_in_a_child_process_stores_the_same_bytes_as_inline(kafka_bootstrap, topic, tmp_path):
+    produce(kafka_bootstrap, topic, stream_lines(3000))
+    stores = {}
+    for in_child in (True, False):
+        stores[in_child] = LocalDirectoryStore(tmp_path / f"child-{in_child}")
+        run_ingest(config(kafka_bootstrap, topic, group_id=f"g-{in_child}-{topic}", batch_records=700,
+                          builder_process=in_child), stores[in_child])
+    keys = stores[True].list()
+    assert keys == stores[False].list() and len(keys) > 10
+    assert all(stores[True].get(k) == stores[False].get(k) for k in keys)
+
+
+def test_a_builder_process_that_dies_stops_the_run_with_an_error_naming_it():
+    builders = ingest.ProcessBuilders("t")
+    try:
+        builders.add(0, [0], [RATE.format(d=1, s=0, u=1, m=1, r=5).encode()])
+        builders.process.kill()
+        builders.process.wait(10)
+        with pytest.raises(IngestError, match=r"batch builder process \(pid \d+\) ended unexpectedly"):
+            builders.build(0, [])
+    finally:
+        builders.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited (it only waits for its new parent to reap it)
+
+
+def test_the_builder_process_exits_when_the_ingest_process_is_killed():
+    script = ("import sys, time; from movierec.ingest import ProcessBuilders; "
+              "b = ProcessBuilders('t'); print(b.process.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(ingest.__file__).parents[1])
+    try:
+        child_pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        for _ in range(100):  # the child reads end-of-input and exits; bounded wait, no timing assert
+            if not _running(child_pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child_pid, signal.SIGKILL)
+            pytest.fail("the builder process outlived the ingest process")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

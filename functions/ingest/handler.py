@@ -1,8 +1,9 @@
 """ingest: one bounded run of Kafka topic -> object store batches (cron-connector or by hand).
 
-Thin on purpose: the run lives in movierec.ingest. `POST /` (cron sends an empty body) runs with
-the settings from env; `?max_records=N&max_seconds=S` bound a manual run. Replies with the run's
-JSON summary; a failing dependency gives 503 with a one-line error naming it.
+Thin on purpose: the run lives in movierec.ingest. `POST /` (the cron connector sends an empty
+body with `X-Topic: cron-function`) runs with the settings from env; `?max_records=N&max_seconds=S`
+bound a manual run. Replies with the run's JSON summary; any other method gets 405 (a run writes,
+so a stray GET must not start one); a failing dependency gives 503 with a one-line error naming it.
 """
 from movierec.ingest import IngestConfig, IngestError, run_ingest
 from movierec.store import StoreError
@@ -28,8 +29,8 @@ def _number(query, name, kind):
 
 
 def handle(event, context):
-    if event.method not in ("POST", "GET"):
-        return _reply(405, {"error": f"method {event.method} not allowed: use POST"})
+    if event.method != "POST":
+        return _reply(405, {"error": f"method {event.method} not allowed: POST starts an ingest run"})
     try:
         config = IngestConfig.from_env(
             max_records=_number(event.query, "max_records", int),

@@ -10,7 +10,9 @@ Owns: the bucket, its versioning setting and its bucket policy. Must not touch o
 
 Endpoint from `S3_ENDPOINT_URL`; admin credentials from the secret files `s3-admin-access-key` /
 `s3-admin-secret-key` (SECRETS_DIR) or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
-Run: `python -m minio.setup [--bucket movierec] [--versioning] [--principal ARN]`.
+Run by path (an operator command, not a module: `minio/` is deliberately not a
+Python package, so it cannot shadow the PyPI `minio` client):
+`python minio/create_buckets.py [--bucket movierec] [--versioning] [--principal ARN]`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+# Run as a script, Python puts minio/ on the path, not the repository root that holds movierec.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 POLICY_TEMPLATE = Path(__file__).resolve().parent / "policy-functions.json"
 
@@ -81,7 +86,7 @@ def setup(client, bucket: str, versioning: bool = False, principal: str | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minio.setup", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python minio/create_buckets.py", description=__doc__.split("\n")[0])
     parser.add_argument("--bucket", default=os.environ.get("S3_BUCKET", "movierec"))
     parser.add_argument("--versioning", action="store_true")
     parser.add_argument("--principal", default=os.environ.get("S3_FUNCTIONS_PRINCIPAL"))

@@ -1,1 +1,0 @@
-"""MinIO (S3) setup for production: bucket, policy, faasd compose snippet."""

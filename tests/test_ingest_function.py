@@ -1,0 +1,110 @@
+"""The ingest function, served from its build context over real HTTP, against a real broker.
+
+The build context is made from stack.yml as `faas-cli build --shrinkwrap` would make it, and its
+server runs in a subprocess with nothing from the repository on its import path (the approach of
+tests/test_recommend_function.py, whose FunctionProcess this reuses)."""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from localfaas.build import build_function
+from localfaas.stackfile import load_stack
+from movierec.events import parse_line
+from movierec.ingest import load_quarantine, load_ratings, load_watches
+from movierec.store import LocalDirectoryStore
+from scripts.broker import free_port
+from tests.test_ingest import committed, produce, stream_lines
+from tests.test_recommend_function import FunctionProcess
+
+REPO = Path(__file__).resolve().parent.parent
+CRON = {"X-Topic": "cron-function", "X-Connector": "cron-connector"}
+
+
+@pytest.fixture(scope="module")
+def build_context(tmp_path_factory):
+    stack = load_stack(REPO / "stack.yml", env={})
+    return build_function(stack, stack.functions["ingest"], tmp_path_factory.mktemp("build"))
+
+
+def serve(build_context, tmp_path_factory, bootstrap: str, topic: str, store_dir: Path) -> FunctionProcess:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic, "KAFKA_GROUP_ID": f"g-{topic}",
+           "STORE_URL": str(store_dir), "INGEST_IDLE_SECONDS": "1.5", "KAFKA_SESSION_TIMEOUT_MS": "3000"}
+    return FunctionProcess(build_context, env, tmp_path_factory.mktemp("logs") / "ingest.log")
+
+
+@pytest.fixture(scope="module")
+def topic():
+    return f"fn-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def served(build_context, tmp_path_factory, kafka_bootstrap, topic, store_dir):
+    fn = serve(build_context, tmp_path_factory, kafka_bootstrap, topic, store_dir)
+    yield fn
+    fn.stop()
+
+
+def test_build_context_has_the_handler_and_the_copied_core(build_context):
+    for name in ("index.py", "function/handler.py", "function/movierec/ingest.py",
+                 "function/movierec/events.py", "function/movierec/store.py"):
+        assert (build_context.path / name).is_file(), name
+
+
+def test_a_cron_post_ingests_the_topic_and_replies_with_the_run_summary(served, kafka_bootstrap, topic, store_dir):
+    lines = stream_lines(2000)
+    produce(kafka_bootstrap, topic, lines)
+    reply = requests.post(served.url + "/", headers=CRON, data=b"", timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["Content-Type"].startswith("application/json")
+    summary = reply.json()
+    kinds = Counter(type(parse_line(x)).__name__ for x in lines)
+    assert summary["topic"] == topic and summary["records"] == 2000
+    assert summary["events"] == {"rate": kinds["RateEvent"], "watch": kinds["WatchEvent"],
+                                 "recommendation": kinds["RecommendationEvent"]}
+    assert sum(summary["quarantined"].values()) == kinds["Rejection"]
+    assert summary["stopped_because"] == "caught_up" and summary["lag_total"] == 0
+    store = LocalDirectoryStore(store_dir)
+    assert len(load_ratings(store, topic)) == kinds["RateEvent"]
+    assert len(load_watches(store, topic)) == kinds["WatchEvent"]
+    assert len(load_quarantine(store, topic)) == kinds["Rejection"]
+    assert committed(kafka_bootstrap, f"g-{topic}", topic) == [1000, 1000]
+
+
+def test_a_second_post_with_nothing_new_stores_nothing(served):
+    reply = requests.post(served.url + "/", headers=CRON, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["records"] == 0 and reply.json()["batches_written"] == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_any_method_but_post_is_refused_with_405_and_starts_no_run(served, method):
+    reply = requests.request(method, served.url + "/", timeout=10)
+    assert reply.status_code == 405
+    assert reply.json() == {"error": f"method {method} not allowed: POST starts an ingest run"}
+
+
+def test_a_bad_bound_in_the_query_gets_400_in_one_line(served):
+    reply = requests.post(served.url + "/?max_records=lots", timeout=10)
+    assert reply.status_code == 400
+    assert reply.json() == {"error": "query parameter max_records must be a number, got 'lots'"}
+
+
+def test_a_broker_that_is_down_gets_503_naming_it(build_context, tmp_path_factory, tmp_path):
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens here
+    fn = serve(build_context, tmp_path_factory, bootstrap, "movielog1", tmp_path / "store")
+    try:
+        reply = requests.post(fn.url + "/", headers=CRON, timeout=60)
+    finally:
+        fn.stop()
+    assert reply.status_code == 503
+    assert reply.json()["error"].startswith(f"Kafka broker at {bootstrap} unreachable")
