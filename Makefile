@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train release-token up down status demo simulate clean
+.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train release-token release-status release-drill up down status demo simulate clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,22 @@ down: $(STAMP)
 # localfaas + nginx on free ports); writes bench/results/gateway.json.
 bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway
+
+# The whole lifecycle, compressed into a few minutes on its own stack (free ports, temp state dir):
+# backfill, ingest, first model -> stable, second -> canary -> promoted, a drill model -> rolled back,
+# a replica killed under load; prints each phase and writes var/demo/report.{md,json,png}.
+# ARGS passes flags, e.g. `make demo ARGS="--attach"` to drive the running `make up` stack instead.
+demo: $(STAMP)
+	$(PY) -m scripts.demo $(ARGS)
+
+# Release operator actions on the running stack (scripts/release.py; also promote, rollback, abort,
+# step, train, ingest: `.venv/bin/python -m scripts.release --help`). The drill releases a deliberately
+# slow/erroring copy of the stable model to the canary, e.g. ARGS="--error-rate 0.5".
+release-status: $(STAMP)
+	@$(PY) -m scripts.release status
+
+release-drill: $(STAMP)
+	$(PY) -m scripts.release drill-bad-model $(ARGS)
 
 # The stream simulator against the running stack (broker :9092, public entry :8082). Bounded by
 # default (60 s); ARGS passes flags, e.g. `make simulate ARGS="--duration 0 --rate 50 --backfill 20000"`.

@@ -12,8 +12,7 @@ fixed open-loop rate (default 200 req/s for 30 s per path), it measures:
 and prints p50/p99 and the overhead against `direct` (the baseline), with error counts.
 Writes bench/results/gateway.json. Run: `make bench-gateway` or `python -m bench.gateway`.
 
-Owns nothing but this measurement (and `RecommendStack`, the bring-up the end-to-end test reuses);
-starts and stops only its own processes, by PID.
+Owns nothing but this measurement; the bring-up is bench/localstack.py's `RecommendStack`.
 """
 from __future__ import annotations
 
@@ -25,130 +24,18 @@ import argparse
 import asyncio
 import json
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
-import requests
-import yaml
 
+from bench.localstack import RecommendStack
 from bench.recommend import build_bench_model
 from movierec.model import save_model
-from scripts.stack import StackConfig, services, start_service, stop_pid
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
-RECOMMEND_FUNCTIONS = ("recommend", "recommend-canary")
-READY_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def recommend_only_project(folder: Path) -> Path:
-    """A project folder whose stack.yml holds only the recommend functions of the real stack.yml;
-    template/, functions/ and movierec/ link to the repo's, so the build contexts are the real ones."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stack = yaml.safe_load((ROOT / "stack.yml").read_text())  # ${VAR} stay text: localfaas substitutes
-    stack["functions"] = {name: stack["functions"][name] for name in RECOMMEND_FUNCTIONS}
-    (folder / "stack.yml").write_text(yaml.safe_dump(stack, sort_keys=False))
-    for name in ("template", "functions", "movierec"):
-        link = folder / name
-        if not link.exists():
-            link.symlink_to(ROOT / name, target_is_directory=True)
-    return folder / "stack.yml"
-
-
-class RecommendStack:
-    """localfaas + nginx (+ optionally one direct function process) serving a small model.
-
-    Use as a context manager; everything it started is stopped by PID on exit.
-    """
-
-    def __init__(self, workdir: Path, n_users: int = 2000, n_movies: int = 2000, direct: bool = True,
-                 canary_percent: int = 20):
-        self.workdir = workdir
-        self.direct_wanted = direct
-        self.model_dir = workdir / "model"
-        self.n_users, self.n_movies = n_users, n_movies
-        self.canary_percent = canary_percent
-        self.started: list[tuple[object, int]] = []
-        self.direct_process: subprocess.Popen | None = None
-        self.user_ids: np.ndarray | None = None
-
-    def __enter__(self) -> Self:
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def _start(self) -> None:
-        model = build_bench_model(self.n_users, self.n_movies, n_factors=32, seed=7)
-        save_model(model, self.model_dir)
-        self.user_ids = np.asarray(model.user_ids)
-        stack_file = recommend_only_project(self.workdir / "project")
-        self.config = StackConfig(
-            state_dir=self.workdir / "var", gateway_port=free_port(), public_port=free_port(),
-            kafka_bootstrap="kafka.invalid:9092",  # not ours to start: the bench needs no broker
-            stack_file=stack_file, simulator=False,
-        )
-        os.environ["MODEL_PATH"] = str(self.model_dir)  # read by localfaas's ${MODEL_PATH:-} substitution
-        os.environ["CANARY_PERCENT"] = str(self.canary_percent)
-        os.environ.setdefault("LOCALFAAS_HEALTH_INTERVAL", "0.5")
-        wanted = {"localfaas", "nginx"}
-        for service in services(self.config):
-            if service.name in wanted:
-                pid, _ = start_service(self.config, service)
-                self.started.append((service, pid))
-        self.gateway_url = self.config.url(self.config.gateway_port)
-        self.public_url = self.config.url(self.config.public_port)
-        for name in RECOMMEND_FUNCTIONS:
-            self._wait_ok(f"{self.gateway_url}/function/{name}/{int(self.user_ids[0])}", name)
-        if self.direct_wanted:
-            self._start_direct()
-
-    def _wait_ok(self, url: str, what: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = requests.get(url, timeout=5)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}: {response.text.strip()[:120]}"
-            except requests.RequestException as e:
-                last = type(e).__name__
-            time.sleep(0.3)
-        raise RuntimeError(f"{what} not serving at {url} after {READY_TIMEOUT_S:g}s ({last}); "
-                           f"see {self.config.state_dir / 'logs'}")
-
-    def _start_direct(self) -> None:
-        context = self.config.stack_file.parent / "build" / "recommend"
-        port = free_port()
-        env = {**os.environ, "PORT": str(port), "MODEL_PATH": str(self.model_dir), "PYTHONUNBUFFERED": "1"}
-        with open(self.config.state_dir / "logs" / "direct-recommend.log", "ab") as log:
-            self.direct_process = subprocess.Popen([sys.executable, "index.py"], cwd=context, env=env,
-                                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.direct_url = f"http://127.0.0.1:{port}"
-        self._wait_ok(f"{self.direct_url}/_/ready", "the direct recommend process")
-
-    def __exit__(self, *exc) -> None:
-        if self.direct_process is not None and self.direct_process.poll() is None:
-            stop_pid(self.direct_process.pid, 10.0)
-            self.direct_process.wait()
-        for service, pid in reversed(self.started):
-            stop_pid(pid, service.stop_grace_s, service.stop_signal)
-        self.started.clear()
 
 
 # -- the load ------------------------------------------------------------------------------------
@@ -195,21 +82,29 @@ async def fixed_rate(url_for, rate: float, seconds: float, timeout_s: float = 2.
 
 
 def run(rate: float, seconds: float, warmup_s: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, RecommendStack(Path(tmp)) as stack:
-        rng = np.random.default_rng(1)
-        # 90% known users, 10% new ones (cold start), the same sequence on every path.
-        known = rng.choice(stack.user_ids, size=int(rate * seconds))
-        unknown = rng.integers(10**9, 2 * 10**9, size=len(known))
-        users = np.where(rng.random(len(known)) < 0.9, known, unknown)
-        paths = {
-            "direct": lambda i: f"{stack.direct_url}/{users[i % len(users)]}",
-            "gateway": lambda i: f"{stack.gateway_url}/function/recommend/{users[i % len(users)]}",
-            "nginx": lambda i: f"{stack.public_url}/recommend/{users[i % len(users)]}",
-        }
-        measured = {}
-        for name, url_for in paths.items():
-            asyncio.run(fixed_rate(url_for, rate, warmup_s))  # connections and caches warm
-            measured[name] = asyncio.run(fixed_rate(url_for, rate, seconds))
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        model = build_bench_model(2000, 2000, n_factors=32, seed=7)
+        save_model(model, Path(tmp) / "model")
+        with RecommendStack(Path(tmp), model_dir=Path(tmp) / "model", public_entry=True, direct=True) as stack:
+            return measure(stack, np.asarray(model.user_ids), rate, seconds, warmup_s)
+
+
+def measure(stack: RecommendStack, user_ids: np.ndarray, rate: float, seconds: float, warmup_s: float) -> dict:
+    """Each path in turn, after a warm-up at the same rate."""
+    rng = np.random.default_rng(1)
+    # 90% known users, 10% new ones (cold start), the same sequence on every path.
+    known = rng.choice(user_ids, size=int(rate * seconds))
+    unknown = rng.integers(10**9, 2 * 10**9, size=len(known))
+    users = np.where(rng.random(len(known)) < 0.9, known, unknown)
+    paths = {
+        "direct": lambda i: f"{stack.direct_url}/{users[i % len(users)]}",
+        "gateway": lambda i: f"{stack.gateway_url}/function/recommend/{users[i % len(users)]}",
+        "nginx": lambda i: f"{stack.public_url}/recommend/{users[i % len(users)]}",
+    }
+    measured = {}
+    for name, url_for in paths.items():
+        asyncio.run(fixed_rate(url_for, rate, warmup_s))  # connections and caches warm
+        measured[name] = asyncio.run(fixed_rate(url_for, rate, seconds))
     return measured
 
 

@@ -1,14 +1,18 @@
-"""A throwaway local OpenFaaS runtime serving `recommend` and `recommend-canary` from a given
-object store: the project's template, the real recommend handler and the core, in a temp folder,
-run by `python -m localfaas up` on a free port, stopped by its PID.
+"""A throwaway local stack serving `recommend` and `recommend-canary`, in a temp folder, on free ports:
+the local OpenFaaS runtime (`python -m localfaas up`) over a project whose stack.yml holds only the
+recommend functions of the real stack.yml (the real template, handler and core), optionally nginx
+with the rendered gateway/ config in front of it, and optionally one function process started
+straight from the runtime's build context (the `direct` baseline).
 
-Used by bench/train.py (register -> canary serving time) and by the release tests on the real
-runtime. Owns nothing but this setup.
+The model comes either from a saved model folder (MODEL_PATH) or from an object store and registry
+(STORE_URL + the stable/canary versions). Used by bench/gateway.py (latency per path), bench/train.py
+(register -> canary serving time), the release test on the real runtime and tests/test_stack.py
+(`recommend_only_project`). Owns nothing but this setup; starts and stops only its own processes,
+by PID.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,80 +22,133 @@ from pathlib import Path
 from typing import Self
 
 import requests
+import yaml
+
+from scripts.stack import LOCALFAAS_STOP_GRACE_S, stop_pid
 
 REPO = Path(__file__).resolve().parent.parent
-
-STACK = """
-version: 1.0
-provider:
-  name: openfaas
-  gateway: ${OPENFAAS_URL:-http://127.0.0.1:8080}
-configuration:
-  copy:
-    - ./movierec
-functions:
-  recommend: &recommend
-    lang: python3-http-debian
-    handler: ./functions/recommend
-    image: movierec/recommend:latest
-    environment: &env
-      MODEL_VERSION: ${STABLE_MODEL_VERSION}
-      STORE_URL: ${STORE_URL}
-      MODEL_CACHE_DIR: ${MODEL_CACHE_DIR}
-      OPENBLAS_NUM_THREADS: "1"
-    labels:
-      com.openfaas.scale.min: "1"
-  recommend-canary:
-    <<: *recommend
-    environment:
-      <<: *env
-      MODEL_VERSION: ${CANARY_MODEL_VERSION}
-"""
+RECOMMEND_FUNCTIONS = ("recommend", "recommend-canary")
+READY_TIMEOUT_S = 180.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class RecommendStack:
-    def __init__(self, root: Path, store_dir: Path, stable: str, canary: str | None = None):
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(REPO / "template", root / "template", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copytree(REPO / "movierec", root / "movierec", ignore=shutil.ignore_patterns("__pycache__"))
-        (root / "functions").mkdir()
-        shutil.copytree(REPO / "functions" / "recommend", root / "functions" / "recommend",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        (root / "stack.yml").write_text(STACK)
-        self.root, self.port = root, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.state = root / "var"
-        env = {**os.environ, "STABLE_MODEL_VERSION": stable, "CANARY_MODEL_VERSION": canary or stable,
-               "STORE_URL": str(store_dir), "MODEL_CACHE_DIR": str(root / "model-cache"),
-               "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "60"}
-        with open(root / "localfaas.out", "wb") as log:  # the child keeps its own copy of the fd
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "localfaas", "up", "--stack", str(root / "stack.yml"),
-                 "--port", str(self.port), "--state-dir", str(self.state)],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        try:
-            for name in ("recommend", "recommend-canary"):
-                self.wait_until(lambda n=name: self.serving(n) is not None, f"{name} to serve", 90)
-        except BaseException:
-            self.stop()
-            raise
+def recommend_only_project(folder: Path) -> Path:
+    """A project folder whose stack.yml holds only the recommend functions of the real stack.yml;
+    template/, functions/ and movierec/ link to the repo's, so the build contexts are the real ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = yaml.safe_load((REPO / "stack.yml").read_text())  # ${VAR} stay text: localfaas substitutes
+    stack["functions"] = {name: stack["functions"][name] for name in RECOMMEND_FUNCTIONS}
+    (folder / "stack.yml").write_text(yaml.safe_dump(stack, sort_keys=False))
+    for name in ("template", "functions", "movierec"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(REPO / name, target_is_directory=True)
+    return folder / "stack.yml"
 
-    @property
-    def auth(self) -> tuple[str, str]:
-        secrets = self.state / "secrets"
-        return ((secrets / "basic-auth-user").read_text().strip(),
-                (secrets / "basic-auth-password").read_text().strip())
+
+class RecommendStack:
+    """localfaas (+ nginx, + one direct function process, each optional) serving recommend and
+    recommend-canary from `model_dir`, or from `store_dir` at versions `stable`/`canary`.
+
+    Use as a context manager; everything it started is stopped by PID on exit. `url` is the
+    gateway; `public_url` (nginx) and `direct_url` exist when asked for.
+    """
+
+    def __init__(self, workdir: Path, *, model_dir: Path | None = None, store_dir: Path | None = None,
+                 stable: str | None = None, canary: str | None = None, public_entry: bool = False,
+                 direct: bool = False, canary_percent: int = 20):
+        if (model_dir is None) == (store_dir is None) or (store_dir is not None and not stable):
+            raise ValueError("RecommendStack needs either model_dir, or store_dir and a stable version")
+        self.workdir = workdir
+        self.model_dir, self.store_dir = model_dir, store_dir
+        self.stable, self.canary = stable, canary or stable
+        self.public_entry, self.direct = public_entry, direct
+        self.canary_percent = canary_percent
+        self.state = workdir / "var"
+        self.logs = self.state / "logs"
+        self.port = free_port()
+        self.url = self.gateway_url = f"http://127.0.0.1:{self.port}"
+        self.public_url: str | None = None
+        self.direct_url: str | None = None
+        self.started: list[tuple[subprocess.Popen, float, int]] = []  # (process, stop grace, signal)
 
     @property
     def secrets_dir(self) -> Path:
         return self.state / "secrets"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return ((self.secrets_dir / "basic-auth-user").read_text().strip(),
+                (self.secrets_dir / "basic-auth-password").read_text().strip())
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _model_env(self) -> dict[str, str]:
+        """What the functions read their model from, explicitly (never inherited from the caller)."""
+        if self.model_dir is not None:
+            return {"MODEL_PATH": str(self.model_dir), "STORE_URL": ""}
+        return {"MODEL_PATH": "", "STORE_URL": str(self.store_dir),
+                "STABLE_MODEL_VERSION": self.stable, "CANARY_MODEL_VERSION": self.canary}
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path,
+               stop_grace_s: float = 30.0, stop_signal: int = signal.SIGTERM) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the fd
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started.append((process, stop_grace_s, stop_signal))
+        return process
+
+    def _start(self) -> None:
+        stack_file = recommend_only_project(self.workdir / "project")
+        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self._model_env(),
+               "TMPDIR": str(self.workdir / "tmp"),  # passed to replicas: their model cache stays ours
+               "CANARY_PERCENT": str(self.canary_percent),
+               "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "60"}
+        self.localfaas = self._spawn(
+            "localfaas", [sys.executable, "-m", "localfaas", "up", "--stack", str(stack_file),
+                          "--port", str(self.port), "--state-dir", str(self.state)], env, REPO,
+            stop_grace_s=LOCALFAAS_STOP_GRACE_S)
+        for name in RECOMMEND_FUNCTIONS:
+            self.wait_until(lambda n=name: self.serving(n) is not None, f"{name} to serve",
+                            READY_TIMEOUT_S)
+        if self.public_entry:
+            self._start_nginx(env)
+        if self.direct:
+            self._start_direct(stack_file.parent / "build" / "recommend", env)
+
+    def _start_nginx(self, env: dict[str, str]) -> None:
+        from gateway.render import NginxSettings, nginx_argv, write_config
+
+        port = free_port()
+        settings = NginxSettings.local(self.state, listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{self.port}",
+                                       canary_percent=self.canary_percent)
+        argv = nginx_argv(write_config(settings, self.state / "nginx" / "nginx.conf"), settings)
+        self._spawn("nginx", argv, env, REPO, stop_signal=signal.SIGQUIT)
+        self.public_url = f"http://127.0.0.1:{port}"
+        self.wait_until(lambda: _answers_200(f"{self.public_url}/healthz"), "nginx to answer", 30)
+
+    def _start_direct(self, context: Path, env: dict[str, str]) -> None:
+        port = free_port()
+        self._spawn("direct-recommend", [sys.executable, "index.py"],
+                    {**env, "PORT": str(port), "PYTHONUNBUFFERED": "1"}, context, stop_grace_s=10.0)
+        self.direct_url = f"http://127.0.0.1:{port}"
+        self.wait_until(lambda: _answers_200(f"{self.direct_url}/_/ready"), "the direct recommend process", 60)
 
     def serving(self, name: str, user_id: int = 1) -> str | None:
         """The model version `name` answers with, or None when it does not answer 200."""
@@ -101,30 +158,33 @@ class RecommendStack:
             return None
         return reply.headers.get("X-Model-Version") if reply.status_code == 200 else None
 
-    def wait_until(self, predicate, what: str, timeout_s: float):
+    def wait_until(self, predicate, what: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"localfaas exited: {self.output()[-2000:]}")
+            for process, _, _ in self.started:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args[:3]} exited while waiting for {what}: {self.output()}")
             if predicate():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"timed out after {timeout_s}s waiting for {what}: {self.output()[-2000:]}")
+        raise RuntimeError(f"timed out after {timeout_s:g}s waiting for {what}: {self.output()}")
 
-    def output(self) -> str:
-        return (self.root / "localfaas.out").read_text(errors="replace")
+    def output(self, tail: int = 2000) -> str:
+        """The end of the runtime's log, and where all the logs are."""
+        log = self.logs / "localfaas.log"
+        text = log.read_text(errors="replace")[-tail:] if log.exists() else ""
+        return f"{text}\n(logs: {self.logs})"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for process, grace_s, first_signal in reversed(self.started):
+            if process.poll() is None:
+                stop_pid(process.pid, grace_s, first_signal)
+            process.wait()
+        self.started.clear()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+def _answers_200(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False

@@ -66,7 +66,7 @@ def measure_register_to_canary(store, store_dir: Path, stable: str, candidate: s
     from movierec.release import ReleaseConfig, start_release
 
     Registry(store).set_alias("stable", stable)
-    with RecommendStack(root, store_dir, stable=stable) as stack:
+    with RecommendStack(root, store_dir=store_dir, stable=stable) as stack:
         deployer = GatewayDeployer(stack.url, *stack.auth, timeout_s=60)
         t0 = time.perf_counter()
         start_release(ReleaseConfig(), store, deployer, candidate)

@@ -45,7 +45,12 @@ def _setup_logging(state: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(state / "logs" / "localfaas.log")):
+    # The log file, plus stderr only when it is a terminal: a supervisor that redirects stderr
+    # into the same file (scripts/stack.py) would otherwise get every line twice.
+    handlers: list[logging.Handler] = [logging.FileHandler(state / "logs" / "localfaas.log")]
+    if sys.stderr.isatty():
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

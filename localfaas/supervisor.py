@@ -141,6 +141,7 @@ class Replica:
         self.stopping = False  # set before drain: no new traffic, never restarted
         self.inflight = 0
         self.health_failures = 0
+        self.awaiting_ready = False  # a readiness wait owns this replica
         self.exited = asyncio.Event()
 
     @property
@@ -448,14 +449,18 @@ class Supervisor:
     async def _await_ready(self, replica: Replica, timeout: float | None = None) -> bool:
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
         delay = 0.05
-        while time.monotonic() < deadline and replica.alive and not replica.stopping:
-            if await self._probe(replica, "/_/ready") == 200:
-                replica.ready = True
-                log.info("function %s: %r ready", replica.function, replica)
-                return True
-            await asyncio.sleep(delay)
-            delay = min(0.5, delay * 1.5)
-        return False
+        replica.awaiting_ready = True
+        try:
+            while time.monotonic() < deadline and replica.alive and not replica.stopping:
+                if await self._probe(replica, "/_/ready") == 200:
+                    replica.ready = True
+                    log.info("function %s: %r ready", replica.function, replica)
+                    return True
+                await asyncio.sleep(delay)
+                delay = min(0.5, delay * 1.5)
+            return False
+        finally:
+            replica.awaiting_ready = False
 
     async def _all_ready(self, replicas: list[Replica]) -> bool:
         results = await asyncio.gather(*(self._await_ready(r) for r in replicas))
@@ -504,7 +509,14 @@ class Supervisor:
 
     async def _check(self, replica: Replica) -> None:
         if not replica.ready:
-            return  # still starting (or re-probing): its own readiness wait owns it
+            if replica.awaiting_ready:
+                return  # still starting (or re-probing): its own readiness wait owns it
+            # Its readiness wait ran out (e.g. no model yet, loaded later by a retry): keep
+            # probing at the health interval so it joins the rotation once it can serve.
+            if await self._probe(replica, "/_/ready") == 200 and not replica.stopping:
+                replica.ready = True
+                log.info("function %s: %r ready (late)", replica.function, replica)
+            return
         health = await self._probe(replica, "/_/health")
         replica.health_failures = 0 if health == 200 else replica.health_failures + 1
         if replica.health_failures >= 3:

@@ -24,11 +24,22 @@ Collaborators are injected (`prometheus.query_value`, `deployer.update_env`, `no
 so the whole controller runs against real services or in-process fakes alike; the entry point
 for the cron trigger is `run_release_step(config, store, prometheus, deployer, notifier, now)`.
 
+- Metrics: `push_release_metrics` pushes what only the controller knows to the Pushgateway
+  (job="release", replaced on every push): `release_serving_model_info{variant,function_name,
+  model_version}` 1, `release_decision_timestamp_seconds{release_id,decision,model_version}` of
+  recent decisions, `release_online_recommended{variant}` / `release_online_watched{variant}` of
+  the latest analysis, `release_running`, `release_last_push_timestamp_seconds`.
+- Drills: `register_drill_version` copies a model version (the stable one by default) into a new
+  version whose manifest carries a `drill` (movierec.serving applies it: slow and/or failing), so a
+  canary release of a deliberately bad model can be rehearsed end to end. Only the operator command
+  calls it; training never writes a drill.
+
 Must not touch: HTTP parsing and credentials (the function handler), how models are trained.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -39,9 +50,11 @@ from typing import Any, Protocol
 
 from movierec.canary import CANARY, STABLE, canary_percent_from_env, variant_for_user
 from movierec.events import RecommendationEvent, WatchEvent
-from movierec.registry import CANDIDATE, Registry, iso
+from movierec.registry import CANDIDATE, ModelNotFoundError, ModelVersion, Registry, iso
 from movierec.registry import STABLE as STABLE_ALIAS
 from movierec.store import ObjectExistsError, ObjectNotFoundError, ObjectStore
+
+log = logging.getLogger("movierec.release")
 
 CURRENT_KEY = "releases/current.json"
 HISTORY_PREFIX = "releases/history/"
@@ -472,6 +485,7 @@ def start_release(
     candidate: str,
     now: datetime | None = None,
     notifier: Notifier | None = None,
+    actor: str = "train",
 ) -> Release:
     """Serve `candidate` on the canary deployment and record a running release."""
     now = _now(now)
@@ -495,7 +509,7 @@ def start_release(
         started=iso(now),
         updated=iso(now),
         reason="canary started",
-        actor="train",
+        actor=actor,
     )
     releases.save(release)
     if notifier is not None:
@@ -657,3 +671,125 @@ def status(store: ObjectStore, history: int = 5) -> dict[str, Any]:
             for r in releases.history(history)
         ],
     }
+
+
+# -- drills --------------------------------------------------------------------------------
+def register_drill_version(
+    store: ObjectStore, drill: Any, source: str | None = None, now: datetime | None = None
+) -> ModelVersion:
+    """A new model version: the files of `source` (default: the stable model) with `drill` (a
+    movierec.serving.Drill) in its manifest. The artifact is unchanged, so the drill model
+    recommends exactly what its source does, only slower and/or failing on purpose."""
+    import tempfile
+    from pathlib import Path
+
+    from movierec.serving import DRILL_KEY
+
+    registry = Registry(store)
+    source = source or registry.alias_version(STABLE_ALIAS)
+    if source is None:
+        raise ReleaseError("no stable model yet to copy into a drill model: train one first")
+    entry = registry.get(source)
+    with tempfile.TemporaryDirectory(prefix="movierec-drill-") as tmp:
+        fetched = registry.fetch(source, Path(tmp) / "cache")
+        copy = Path(tmp) / "drill"
+        copy.mkdir()
+        for name in entry.metadata["files"]:
+            (copy / name).write_bytes((fetched / name).read_bytes())
+        manifest_path = copy / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest[DRILL_KEY] = drill.as_manifest()
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return registry.publish(
+            copy,
+            params=entry.metadata.get("params"),
+            metrics=entry.metadata.get("metrics"),
+            snapshot_id=entry.snapshot_id,
+            code=entry.metadata.get("code_version"),
+            extra={"drill": drill.as_manifest(), "copied_from": source},
+            now=_now(now),
+        )
+
+
+# -- metrics for dashboards ----------------------------------------------------------------
+def serving_versions(
+    store: ObjectStore, config: ReleaseConfig, deployer: Any | None = None
+) -> dict[str, tuple[str, str]]:
+    """{variant: (function, model version)} of what each deployment serves right now.
+
+    Read from the deployments' MODEL_VERSION (an alias is resolved through the registry) when a
+    deployer can read them; otherwise from the release state (the versions the controller deployed)."""
+    registry = Registry(store)
+    running = ReleaseStore(store).running()
+    stable_alias = registry.alias_version(STABLE_ALIAS)
+    expected = {
+        STABLE: running.stable if running else stable_alias,
+        CANARY: running.candidate if running else stable_alias,
+    }
+    found = {}
+    for variant, function in ((STABLE, config.stable_function), (CANARY, config.canary_function)):
+        version = expected[variant]
+        if deployer is not None and hasattr(deployer, "env_of"):
+            try:
+                spec = (deployer.env_of(function).get("MODEL_VERSION") or "").strip()
+                version = registry.resolve(spec) if spec else version
+            except ModelNotFoundError:  # e.g. `stable` before the first model: nothing is served yet
+                pass
+            except Exception as e:  # noqa: BLE001 (a dashboard figure never fails a release step)
+                log.warning("serving version of %s unknown (%s: %s); using the release state",
+                            function, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        if version:
+            found[variant] = (function, version)
+    return found
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text).timestamp()  # 3.11 reads the trailing Z
+
+
+def push_release_metrics(
+    url: str | None,
+    store: ObjectStore,
+    config: ReleaseConfig,
+    deployer: Any | None = None,
+    history: int = 20,
+) -> str:
+    """Push the controller's figures to the Pushgateway (job="release"); never fails the caller.
+    Returns "pushed", "skipped" (no URL) or "failed: <why>"."""
+    if not url:
+        return "skipped"
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    reg = CollectorRegistry()
+    info = Gauge("release_serving_model_info", "1 for the model version each variant serves",
+                 ["variant", "function_name", "model_version"], registry=reg)
+    for variant, (function, version) in serving_versions(store, config, deployer).items():
+        info.labels(variant, f"{function}.{config.namespace}", version).set(1)
+    decisions = Gauge("release_decision_timestamp_seconds", "When a release was promoted, rolled back or aborted",
+                      ["release_id", "decision", "model_version"], registry=reg)
+    for release in ReleaseStore(store).history(history):
+        decided = _epoch(release.decided)
+        if decided is not None:
+            decisions.labels(release.id, release.state, release.candidate).set(decided)
+    current = ReleaseStore(store).current()
+    quality = ((current.analysis or {}).get("quality") or {}) if current else {}
+    if quality:
+        recommended = Gauge("release_online_recommended", "Recommended movies in the latest release analysis",
+                            ["variant"], registry=reg)
+        watched = Gauge("release_online_watched", "Of those, movies the user started watching",
+                        ["variant"], registry=reg)
+        for variant, counts in quality.items():
+            recommended.labels(variant).set(counts.get("recommended", 0))
+            watched.labels(variant).set(counts.get("watched", 0))
+    Gauge("release_running", "1 while a canary release is running", registry=reg).set(
+        1 if current is not None and current.running else 0)
+    Gauge("release_last_push_timestamp_seconds", "When the release controller last pushed",
+          registry=reg).set_to_current_time()
+    try:
+        push_to_gateway(url, job="release", registry=reg, timeout=5)
+    except OSError as e:
+        log.warning("pushgateway %s unreachable: %s", url, e)
+        return f"failed: pushgateway {url} unreachable"
+    return "pushed"

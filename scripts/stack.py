@@ -19,6 +19,11 @@ CLI:
 Ports/URLs from env: OPENFAAS_URL (:8080), PUBLIC_URL (nginx, :8082), PROMETHEUS_URL (:9090),
 PUSHGATEWAY_URL (:9091), KAFKA_BOOTSTRAP_SERVERS (:9092; a non-local address means "use theirs"),
 STACK_FILE (stack.yml), STACK_SIMULATOR=0 to leave the simulator out, SIMULATOR_ARGS (extra options).
+
+Local defaults (LOCAL_DEFAULTS, each only when the user has not set the variable): stack.yml's
+production schedules are days and hours; locally they are seconds and minutes, so that within a few
+minutes of `up` the simulator has backfilled data, ingest has stored it, a first model is trained
+and serving, and canary releases of retrained models are analysed and promoted or rolled back.
 """
 from __future__ import annotations
 
@@ -44,6 +49,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # Debian packages the stack needs, and the binary that tells each one is installed.
 PACKAGES = {"nginx": "/usr/sbin/nginx", "prometheus": "/usr/bin/prometheus",
             "prometheus-pushgateway": "/usr/bin/prometheus-pushgateway"}
+# What `make up` sets unless the user already has (stack.yml reads them as ${VAR:-production default}).
+LOCAL_DEFAULTS = {
+    "SIMULATOR_ARGS": "--backfill 20000 --rate 50",   # data to train on at once, then a live stream
+    "INGEST_SCHEDULE": "@every 20s",
+    "INGEST_MAX_SECONDS": "15",                        # a run ends before the next tick (one replica)
+    "TRAIN_SCHEDULE": "@every 2m",                     # first model ~2 min after up, then one per tick
+    "RELEASE_SCHEDULE": "@every 15s",
+    "RELEASE_WINDOW": "60s",
+    "RELEASE_MIN_REQUESTS": "20",                      # the canary's 20% of the simulator's calls in a minute
+    "RELEASE_TIMEOUT": "10m",
+    "RELEASE_ONLINE_QUALITY": "1",                     # share of recommendations watched, from the stream
+    "LOCALFAAS_UPSTREAM_TIMEOUT": "1800",              # the train function's own timeouts are 30m
+}
 STOP_GRACE_S = 15.0
 LOCALFAAS_STOP_GRACE_S = 40.0  # it drains replicas (LOCALFAAS_DRAIN_TIMEOUT, 30s) before exiting
 
@@ -117,8 +135,19 @@ class StackConfig:
             "PUBLIC_URL": self.url(self.public_port),
         })
         env.setdefault("SECRETS_DIR", str(self.state_dir / "secrets"))
-        env.setdefault("STORE_URL", str(self.state_dir / "store"))
+        env["STORE_URL"] = absolute_store_url(env.get("STORE_URL") or str(self.state_dir / "store"))
+        for name, value in LOCAL_DEFAULTS.items():
+            env.setdefault(name, value)
         return env
+
+
+def absolute_store_url(url: str) -> str:
+    """A local store path made absolute against the repo root: functions run inside build/<fn>/,
+    where a relative path would name a different (empty) folder. s3:// and file:// URLs pass."""
+    if "://" in url:
+        return url
+    path = Path(url).expanduser()
+    return str(path if path.is_absolute() else ROOT / path)
 
 
 @dataclass
@@ -207,10 +236,10 @@ def services(config: StackConfig) -> list[Service]:
                          lambda: _http_ok(f"{config.url(config.public_port)}/healthz"), stop_signal=signal.SIGQUIT))
 
     if config.simulator and (ROOT / "scripts" / "simulator.py").exists():
-        # Runs until `down` (--duration 0); SIMULATOR_ARGS adds options, e.g. "--backfill 20000 --rate 50".
+        # Runs until `down` (--duration 0); SIMULATOR_ARGS adds options (LOCAL_DEFAULTS has the default).
         found.append(Service("simulator", None, "scripts.simulator",
                              lambda: [config.python, "-m", "scripts.simulator", "--duration", "0",
-                                      *shlex.split(os.environ.get("SIMULATOR_ARGS", ""))],
+                                      *shlex.split(config.service_env()["SIMULATOR_ARGS"])],
                              lambda: True, min_uptime_s=2.0))
     return found
 
@@ -338,6 +367,21 @@ def ensure_packages(install: bool = True) -> None:
             raise StackError(f"`{' '.join(command)}` failed: install them and run `make up` again")
 
 
+def ensure_release_token(secrets_dir: Path) -> Path:
+    """The release function's admin token (stack.yml lists it as a secret): generated once, random,
+    mode 0600, in whichever state dir this stack uses; never a default."""
+    import secrets as random_tokens
+
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    secrets_dir.chmod(0o700)
+    path = secrets_dir / "release-admin-token"
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(random_tokens.token_urlsafe(32) + "\n")
+    return path
+
+
 def start_service(config: StackConfig, service: Service) -> tuple[int, bool]:
     """Start `service` unless it already runs; wait until healthy. Returns (pid, started_now)."""
     pid = running_pid(config, service)
@@ -394,6 +438,7 @@ def up(config: StackConfig) -> int:
     """Start every service that is not already running (so a second `up` starts nothing)."""
     ensure_packages()
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_release_token(config.state_dir / "secrets")
     started_now: list[tuple[Service, int]] = []
     for service in services(config):
         try:

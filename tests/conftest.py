@@ -23,3 +23,19 @@ def kafka_bootstrap(tmp_path_factory):
         yield handle.bootstrap
     finally:
         stop_broker(handle)
+
+
+# -- S3 (moto's server) ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """URL of a real S3-protocol server (moto's, threaded, on a free 127.0.0.1 port), shared by the
+    session: tests make their own uniquely named buckets. moto accepts any credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -10,7 +10,22 @@ from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class WebhookReceiver:
+class _ServedInBackground:
+    """Serves `self._server` (set by the subclass) on a daemon thread while in a `with` block."""
+
+    _server: socketserver.BaseServer
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class WebhookReceiver(_ServedInBackground):
     def __init__(self, status: int = 200):
         self.bodies: list[dict] = []
         self.status = status
@@ -29,18 +44,9 @@ class WebhookReceiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
 
 
-class SMTPSink:
+class SMTPSink(_ServedInBackground):
     def __init__(self):
         self.messages: list = []  # email.message.Message
         self.envelopes: list[tuple[str, list[str]]] = []
@@ -91,12 +97,3 @@ class SMTPSink:
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()

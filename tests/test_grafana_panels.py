@@ -5,8 +5,9 @@ The live part runs real processes: localfaas (the local OpenFaaS gateway) with t
 named like the real ones (recommend, recommend-canary), the Pushgateway holding what the real
 `movierec.ingest.push_metrics` and `movierec.trainjob.push_metrics` push, and Prometheus with the
 project's rendered config scraping both. Grafana cannot be installed here; its queries can be run.
-Panels built on the release metrics that nothing pushes yet are listed in AWAITING_METRICS: their
-queries must still parse, and the list must shrink as those metrics appear.
+The release panels get their data from the real release path too: models registered in a local
+store, the stable model bootstrapped and releases started and finished through the live gateway's
+deployment API, an analysis step against the live Prometheus, then `movierec.release.push_release_metrics`.
 """
 from __future__ import annotations
 
@@ -30,19 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "movierec.json"
 
-# Release metrics proposed in monitoring/grafana/README.md; nothing pushes them yet.
-PROPOSED_RELEASE_METRICS = ("release_serving_model_info", "release_decision_timestamp_seconds",
-                            "release_online_recommended", "release_online_watched")
-AWAITING_METRICS = {"Serving model version", "Online quality per variant (share of recommendations watched)",
-                    "Release decisions"}
+# The release controller's metrics (monitoring/grafana/README.md), pushed by movierec/release.py.
+RELEASE_METRICS = ("release_serving_model_info", "release_decision_timestamp_seconds",
+                   "release_online_recommended", "release_online_watched")
 
 
 def all_queries() -> list[panels.PanelQuery]:
     return [q for path in panels.dashboard_files() for q in panels.queries(panels.load(path))]
-
-
-def needs_proposed_metric(query: panels.PanelQuery) -> bool:
-    return any(name in query.promql for name in PROPOSED_RELEASE_METRICS)
 
 
 # ----- structure -------------------------------------------------------------------------------
@@ -124,17 +119,16 @@ def test_dashboard_has_the_views_operators_need():
 
 
 def test_metric_names_in_panels_are_the_ones_the_code_exports():
-    """Catches a rename on either side: every gateway_*, ingest_* and train_* name a panel uses is
-    written by localfaas or pushed by movierec; release_* names are the documented proposals."""
+    """Catches a rename on either side: every gateway_*, ingest_*, train_* and release_* name a panel
+    uses is written by localfaas or pushed by movierec, and the release ones are documented."""
     sources = {"gateway_": ROOT / "localfaas" / "gateway.py", "ingest_": ROOT / "movierec" / "ingest.py",
-               "train_": ROOT / "movierec" / "trainjob.py"}
+               "train_": ROOT / "movierec" / "trainjob.py", "release_": ROOT / "movierec" / "release.py"}
     readme = (GRAFANA / "README.md").read_text()
     used = {m for q in all_queries() for m in re.findall(r"\b((?:gateway|ingest|train|release)_\w+)\{", q.promql)}
     assert any(name.startswith("ingest_") for name in used) and any(name.startswith("train_") for name in used)
     for name in sorted(used):
         if name.startswith("release_"):
-            assert name in PROPOSED_RELEASE_METRICS and name in readme, name
-            continue
+            assert name in RELEASE_METRICS and name in readme, name
         prefix = next(p for p in sources if name.startswith(p))
         code = sources[prefix].read_text()
         family = re.sub(r"_(total|bucket|sum|count)$", "", name)  # a counter's or histogram's series
@@ -204,6 +198,7 @@ functions:
       MODEL_VERSION: v2
 '''
 STABLE_CALLS, CANARY_CALLS, FAILED_CALLS = 8, 2, 1  # per round
+QUALITY = {"canary": (50, 10), "stable": (200, 30)}  # (recommended, watched) the analysis step is given
 
 
 def _service(name, argv, health):
@@ -279,13 +274,67 @@ def finite(series: list[dict]) -> bool:
     return bool(series) and any(math.isfinite(float(s["value"][1])) for s in series)
 
 
+class ReleaseStory:
+    """Three registered versions: `stable` serves, `rolled_back` was released and rolled back,
+    `candidate` is on the canary now with an analysis holding online quality. All through the real
+    release functions and the live gateway's deployment API (the tiny functions get MODEL_VERSION)."""
+
+    def __init__(self, stack: ObservedStack, root: Path):
+        from datetime import UTC, datetime
+
+        from movierec.deploy import GatewayDeployer
+        from movierec.prometheus import PrometheusClient
+        from movierec.registry import Registry
+        from movierec.release import (
+            ROLLED_BACK,
+            QualityCounts,
+            ReleaseConfig,
+            ReleaseStore,
+            bootstrap_stable,
+            finish_release,
+            run_release_step,
+            start_release,
+        )
+        from movierec.store import LocalDirectoryStore
+        from movierec.synthetic import SyntheticWorld
+        from movierec.training import SVDParams, train_model
+
+        self.store = LocalDirectoryStore(root / "store")
+        registry = Registry(self.store)
+        model = train_model(SyntheticWorld(n_users=60, n_movies=40, seed=2).sample_ratings(800),
+                            SVDParams(n_factors=2, n_epochs=2, random_state=0))
+        self.stable, self.rolled_back, self.candidate = (
+            registry.register_model(model, now=datetime(2026, 11, 28, 1, minute, tzinfo=UTC)).version
+            for minute in (0, 1, 2))
+        self.config = ReleaseConfig()
+        self.deployer = GatewayDeployer(stack.faas.url, *stack.faas.auth, timeout_s=60)
+        bootstrap_stable(self.config, self.store, self.deployer, self.stable)
+        start_release(self.config, self.store, self.deployer, self.rolled_back)
+        finish_release(self.config, self.store, self.deployer, None, ReleaseStore(self.store).running(),
+                       ROLLED_BACK, "drill: canary success 0.70 (floor 0.99)", "controller")
+        self.decided = ReleaseStore(self.store).history(1)[0]
+        start_release(self.config, self.store, self.deployer, self.candidate)
+        quality = {variant: QualityCounts(*counts) for variant, counts in QUALITY.items()}
+        step = run_release_step(self.config, self.store, PrometheusClient(stack.prometheus), self.deployer, None,
+                                quality_source=lambda start, end: quality)
+        assert step.action == "wait"  # far fewer canary requests than the minimum: the release keeps running
+
+    def push(self, pushgateway: str) -> str:
+        from movierec.release import push_release_metrics
+
+        return push_release_metrics(pushgateway, self.store, self.config, self.deployer)
+
+
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
     from movierec import ingest, trainjob
     from movierec.events import REJECTION_REASONS
 
-    stack = ObservedStack(tmp_path_factory.mktemp("grafana-live"))
+    root = tmp_path_factory.mktemp("grafana-live")
+    stack = ObservedStack(root)
     try:
+        stack.release = ReleaseStory(stack, root)  # redeploys the tiny functions: before any traffic
+        assert stack.release.push(stack.pushgateway) == "pushed"
         # The batch functions' own push code, with the figures of a run.
         summary = ingest.IngestSummary(topic="movielog1", group_id="movierec-ingest", records=1200,
                                        events={"watch": 1000, "rate": 150, "recommendation": 44},
@@ -312,7 +361,7 @@ def observed(tmp_path_factory):
         stack.stop()
 
 
-LIVE_QUERIES = [q for q in all_queries() if not needs_proposed_metric(q)]
+LIVE_QUERIES = all_queries()  # every panel, the release ones included: nothing is waiting for data
 
 
 @pytest.mark.stack
@@ -321,12 +370,35 @@ def test_panel_query_returns_data_from_live_prometheus(observed, query):
     observed.wait_for(query.promql, finite)
 
 
+def _panel(title: str, ref_id: str = "A") -> str:
+    return next(q.promql for q in all_queries() if q.panel_title == title and q.ref_id == ref_id)
+
+
 @pytest.mark.stack
-def test_panels_awaiting_release_metrics_are_valid_promql_and_exactly_the_listed_ones(observed):
-    waiting = [q for q in all_queries() if needs_proposed_metric(q)]
-    assert {q.panel_title for q in waiting if q.panel_id is not None} == AWAITING_METRICS
-    for query in waiting:
-        assert observed.query(query.promql)["status"] == "success", query.label
+def test_serving_model_version_panel_shows_the_resolved_version_each_variant_serves(observed):
+    series = observed.wait_for(_panel("Serving model version"), lambda s: len(s) == 2)
+    story = observed.release
+    assert {s["metric"]["variant"]: s["metric"]["model_version"] for s in series} == \
+        {"stable": story.stable, "canary": story.candidate}
+
+
+@pytest.mark.stack
+def test_release_decisions_panel_lists_each_finished_release_with_its_decision_time(observed):
+    from datetime import datetime
+
+    [series] = observed.wait_for(_panel("Release decisions"), lambda s: len(s) == 1)
+    story = observed.release
+    assert series["metric"] == {"release_id": story.decided.id, "decision": "rolled_back",
+                                "model_version": story.rolled_back}
+    assert float(series["value"][1]) == datetime.fromisoformat(story.decided.decided).timestamp() * 1000
+
+
+@pytest.mark.stack
+def test_online_quality_panel_shows_the_latest_analysis_share_watched_per_variant(observed):
+    series = observed.wait_for(_panel("Online quality per variant (share of recommendations watched)"),
+                               lambda s: len(s) == 2)
+    expected = {variant: watched / recommended for variant, (recommended, watched) in QUALITY.items()}
+    assert {s["metric"]["variant"]: float(s["value"][1]) for s in series} == pytest.approx(expected)
 
 
 @pytest.mark.stack

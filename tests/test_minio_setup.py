@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.test_store_backends import ACCESS_KEY, SECRET_KEY, s3_endpoint  # noqa: F401 (fixture)
+from tests.test_store_backends import ACCESS_KEY, SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "minio" / "create_buckets.py"
@@ -20,7 +20,7 @@ PRINCIPAL = "arn:aws:iam::123456789012:user/movierec-functions"
 
 
 @pytest.fixture
-def client(s3_endpoint):  # noqa: F811
+def client(s3_endpoint):
     return boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=ACCESS_KEY,
                         aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
 
@@ -56,7 +56,7 @@ def test_minio_is_not_a_python_package_so_it_cannot_shadow_the_minio_client():
 
 
 def test_the_command_creates_the_bucket_with_versioning_and_the_functions_policy(
-        s3_endpoint, client, admin_secrets, tmp_path):  # noqa: F811
+        s3_endpoint, client, admin_secrets, tmp_path):
     bucket = f"movierec-{uuid.uuid4().hex[:8]}"
     # Run from another directory: the script finds the policy template and movierec by itself.
     result = create_buckets("--bucket", bucket, "--versioning", "--principal", PRINCIPAL,
@@ -68,7 +68,7 @@ def test_the_command_creates_the_bucket_with_versioning_and_the_functions_policy
     assert json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"]) == expected_policy(bucket)
 
 
-def test_the_command_run_twice_changes_nothing_the_second_time(s3_endpoint, admin_secrets):  # noqa: F811
+def test_the_command_run_twice_changes_nothing_the_second_time(s3_endpoint, admin_secrets):
     bucket = f"movierec-{uuid.uuid4().hex[:8]}"
     args = ("--bucket", bucket, "--versioning", "--principal", PRINCIPAL)
     assert create_buckets(*args, endpoint=s3_endpoint, secrets_dir=admin_secrets).returncode == 0
@@ -92,7 +92,7 @@ def test_the_command_without_an_endpoint_says_so_in_one_line(admin_secrets):
     assert result.stderr.strip() == "error: S3_ENDPOINT_URL is not set (e.g. http://127.0.0.1:9000 for MinIO)"
 
 
-def test_the_command_without_admin_credentials_says_which_ones_it_looked_for(s3_endpoint):  # noqa: F811
+def test_the_command_without_admin_credentials_says_which_ones_it_looked_for(s3_endpoint):
     result = create_buckets(endpoint=s3_endpoint, secrets_dir=None)
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error: no admin credentials: secret files s3-admin-access-key")

@@ -37,7 +37,7 @@ def world_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(world_store):
     root, _store, (v1, _) = world_store
-    with RecommendStack(root / "stack", root / "store", stable=v1) as running:
+    with RecommendStack(root / "stack", store_dir=root / "store", stable=v1) as running:
         yield running
 
 

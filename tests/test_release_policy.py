@@ -202,8 +202,8 @@ class FakeNotifier:
         return {"webhook": "sent"}
 
 
-@pytest.fixture
-def world(tmp_path):
+def two_published_versions(tmp_path, first_at: datetime):
+    """A local store whose registry holds two versions, published a second apart from `first_at`."""
     store = LocalDirectoryStore(tmp_path / "store")
     registry = Registry(store)
     model_dir = tmp_path / "m"
@@ -211,7 +211,13 @@ def world(tmp_path):
     versions = []
     for i in range(2):
         (model_dir / "model.npz").write_bytes(f"artifact {i}".encode())
-        versions.append(registry.publish(model_dir, now=T0 + timedelta(seconds=i)).version)
+        versions.append(registry.publish(model_dir, now=first_at + timedelta(seconds=i)).version)
+    return store, registry, versions
+
+
+@pytest.fixture
+def world(tmp_path):
+    store, registry, versions = two_published_versions(tmp_path, T0)
     deployer = FakeDeployer()
     bootstrap_stable(CONFIG, store, deployer, versions[0], now=T0)
     return store, registry, deployer, versions

@@ -28,11 +28,11 @@ from movierec.release import (
     run_release_step,
     start_release,
 )
-from movierec.store import LocalDirectoryStore
 from movierec.trainjob import push_metrics
 from scripts.broker import free_port
 from tests.gateway_double import GatewayDouble
 from tests.sinks import SMTPSink, WebhookReceiver
+from tests.test_release_policy import two_published_versions
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TICKS, STABLE_PER_TICK, CANARY_PER_TICK = 25, 40, 10
@@ -133,14 +133,7 @@ def gateway():
 
 def release_world(tmp_path, gateway, namespace, started):
     """A store with a stable model and a running release of a candidate, started at `started`."""
-    store = LocalDirectoryStore(tmp_path / "store")
-    registry = Registry(store)
-    model_dir = tmp_path / "m"
-    model_dir.mkdir()
-    versions = []
-    for i in range(2):
-        (model_dir / "model.npz").write_bytes(f"artifact {i}".encode())
-        versions.append(registry.publish(model_dir, now=started + timedelta(seconds=i)).version)
+    store, _registry, versions = two_published_versions(tmp_path, started)
     config = ReleaseConfig(window_s=30, min_requests=100, namespace=namespace)
     deployer = GatewayDeployer(gateway.url, "admin", "gw-password", backoff_s=0.01)
     bootstrap_stable(config, store, deployer, versions[0], now=started)

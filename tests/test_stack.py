@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.gateway import recommend_only_project
+from bench.localstack import free_port, recommend_only_project
 from bench.recommend import build_bench_model
 from movierec.canary import CANARY, STABLE, variant_for_user
 from movierec.model import save_model
@@ -34,14 +34,6 @@ pytestmark = [
         ("prometheus-pushgateway", "/usr/bin/prometheus-pushgateway"))),
         reason="nginx, prometheus, prometheus-pushgateway (Debian packages) are not installed"),
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stack_cli(env: dict[str, str], action: str, timeout: float = 300) -> subprocess.CompletedProcess:

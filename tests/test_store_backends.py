@@ -20,19 +20,6 @@ from scripts.broker import free_port
 ACCESS_KEY, SECRET_KEY = "test-access", "test-secret"
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 def make_bucket(endpoint: str) -> str:
     name = f"b-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,

@@ -4,7 +4,7 @@ Thin on purpose: the model and its loading live in movierec.serving; this maps H
 The same handler is deployed twice; MODEL_VERSION pins what each deployment serves.
 """
 from movierec.events import parse_user_id
-from movierec.serving import ModelHolder
+from movierec.serving import DrillFault, ModelHolder
 
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 MODEL = ModelHolder()  # loaded once per process, at import
@@ -34,5 +34,8 @@ def handle(event, context):
     model = MODEL.get()
     if model is None:
         return _reply(503, MODEL.describe())
-    movie_ids = model.recommend(user_id, MODEL.k)
+    try:
+        movie_ids = MODEL.recommend(model, user_id)
+    except DrillFault as e:  # a release drill's deliberately bad model: a real 5xx for the canary analysis
+        return _reply(500, str(e), **{"X-Model-Version": model.version or "unversioned"})
     return _reply(200, ",".join(movie_ids), **{"X-Model-Version": model.version or "unversioned"})

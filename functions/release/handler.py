@@ -7,6 +7,8 @@
   secret file `release-admin-token`, sent as `Authorization: Bearer <token>` (or as the password
   of basic auth); 401 otherwise, 503 when the secret is not configured (there is no default).
   An optional `reason` comes as `?reason=` or a JSON body `{"reason": ...}`.
+- After every step and action, the controller's figures go to the Pushgateway (PUSHGATEWAY_URL,
+  job="release"): serving versions, decisions, online quality (movierec.release.push_release_metrics).
 
 Thin on purpose: the state machine and policy are movierec.release.
 """
@@ -25,6 +27,7 @@ from movierec.release import (
     ReleaseConfig,
     ReleaseError,
     manual_action,
+    push_release_metrics,
     run_release_step,
     status,
     stored_quality_source,
@@ -78,11 +81,12 @@ def handle(event, context):
             quality = None
             if os.environ.get("RELEASE_ONLINE_QUALITY", "0") == "1":  # share of recommendations watched
                 quality = stored_quality_source(store, config.canary_percent)
+            deployer = GatewayDeployer.from_env()
             result = run_release_step(
-                config, store, PrometheusClient.from_env(), GatewayDeployer.from_env(), Notifier.from_env(),
-                quality_source=quality,
+                config, store, PrometheusClient.from_env(), deployer, Notifier.from_env(), quality_source=quality,
             )
-            return _reply(200, result.as_dict())
+            pushed = push_release_metrics(os.environ.get("PUSHGATEWAY_URL"), store, config, deployer)
+            return _reply(200, {**result.as_dict(), "pushed": pushed})
         if path not in MANUAL_ACTIONS:
             return _reply(404, {"error": f"unknown action /{path[:40]}: use /promote, /rollback or /abort"})
         expected = read_secret(TOKEN_SECRET)
@@ -92,16 +96,11 @@ def handle(event, context):
         if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
             return _reply(401, {"error": "credentials required: Authorization: Bearer <release-admin-token>"},
                           **{"WWW-Authenticate": 'Bearer realm="release"'})
-        release = manual_action(
-            path,
-            ReleaseConfig.from_env(),
-            open_store(),
-            GatewayDeployer.from_env(),
-            Notifier.from_env(),
-            actor="operator",
-            reason=_reason(event),
-        )
-        return _reply(200, {"action": path, "release": release.__dict__})
+        config, store, deployer = ReleaseConfig.from_env(), open_store(), GatewayDeployer.from_env()
+        release = manual_action(path, config, store, deployer, Notifier.from_env(), actor="operator",
+                                reason=_reason(event))
+        pushed = push_release_metrics(os.environ.get("PUSHGATEWAY_URL"), store, config, deployer)
+        return _reply(200, {"action": path, "release": release.__dict__, "pushed": pushed})
     except InvalidTransition as e:  # nothing running, or already finished
         return _error(409, e)
     except ReleaseError as e:  # e.g. a bad RELEASE_* setting
