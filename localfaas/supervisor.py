@@ -276,11 +276,16 @@ class Supervisor:
             runtime.replicas = starting
             for replica in starting:
                 self._watch(runtime, replica)
-            if starting and not await self._all_ready(starting):
-                runtime.last_error = self._not_ready_message(runtime, starting)
-                # Like a Deployment in CrashLoopBackOff: it stays, and crashed replicas keep restarting.
-                raise DeployError(runtime.last_error)
-            runtime.last_error = ""
+        # The readiness wait runs outside the lock: with nothing old to keep serving, an update
+        # that arrives meanwhile (e.g. the config that makes it ready) must not queue behind it.
+        ready = not starting or await self._all_ready(starting)
+        if runtime.generation != 1 or self.functions.get(config.name) is not runtime:
+            return  # superseded by an update or removed while starting: that call reports
+        if not ready:
+            runtime.last_error = self._not_ready_message(runtime, starting)
+            # Like a Deployment in CrashLoopBackOff: it stays, and crashed replicas keep restarting.
+            raise DeployError(runtime.last_error)
+        runtime.last_error = ""
 
     async def update(self, config: FunctionConfig, context: BuildContext | None = None) -> None:
         """Rolling update: the new generation must be ready before the old one loses traffic."""

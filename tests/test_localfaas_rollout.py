@@ -176,3 +176,25 @@ def test_sigterm_stops_every_replica_and_exits_zero(tmp_path):
     assert stack.stop() == 0
     assert not any(pid_alive(p) for p in pids)
     assert not pid_file.exists()
+
+
+def test_update_during_a_first_deploy_that_is_not_ready_yet_does_not_wait_behind_it(faas):
+    original = deployment(faas, "echo")
+    deleted = requests.delete(faas.url + "/system/functions", auth=faas.auth, timeout=30,
+                              json={"functionName": "echo", "namespace": "openfaas-fn"})
+    assert deleted.status_code in (200, 202)
+    never_ready = dict(original, envVars={**original["envVars"], "NEVER_READY": "1"})
+    first: dict[str, requests.Response] = {}
+    creating = threading.Thread(target=lambda: first.setdefault(
+        "reply", requests.post(faas.url + "/system/functions", json=never_ready, auth=faas.auth, timeout=60)))
+    creating.start()
+    try:
+        faas.wait_until(lambda: "echo" in faas.functions(), "the first deploy to start")
+        update = requests.put(faas.url + "/system/functions", json=original, auth=faas.auth, timeout=60)
+        assert update.status_code == 202, update.text
+        assert creating.is_alive(), "the update should not have queued behind the first deploy's wait"
+        assert faas.call("echo").status_code == 200
+    finally:
+        creating.join(60)
+    assert first["reply"].status_code in (200, 202)
+    assert faas.functions()["echo"]["envVars"].get("NEVER_READY") is None
