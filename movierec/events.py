@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Union
 
 RATING_MIN = 1
 RATING_MAX = 5
@@ -89,8 +88,8 @@ class Rejection:
     line: str  # the raw line, kept so nothing is lost
 
 
-Event = Union[WatchEvent, RateEvent, RecommendationEvent]
-ParseResult = Union[WatchEvent, RateEvent, RecommendationEvent, Rejection]
+Event = WatchEvent | RateEvent | RecommendationEvent
+ParseResult = WatchEvent | RateEvent | RecommendationEvent | Rejection
 
 # Every reason `parse_line` can give, so metrics can be pre-declared and documented.
 REJECTION_REASONS = (

@@ -172,6 +172,5 @@ def open_store(env: dict[str, str] | None = None) -> ObjectStore:
         from movierec.s3store import S3Store  # boto3 is only needed for this backend
 
         return S3Store.from_url(url, env)
-    if url.startswith("file://"):
-        url = url[len("file://"):]
+    url = url.removeprefix("file://")
     return LocalDirectoryStore(url or env.get("STORE_DIR", "var/store"))

@@ -174,8 +174,8 @@ def test_a_tampered_model_is_refused(build_context, model_dir, tmp_path):
 def test_the_core_is_imported_from_the_build_context_not_the_repository(build_context):
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys, os; sys.path.insert(0, os.path.join(os.getcwd(), 'function')); "
-         "import movierec; print(movierec.__file__)"],
+         ("import sys, os; sys.path.insert(0, os.path.join(os.getcwd(), 'function')); "
+          "import movierec; print(movierec.__file__)")],
         cwd=build_context.path, env={"PATH": os.environ.get("PATH", "")}, capture_output=True, text=True,
         check=True)
     assert Path(probe.stdout.strip()).is_relative_to(build_context.path)

@@ -19,7 +19,7 @@ from waitress import serve
 FUNCTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "function")
 sys.path.insert(0, FUNCTION_DIR)
 
-import handler  # noqa: E402  (needs the path above)
+import handler  # needs the path above
 
 app = Flask(__name__)
 
