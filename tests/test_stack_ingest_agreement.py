@@ -3,6 +3,7 @@ the ingest summaries and the Pushgateway's figures agree with it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,8 +20,12 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def stack():
-    env = local_stack_env()
+def stack(tmp_path_factory):
+    # A stack of its own: the caller's service URLs (e.g. CI's shared broker) are not reused.
+    own = {k: v for k, v in os.environ.items() if k not in (
+        "OPENFAAS_URL", "PUBLIC_URL", "PROMETHEUS_URL", "PUSHGATEWAY_URL", "KAFKA_BOOTSTRAP_SERVERS",
+        "STACK_STATE_DIR", "STORE_URL", "SECRETS_DIR")}
+    env = local_stack_env(own, state_dir=str(tmp_path_factory.mktemp("agreement") / "var"))
     env["STACK_SIMULATOR"] = "0"  # this test runs the simulator itself, bounded
     handle = bring_up(env, Progress(quiet=True))
     yield handle
