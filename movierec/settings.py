@@ -62,6 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
     _store("S3_ENDPOINT_URL", "str", "", "S3 endpoint (MinIO's URL); blank: AWS S3"),
     _store("S3_REGION", "str", "us-east-1", "S3 region (AWS_DEFAULT_REGION is read when this is unset)"),
     _store("S3_ATTEMPTS", "int", "4", "attempts per S3 call on connection errors", minimum=1),
+    _store("S3_BUCKET", "str", "movierec", "bucket minio/create_buckets.py creates"),
+    _store("S3_FUNCTIONS_PRINCIPAL", "str", "", "MinIO user the bucket policy grants the functions (create_buckets)"),
     _store("SECRETS_DIR", "str", "", "folder of secret files; blank: /var/openfaas/secrets (OpenFaaS)"),
     # -- Kafka -----------------------------------------------------------------------------------
     _kafka("KAFKA_BOOTSTRAP_SERVERS", "str", "127.0.0.1:9092", "Kafka bootstrap servers, comma-separated"),
@@ -136,6 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
     _stack("STACK_SIMULATOR", "bool", "1", "start the stream simulator with `make up`"),
     _stack("SIMULATOR_ARGS", "str", "", "extra simulator options for `make up`"),
     _stack("PUBLIC_URL", "str", "http://127.0.0.1:8082", "the public entry (nginx)"),
+    _stack("RECOMMEND_URL", "str", "", "where the simulator calls GET /recommend/<uid>; blank: PUBLIC_URL"),
     _stack("BROKER_PORT", "int", "9092", "port of the local broker (scripts/broker.py)", minimum=1, maximum=65535),
     _stack("INGEST_SCHEDULE", "str", "*/15 * * * *", "stack.yml: cron schedule of ingest"),
     _stack("TRAIN_SCHEDULE", "str", "0 3 */2 * *", "stack.yml: cron schedule of train"),
@@ -251,14 +254,30 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN, README_END = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+
+
+def with_table(readme: str) -> str:
+    """`readme` with the text between its settings markers replaced by `markdown_table()`."""
+    start, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
+    return readme[:start] + markdown_table() + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`--markdown` prints the table; `--readme PATH` rewrites PATH's copy; no flag: NAME=value."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["--markdown"]):
-        print("usage: python -m movierec.settings [--markdown]", file=sys.stderr)
-        return 2
-    if args:
+    if args == ["--markdown"]:
         sys.stdout.write(markdown_table())
         return 0
+    if len(args) == 2 and args[0] == "--readme":
+        with open(args[1], encoding="utf-8") as f:
+            text = f.read()
+        with open(args[1], "w", encoding="utf-8") as f:
+            f.write(with_table(text))
+        return 0
+    if args:
+        print("usage: python -m movierec.settings [--markdown | --readme README.md]", file=sys.stderr)
+        return 2
     for s in SETTINGS:
         print(f"{s.name}={Settings().raw(s.name)}")
     return 0
