@@ -57,7 +57,8 @@ def served(build_context, tmp_path_factory, kafka_bootstrap, topic, store_dir):
 
 def test_build_context_has_the_handler_and_the_copied_core(build_context):
     for name in ("index.py", "function/handler.py", "function/movierec/ingest.py",
-                 "function/movierec/events.py", "function/movierec/store.py"):
+                 "function/movierec/events.py", "function/movierec/store.py",
+                 "function/movierec/batches/builder.py", "function/movierec/adapters/kafka_ingest.py"):
         assert (build_context.path / name).is_file(), name
 
 
