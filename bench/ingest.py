@@ -29,7 +29,8 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from movierec.ingest import IngestConfig, run_ingest
+from movierec.adapters.kafka_ingest import run_ingest
+from movierec.ingest import IngestConfig
 from movierec.store import LocalDirectoryStore
 from scripts.broker import ensure_topic, free_port, start_broker, stop_broker
 

@@ -30,7 +30,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from movierec.ingest import parse_batch, store_batch
+from movierec.batches.builder import parse_batch, store_batch
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams, build_trainset

@@ -2,7 +2,8 @@
 
 Owns: stream events (`events`), synthetic data (`synthetic`), training and evaluation
 (`training`), the model artifact and vectorised scoring (`model`), the object store
-(`store`), the model registry (`registry`), ingestion (`ingest`), canary membership
+(`store`), the model registry (`registry`), the batch format under `data/` (`batches`),
+ingestion's config, summary and metrics (`ingest`), canary membership
 (`canary`) and the release policy (`release`).
 
 Must not touch: HTTP, OpenFaaS, the gateway or process management. Functions in

@@ -269,7 +269,7 @@ def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: flo
     def source(start: datetime, end: datetime) -> dict[str, QualityCounts]:
         import numpy as np  # only this optional analysis needs numpy and the batch loaders
 
-        from movierec.ingest import iter_recommendations, load_watches
+        from movierec.batches.loaders import iter_recommendations, load_watches
 
         lo, hi = (t.astimezone(UTC).replace(tzinfo=None) for t in (start, end))
         recs = []

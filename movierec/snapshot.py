@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from movierec.ingest import list_batches, load_ratings
+from movierec.batches.layout import list_batches
+from movierec.batches.loaders import load_ratings
 from movierec.ratings import RatingsTable
 from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
 

@@ -328,6 +328,7 @@ class ReleaseStory:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
     from movierec import ingest, trainjob
+    from movierec.adapters.kafka_ingest import push_metrics
     from movierec.events import REJECTION_REASONS
 
     root = tmp_path_factory.mktemp("grafana-live")
@@ -340,7 +341,7 @@ def observed(tmp_path_factory):
                                        events={"watch": 1000, "rate": 150, "recommendation": 44},
                                        quarantined={REJECTION_REASONS[2]: 4, REJECTION_REASONS[7]: 2},
                                        batches_written=3, lag={0: 17, 1: 0}, lag_total=17, duration_seconds=2.5)
-        assert ingest.push_metrics(summary, stack.pushgateway)
+        assert push_metrics(summary, stack.pushgateway)
         for version, rmse in (("v1", 0.95), ("v2", 0.91)):
             assert trainjob.push_metrics(stack.pushgateway, {
                 "version": version, "metrics": {"rmse": rmse, "mae": 0.74, "precision_at_k": 0.05, "ndcg_at_k": 0.09},

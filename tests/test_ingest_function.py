@@ -14,11 +14,12 @@ import requests
 
 from localfaas.build import build_function
 from localfaas.stackfile import load_stack
+from movierec.batches.loaders import load_quarantine, load_ratings, load_watches
 from movierec.events import parse_line
-from movierec.ingest import load_quarantine, load_ratings, load_watches
 from movierec.store import LocalDirectoryStore
 from scripts.broker import free_port
-from tests.test_ingest import committed, produce, stream_lines
+from tests.test_batches import stream_lines
+from tests.test_kafka_ingest import committed, produce
 from tests.test_recommend_function import FunctionProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +57,8 @@ def served(build_context, tmp_path_factory, kafka_bootstrap, topic, store_dir):
 
 def test_build_context_has_the_handler_and_the_copied_core(build_context):
     for name in ("index.py", "function/handler.py", "function/movierec/ingest.py",
-                 "function/movierec/events.py", "function/movierec/store.py"):
+                 "function/movierec/events.py", "function/movierec/store.py",
+                 "function/movierec/batches/builder.py", "function/movierec/adapters/kafka_ingest.py"):
         assert (build_context.path / name).is_file(), name
 
 
@@ -96,7 +98,7 @@ def test_any_method_but_post_is_refused_with_405_and_starts_no_run(served, metho
 def test_a_bad_bound_in_the_query_gets_400_in_one_line(served):
     reply = requests.post(served.url + "/?max_records=lots", timeout=10)
     assert reply.status_code == 400
-    assert reply.json() == {"error": "query parameter max_records must be a number, got 'lots'"}
+    assert reply.json() == {"error": "Rejected: query parameter max_records must be a number, got 'lots'"}
 
 
 def test_a_broker_that_is_down_gets_503_naming_it(build_context, tmp_path_factory, tmp_path):
@@ -107,4 +109,4 @@ def test_a_broker_that_is_down_gets_503_naming_it(build_context, tmp_path_factor
     finally:
         fn.stop()
     assert reply.status_code == 503
-    assert reply.json()["error"].startswith(f"Kafka broker at {bootstrap} unreachable")
+    assert reply.json()["error"].startswith(f"IngestError: Kafka broker at {bootstrap} unreachable")

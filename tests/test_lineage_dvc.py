@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from movierec.ingest import parse_batch, store_batch
+from movierec.batches.builder import parse_batch, store_batch
 from movierec.model import load_model
 from movierec.registry import Registry
 from movierec.store import LocalDirectoryStore

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import requests
 
-from movierec.ingest import iter_recommendations, load_quarantine, load_ratings, load_watches
+from movierec.batches.loaders import iter_recommendations, load_quarantine, load_ratings, load_watches
 from movierec.store import LocalDirectoryStore
 from scripts.demo import Progress, bring_down, bring_up, local_stack_env
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from movierec.batches.builder import parse_batch, store_batch
 from movierec.deploy import GatewayDeployer
-from movierec.ingest import parse_batch, store_batch
 from movierec.registry import Registry
 from movierec.release import ReleaseConfig, ReleaseStore
 from movierec.snapshot import (

@@ -1,4 +1,4 @@
-"""Ingest under failure, with real processes: `python -m movierec.ingest` killed with SIGKILL at
+"""Ingest under failure, with real processes: `python -m movierec.adapters.kafka_ingest` killed with SIGKILL at
 random points, a broker that is down, a store that is down, and a flood of malformed lines."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from movierec.ingest import iter_recommendations, load_quarantine, load_ratings, load_watches
+from movierec.batches.loaders import iter_recommendations, load_quarantine, load_ratings, load_watches
 from movierec.store import LocalDirectoryStore
 from scripts.broker import free_port
-from tests.test_ingest import committed, produce, stream_lines
+from tests.test_batches import stream_lines
+from tests.test_kafka_ingest import committed, produce
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def ingest_env(bootstrap: str, topic: str, store_dir: Path, **extra) -> dict[str
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "movierec.ingest", *args], check=False, env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "movierec.adapters.kafka_ingest", *args], check=False, env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -73,7 +74,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(kafka_bootstrap, 
     rng = random.Random(1234)
     kills = 0
     for trial in range(10):
-        proc = subprocess.Popen([sys.executable, "-m", "movierec.ingest", "-v"], env=env, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "movierec.adapters.kafka_ingest", "-v"], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             # Kill after a random number of stored batches (0 = while joining or mid-first batch),

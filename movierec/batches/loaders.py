@@ -1,0 +1,102 @@
+"""Reading batches back: what snapshots, training and the release's online quality read.
+
+Every loader reads only committed batches (named by a manifest, `layout.list_batches`) and keeps
+each Kafka offset once, also where two stored ranges overlap (a rebalance race).
+
+Owns: `load_ratings` (a `movierec.ratings.RatingsTable`), `load_watches` (`WatchColumns`),
+`load_quarantine`, `iter_recommendations`.
+
+Must not touch: writing batches (`builder`), Kafka, what readers do with the rows.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from movierec.batches.encoding import decode_columns
+from movierec.batches.layout import list_batches
+from movierec.store import ObjectStore
+
+
+def _columns_once(store: ObjectStore, kind: str, topic: str | None) -> list[dict[str, np.ndarray]]:
+    """The columns of every committed batch of `kind`, each Kafka offset kept once."""
+    out = []
+    covered: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset already taken
+    for ref in list_batches(store, topic):
+        manifest = json.loads(store.get(ref.key("manifests")))
+        key = manifest.get("objects", {}).get(kind)
+        seen = covered.get((ref.topic, ref.partition), -1)
+        covered[(ref.topic, ref.partition)] = max(seen, ref.last)
+        if key is None or ref.last <= seen:
+            continue
+        columns = decode_columns(store.get(key))
+        if ref.first <= seen:  # overlapping ranges from a rebalance race: keep each offset once
+            keep = columns["offset"] > seen
+            columns = {n: (c if n == "movie_vocab" else c[keep]) for n, c in columns.items()}
+        out.append(columns)
+    return out
+
+
+def _merged(batches: list[dict[str, np.ndarray]], value_column: str):
+    """Concatenate batches into (time_us, user_id, movie_ids '<U', values) in event-time order."""
+    if not batches:
+        return None
+    movies = np.concatenate([b["movie_vocab"][b["movie_code"]] for b in batches])
+    times = np.concatenate([b["time_us"] for b in batches])
+    order = np.argsort(times, kind="stable")
+    return (times[order], np.concatenate([b["user_id"] for b in batches])[order], movies[order],
+            np.concatenate([b[value_column] for b in batches])[order])
+
+
+def load_ratings(store: ObjectStore, topic: str | None = None):
+    """Every stored rating (of `topic`, or of all topics) as a `movierec.ratings.RatingsTable`,
+    in event-time order (ties keep stream order), each stream record once."""
+    from movierec.ratings import RatingsTable
+
+    merged = _merged(_columns_once(store, "ratings", topic), "rating")
+    if merged is None:
+        return RatingsTable.empty()
+    _, users, movies, ratings = merged
+    return RatingsTable(users, movies, ratings.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class WatchColumns:
+    time_us: np.ndarray  # int64 microseconds since the epoch (stream times are naive: UTC)
+    user_ids: np.ndarray  # int64
+    movie_ids: np.ndarray  # '<U'
+    minutes: np.ndarray  # int32
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def load_watches(store: ObjectStore, topic: str | None = None) -> WatchColumns:
+    merged = _merged(_columns_once(store, "watches", topic), "minute")
+    if merged is None:
+        return WatchColumns(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, "<U1"),
+                            np.empty(0, np.int32))
+    return WatchColumns(*merged)
+
+
+def load_quarantine(store: ObjectStore, topic: str | None = None) -> list[dict]:
+    """Quarantined lines (offset, reason, detail, line) of committed batches."""
+    rows = []
+    for ref in list_batches(store, topic):
+        manifest = json.loads(store.get(ref.key("manifests")))
+        key = manifest.get("objects", {}).get("quarantine")
+        if key:
+            rows.extend(json.loads(line) for line in store.get(key).decode().splitlines())
+    return rows
+
+
+def iter_recommendations(store: ObjectStore, topic: str | None = None) -> Iterable[dict]:
+    for ref in list_batches(store, topic):
+        manifest = json.loads(store.get(ref.key("manifests")))
+        key = manifest.get("objects", {}).get("recommendations")
+        if key:
+            yield from (json.loads(line) for line in store.get(key).decode().splitlines())
+
