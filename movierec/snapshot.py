@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from movierec.errors import Rejected
 from movierec.ingest import list_batches, load_ratings
 from movierec.ratings import RatingsTable
 from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
@@ -35,8 +36,11 @@ from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
 SNAPSHOTS = "data/snapshots"
 
 
-class SnapshotError(Exception):
-    """A snapshot cannot be taken or read (one line)."""
+class SnapshotError(Rejected):
+    """A snapshot cannot be taken or read: no batches, a changed object, an unreadable file.
+    The data is wrong and retrying will not help (422, as the train function answered it)."""
+
+    status = 422
 
 
 @dataclass(frozen=True)
