@@ -21,6 +21,10 @@ its bytes.
 version or alias, downloads and verifies the files (sha256) into `cache_dir`, and when the store
 is unreachable serves the copy cached by an earlier successful load.
 
+Errors are movierec.errors classes: `ModelNotFoundError` (NotFound, 404; still a LookupError),
+`IntegrityError` (Rejected, 422: stored bytes that do not match their recorded sha256),
+`ModelUnavailableError` (Unavailable, 503); `RegistryError` itself marks misuse (500).
+
 Must not touch: how a model is fitted or scored (`model`, `training`), HTTP or OpenFaaS.
 """
 from __future__ import annotations

@@ -243,3 +243,66 @@ def test_holdout_side_of_a_pair_does_not_depend_on_the_longest_movie_id_in_the_s
     held_long = {u for u, m in zip(holdout_long.user_ids.tolist(), holdout_long.movie_ids.tolist())
                  if m == "heat+1995"}
     assert held_short and held_short == held_long
+
+
+# -- the train function's HTTP face ------------------------------------------------------------
+@pytest.fixture
+def train_handler(tmp_path, monkeypatch):
+    """functions/train/handler.py with a local store, no gateway secrets, no release, no push."""
+    import importlib.util
+
+    for name, value in {"STORE_URL": str(tmp_path / "store"), "SECRETS_DIR": str(tmp_path / "secrets"),
+                        "MODEL_CACHE_DIR": str(tmp_path / "cache"), "AUTO_RELEASE": "0", "PUSHGATEWAY_URL": "",
+                        "SVD_N_FACTORS": "8", "SVD_N_EPOCHS": "5", "TRAIN_MIN_RATINGS": "500"}.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("train_handler", "functions/train/handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, LocalDirectoryStore(tmp_path / "store")
+
+
+def _event(method, path="/"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(method=method, path=path, headers={}, query={}, body=b"")
+
+
+def test_a_post_trains_and_answers_the_summary_with_what_was_pushed(train_handler, world):
+    handler, store = train_handler
+    put_batches(store, world)
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 200, reply
+    summary = reply["body"]
+    assert summary["pushed"] == "skipped" and summary["release"] == "not released: automatic release is off"
+    status = handler.handle(_event("GET", "/status"), None)
+    assert status["statusCode"] == 200 and status["body"]["versions"] == [summary["version"]]
+    assert status["body"]["aliases"] == {"stable": None, "candidate": None}
+
+
+def test_no_data_and_a_bad_setting_are_422_with_a_one_line_json_error(train_handler, monkeypatch):
+    handler, _ = train_handler
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 422
+    assert reply["body"]["error"].startswith("SnapshotError: no committed rating batches")
+    monkeypatch.setenv("SVD_N_FACTORS", "many")
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 422
+    assert reply["body"] == {"error": "TrainConfigError: training configuration: SVD_N_FACTORS must be an "
+                                      "integer, got 'many'"}
+
+
+def test_an_unreachable_store_is_503_and_other_methods_405(train_handler, monkeypatch):
+    from movierec.store import StoreUnavailableError
+
+    handler, _ = train_handler
+
+    def unreachable(env=None):
+        raise StoreUnavailableError("S3 store s3://models at http://127.0.0.1:9: connection refused")
+
+    monkeypatch.setattr(handler, "open_store", unreachable)
+    for method, path in (("POST", "/"), ("GET", "/status")):
+        reply = handler.handle(_event(method, path), None)
+        assert reply["statusCode"] == 503 and "connection refused" in reply["body"]["error"], reply
+    reply = handler.handle(_event("PUT"), None)
+    assert reply["statusCode"] == 405 and reply["headers"]["Allow"] == "GET, POST"
+    assert reply["body"]["error"].startswith("use POST to train")
