@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from movierec.errors import Rejected
 from movierec.events import RATING_MAX, RATING_MIN, USER_ID_MAX
 from movierec.ratings import RatingsTable
 
@@ -58,8 +59,11 @@ _ARRAYS = {
 _RESERVED_MANIFEST_KEYS = {"format", "format_version", "sha256", "size_bytes", "counts", "created_at"}
 
 
-class ModelIntegrityError(Exception):
-    """The artifact is missing, tampered with, or not a model this code can serve."""
+class ModelIntegrityError(Rejected):
+    """The artifact is missing, tampered with, or not a model this code can serve. A data error
+    (loading the same files fails again): Rejected, answered 422 like every refusal of data."""
+
+    status = 422
 
 
 class RecommenderModel:

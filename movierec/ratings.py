@@ -1,21 +1,25 @@
 """Ratings as columns: the in-memory table that training, evaluation and the model are built from.
 
 Owns `RatingsTable` (user ids int64, movie ids as a numpy unicode array, ratings float32, one row
-per rating, rows in chronological order) and the operations on it that need no model: building it
-from parsed `RateEvent`s, keeping the latest rating per (user, movie), and the train/holdout split.
+per rating, rows in chronological order) and the operations on it that need no model: codes
+(sorted distinct ids, computed once and carried by `take`), keeping the latest rating per
+(user, movie), and the fast factorisers behind the codes. Also the package's one 64-bit mixer,
+`splitmix64`.
+
+Tables are built by the batch loaders (from stored ingest batches) and the ratings file of a
+snapshot; the holdout split is the training job's (`movierec.trainjob.holdout_split`).
 
 Must not touch: parsing stream lines (that is `movierec.events`), surprise, the model artifact,
 the object store, HTTP.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from movierec.events import RATING_MAX, RATING_MIN, RateEvent
+from movierec.events import RATING_MAX, RATING_MIN
 
 
 class Codes(NamedTuple):
@@ -27,7 +31,12 @@ class Codes(NamedTuple):
     movie_codes: np.ndarray  # per row: position in `movies`
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (2**64 / golden ratio)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer over uint64 arrays (callers add GOLDEN_GAMMA to step the state);
+    the one 64-bit mixer of the package (ids' hashes here, the holdout split in trainjob)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
@@ -63,7 +72,7 @@ def factorize_strings(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h = np.zeros(len(values), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in range(words.shape[1]):
-            h = _splitmix64(h ^ (words[:, column] + np.uint64(0x9E3779B97F4A7C15)))
+            h = splitmix64(h ^ (words[:, column] + GOLDEN_GAMMA))
     _, first, codes = np.unique(h, return_index=True, return_inverse=True)
     if np.array_equal(words, words[first][codes]):
         distinct = values[first]
@@ -159,52 +168,6 @@ class RatingsTable:
     def empty(cls) -> RatingsTable:
         return cls(np.empty(0, np.int64), np.empty(0, dtype="<U1"), np.empty(0, np.float32))
 
-    @classmethod
-    def from_events(cls, events: Iterable[RateEvent]) -> RatingsTable:
-        """Rows from rate events, ordered by event time (stable: equal times keep input order)."""
-        events = list(events)
-        if not events:
-            return cls.empty()
-        for e in events:
-            if not isinstance(e, RateEvent):
-                raise TypeError(f"RatingsTable.from_events takes RateEvent, got {type(e).__name__}")
-        order = sorted(range(len(events)), key=lambda i: events[i].time)
-        ordered = [events[i] for i in order]
-        return cls(
-            np.fromiter((e.user_id for e in ordered), dtype=np.int64, count=len(ordered)),
-            np.array([e.movie_id for e in ordered]),
-            np.fromiter((e.rating for e in ordered), dtype=np.float32, count=len(ordered)),
-        )
-
-    @classmethod
-    def from_movie_codes(cls, user_ids: np.ndarray, movie_vocab: np.ndarray, movie_codes: np.ndarray,
-                         ratings: np.ndarray) -> RatingsTable:
-        """A table whose movie column comes dictionary-encoded (ids `movie_vocab[movie_codes]`,
-        as ingest batches store it): its codes are derived from the small vocabulary instead of
-        factorising a million strings again."""
-        movie_vocab, movie_codes = np.asarray(movie_vocab), np.asarray(movie_codes, dtype=np.int64)
-        if len(movie_codes) and (movie_codes.min() < 0 or movie_codes.max() >= len(movie_vocab)):
-            raise ValueError("movie codes point outside the movie vocabulary")
-        table = cls(user_ids, movie_vocab[movie_codes], ratings)
-        if len(table):
-            vocab, vocab_codes = np.unique(movie_vocab.astype(table.movie_ids.dtype), return_inverse=True)
-            movies, codes = _compact(vocab, vocab_codes.reshape(-1)[movie_codes])
-            users, user_codes = factorize_ints(table.user_ids)
-            object.__setattr__(table, "_codes", Codes(users, user_codes, movies, codes))
-        return table
-
-    @classmethod
-    def concat(cls, tables: Iterable[RatingsTable]) -> RatingsTable:
-        """Tables appended in the given order (so later tables hold the later ratings)."""
-        tables = [t for t in tables if len(t)]
-        if not tables:
-            return cls.empty()
-        return cls(
-            np.concatenate([t.user_ids for t in tables]),
-            np.concatenate([t.movie_ids for t in tables]),
-            np.concatenate([t.ratings for t in tables]),
-        )
-
     # -- inspection ---------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.ratings)
@@ -242,7 +205,7 @@ class RatingsTable:
             object.__setattr__(taken, "_codes", Codes(users, user_codes, movies, movie_codes))
         return taken
 
-    # -- cleaning and splitting ---------------------------------------------------------------
+    # -- cleaning ---------------------------------------------------------------
     def dedupe(self) -> RatingsTable:
         """Keep the latest rating per (user, movie): the last row wins. Surviving rows keep their order."""
         if len(self) == 0:
@@ -254,28 +217,3 @@ class RatingsTable:
         # Scan from the end so np.unique's "first occurrence" is the latest row.
         _, first_from_end = np.unique(pair_keys[::-1], return_index=True)
         return self.take(np.sort(len(self) - 1 - first_from_end))  # take() carries the codes
-
-    def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[RatingsTable, RatingsTable]:
-        """Per-user random holdout: (train, holdout).
-
-        Each user with at least two ratings gives about `test_fraction` of them (rounded, at most
-        all but one) to the holdout, so every holdout user is also a training user. Users with
-        one rating stay in train. Deterministic for a given seed and table.
-        """
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
-        n = len(self)
-        if n == 0:
-            return self, self
-        rng = np.random.default_rng(seed)
-        shuffle_key = rng.random(n)
-        order = np.lexsort((shuffle_key, self.user_ids))  # grouped by user, random within user
-        sorted_users = self.user_ids[order]
-        starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
-        counts = np.diff(np.r_[starts, n])
-        rank_in_user = np.arange(n) - np.repeat(starts, counts)
-        n_holdout = np.minimum(np.rint(counts * test_fraction), counts - 1).astype(np.int64)
-        holdout_sorted = rank_in_user < np.repeat(n_holdout, counts)
-        is_holdout = np.zeros(n, dtype=bool)
-        is_holdout[order] = holdout_sorted
-        return self.take(~is_holdout), self.take(is_holdout)

@@ -21,6 +21,10 @@ its bytes.
 version or alias, downloads and verifies the files (sha256) into `cache_dir`, and when the store
 is unreachable serves the copy cached by an earlier successful load.
 
+Errors are movierec.errors classes: `ModelNotFoundError` (NotFound, 404; still a LookupError),
+`IntegrityError` (Rejected, 422: stored bytes that do not match their recorded sha256),
+`ModelUnavailableError` (Unavailable, 503); `RegistryError` itself marks misuse (500).
+
 Must not touch: how a model is fitted or scored (`model`, `training`), HTTP or OpenFaaS.
 """
 from __future__ import annotations
@@ -31,11 +35,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from movierec.errors import MovierecError, NotFound, Rejected, Unavailable
+from movierec.settings import Settings
 from movierec.store import (
     ObjectNotFoundError,
     ObjectStore,
@@ -56,20 +63,24 @@ VERSION_RE = re.compile(r"^v\d{8}-\d{6}-[0-9a-f]{8}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
-class RegistryError(Exception):
-    """Base of the registry's errors; every message is one line."""
+class RegistryError(MovierecError):
+    """Base of the registry's errors; every message is one line. Raised as itself only for
+    misuse (an invalid alias or version name, a directory that is not a model): a bug, 500."""
 
 
-class ModelNotFoundError(RegistryError, LookupError):
-    pass
+class ModelNotFoundError(RegistryError, NotFound, LookupError):
+    """No such version, or an alias that is not set (404)."""
 
 
-class IntegrityError(RegistryError):
-    pass
+class IntegrityError(RegistryError, Rejected):
+    """Stored or cached files do not match the sha256 the registry recorded. A data error: the
+    same bytes fail again, so it is Rejected, not Unavailable (422, like every refusal of data)."""
+
+    status = 422
 
 
-class ModelUnavailableError(RegistryError):
-    """No model can be served: the store is unreachable and there is no cached copy."""
+class ModelUnavailableError(RegistryError, Unavailable):
+    """No model can be served: the store is unreachable and there is no cached copy (503)."""
 
 
 def utcnow() -> datetime:
@@ -89,11 +100,11 @@ def is_version(text: str) -> bool:
     return bool(VERSION_RE.match(text))
 
 
-def code_version(env: dict[str, str] | None = None) -> str:
+def code_version(env: Mapping[str, str] | None = None) -> str:
     """CODE_VERSION from the environment (set at image build), else `git describe`, else unknown."""
-    env = os.environ if env is None else env
-    if env.get("CODE_VERSION"):
-        return env["CODE_VERSION"]
+    configured = Settings(env).get("CODE_VERSION")
+    if configured:
+        return configured
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"],
@@ -108,6 +119,13 @@ def code_version(env: dict[str, str] | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return "unknown"
+
+
+def model_cache_dir(env: Mapping[str, str] | None = None) -> str:
+    """MODEL_CACHE_DIR, or `$TMPDIR/movierec-model-cache` when it is blank."""
+    env = os.environ if env is None else env
+    configured = Settings(env).get("MODEL_CACHE_DIR")
+    return configured or os.path.join(env.get("TMPDIR") or tempfile.gettempdir(), "movierec-model-cache")
 
 
 @dataclass(frozen=True)

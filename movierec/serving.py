@@ -1,10 +1,11 @@
 """Serving: which model a recommend deployment serves, loaded once and kept.
 
-The model is resolved once per process from the environment:
+The model is resolved once per process from the settings (movierec.settings):
 - `MODEL_PATH`: a model directory (model.npz + manifest.json) on local disk, or
 - `MODEL_VERSION` (a version such as `v3` or an alias such as `stable`), looked up in the
-  model registry on the object store (`STORE_URL`), verified by sha256 and cached locally
-  (`MODEL_CACHE_DIR`) so a restart still serves when the store is unreachable.
+  model registry on the object store (`STORE_URL`; the caller injects `open_store`, the store's
+  client being an adapter), verified by sha256 and cached locally (`MODEL_CACHE_DIR`) so a
+  restart still serves when the store is unreachable.
 
 If no model can be loaded the process stays up, reports "no model" on its readiness check,
 answers 503, and tries again at most every `MODEL_RETRY_SECONDS`.
@@ -15,10 +16,13 @@ that key (training never does); `ModelHolder.recommend` applies it to every requ
 `delay_ms`, then fails a share `error_rate` of requests with `DrillFault` (the handler answers 500),
 so the canary analysis has a real slow or erroring candidate to roll back.
 
-Knows nothing of HTTP: the recommend function's handler maps requests and outcomes to it.
+Owns: `ModelHolder` (load once, retry, describe, apply a drill) and `load_configured_model`.
+Must not touch: HTTP (the recommend function's handler maps requests and outcomes to it) and
+service clients (the handler injects the store opener).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -28,12 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from movierec.errors import ConfigError
 from movierec.model import RecommenderModel, load_model
+from movierec.settings import Settings
 
 log = logging.getLogger("movierec.serving")
 
-DEFAULT_K = 20
-MAX_K = 100
 DRILL_KEY = "drill"
 DRILL_MAX_DELAY_MS = 10_000  # a drill slows answers down; it must not hang a replica
 
@@ -82,18 +86,20 @@ class Drill:
         return f"DRILL delay {self.delay_ms:g} ms, error rate {self.error_rate:g}"
 
 
-def _load_from_env(env: Mapping[str, str]) -> RecommenderModel:
-    path = env.get("MODEL_PATH", "").strip()
+def load_configured_model(env: Mapping[str, str], open_store: Callable[[dict[str, str]], Any] | None = None
+                          ) -> RecommenderModel:
+    """The model the settings name: MODEL_PATH's folder, else MODEL_VERSION from the registry on
+    the store `open_store(env)` opens (injected: the store's client is an adapter), cached in
+    MODEL_CACHE_DIR."""
+    settings = Settings(env)
+    path = settings.get("MODEL_PATH")
     if path:
         return load_model(path)
-    from movierec.registry import load_serving_model  # the registry needs the store; import lazily
-    from movierec.store import open_store
+    if open_store is None:
+        raise ConfigError("MODEL_PATH is blank and no object store was given to load MODEL_VERSION from")
+    from movierec.registry import load_serving_model, model_cache_dir  # the registry needs the store
 
-    spec = env.get("MODEL_VERSION", "").strip() or "stable"
-    cache_dir = env.get("MODEL_CACHE_DIR", "").strip() or os.path.join(
-        env.get("TMPDIR", "/tmp"), "movierec-model-cache"
-    )
-    return load_serving_model(spec, open_store(dict(env)), cache_dir)
+    return load_serving_model(settings.get("MODEL_VERSION"), open_store(dict(env)), model_cache_dir(env))
 
 
 class ModelHolder:
@@ -102,20 +108,23 @@ class ModelHolder:
     def __init__(
         self,
         env: Mapping[str, str] | None = None,
-        loader=_load_from_env,
+        loader: Callable[[Mapping[str, str]], RecommenderModel] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         chance: Callable[[], float] = random.random,
+        open_store: Callable[[dict[str, str]], Any] | None = None,
     ):
+        """`loader(env)` loads the model; by default `load_configured_model` with `open_store`."""
         self._env = dict(os.environ if env is None else env)
-        self._loader = loader
+        self._loader = loader or functools.partial(load_configured_model, open_store=open_store)
         self._sleep, self._chance = sleep, chance  # injectable so drill tests need no clock
         self._lock = threading.Lock()
         self._model: RecommenderModel | None = None
         self._drill: Drill | None = None
         self._error = "not loaded yet"
         self._last_attempt = float("-inf")
-        self._retry_s = float(self._env.get("MODEL_RETRY_SECONDS", "5") or 5)
-        self.k = min(int(self._env.get("RECOMMEND_K", DEFAULT_K) or DEFAULT_K), MAX_K)
+        settings = Settings(self._env)
+        self._retry_s = settings.get("MODEL_RETRY_SECONDS")
+        self.k = settings.get("RECOMMEND_K")  # 1..100, else ConfigError naming the variable
         self.get()
 
     def get(self) -> RecommenderModel | None:

@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from movierec.errors import ConfigError
@@ -87,6 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     _train("SPLIT_SEED", "int", "", "holdout split seed; blank: params.yaml's, else 0"),
     _train("TRAIN_MIN_RATINGS", "int", "", "refuse to train on fewer ratings; blank: params.yaml's, else 1000",
            deployed="1000"),
+    _train("TRAIN_MIN_USERS", "int", "", "refuse to train on fewer users; blank: params.yaml's, else 10"),
+    _train("TRAIN_MIN_MOVIES", "int", "", "refuse to train on fewer movies; blank: params.yaml's, else 10"),
     _train("RMSE_MAX", "float", "", "gate: holdout RMSE at most; blank: params.yaml's, else 1.0", deployed="1.0"),
     _train("RMSE_TOLERANCE", "float", "", "gate: not worse than stable's RMSE by more; blank: params.yaml's, "
            "else 0.02", deployed="0.02"),
@@ -230,6 +232,13 @@ class Settings:
         if raw == "" and setting.kind not in ("str", "list"):
             return None
         return parse_value(setting, raw)
+
+
+def setting_field(name: str, default: Any) -> Any:
+    """A dataclass field that names its row in the table (`field.metadata["setting"]`), for
+    configs that layer the environment over another source (e.g. params.yaml)."""
+    _setting(name)
+    return field(default=default, metadata={"setting": name})
 
 
 def _setting(name: str) -> Setting:

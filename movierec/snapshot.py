@@ -1,6 +1,6 @@
 """Dataset snapshots: a named, reproducible set of stored rating batches.
 
-A snapshot is the set of committed ingest batches at one moment (see `movierec.ingest` for the
+A snapshot is the set of committed ingest batches at one moment (see `movierec.batches` for the
 layout): for each batch, its manifest key and its ratings object key, each with the sha256 of
 its bytes. Its id is derived from that list only,
 `snap-<first 16 hex of sha256("<key> <sha256>\\n" for each object, sorted)>`, so the same batches
@@ -8,8 +8,8 @@ always give the same id, and any added, removed or changed batch gives another. 
 manifest is stored write-once at `data/snapshots/<id>.json`; it holds nothing time-dependent,
 so taking the same snapshot twice is a no-op.
 
-Ratings are read with ingest's own loader (`movierec.ingest.load_ratings`, which keeps every
-Kafka offset once) through `SnapshotView`: a read-only store that shows only the snapshot's
+Ratings are read with the batches' own loader (`movierec.batches.loaders.load_ratings`, which keeps
+every Kafka offset once) through `SnapshotView`: a read-only store that shows only the snapshot's
 objects and refuses any whose bytes changed. One loader, and a snapshot cannot silently grow.
 
 `export_ratings` / `read_ratings_file` write and read a snapshot's ratings as one `.npz` file
@@ -30,14 +30,18 @@ import numpy as np
 
 from movierec.batches.layout import list_batches
 from movierec.batches.loaders import load_ratings
+from movierec.errors import Rejected
 from movierec.ratings import RatingsTable
 from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
 
 SNAPSHOTS = "data/snapshots"
 
 
-class SnapshotError(Exception):
-    """A snapshot cannot be taken or read (one line)."""
+class SnapshotError(Rejected):
+    """A snapshot cannot be taken or read: no batches, a changed object, an unreadable file.
+    The data is wrong and retrying will not help (422, as the train function answered it)."""
+
+    status = 422
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 Owns `SVDParams` (scikit-surprise SVD hyper-parameters, defaults as surprise's), `build_trainset`
 (a surprise Trainset made straight from the table's arrays, no pandas/Dataset detour, so the
-pipeline costs little beyond surprise's own SGD), `fit_svd`, `train_model` and `evaluate` (RMSE,
+pipeline costs little beyond surprise's own SGD), `fit_svd` and `evaluate` (RMSE,
 MAE with predictions clipped to 1..5 as surprise does, and precision/recall/NDCG@k where relevant
 means a holdout rating >= 4 and candidates are all movies the user has not seen in training).
+The serving model is built from a fit by `movierec.model.build_model`; the job that splits, fits,
+builds and evaluates is `movierec.trainjob.fit_and_evaluate`.
 
 Must not touch: stream parsing, data snapshots, the object store/registry, release policy, HTTP.
 """
@@ -19,8 +21,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from movierec.events import RATING_MAX, RATING_MIN
-from movierec.model import DEFAULT_K, RecommenderModel, build_model, top_k_indices
+from movierec.model import DEFAULT_K, RecommenderModel, top_k_indices
 from movierec.ratings import RatingsTable
+from movierec.settings import setting_field
 
 RELEVANT_RATING = 4.0
 # Ranking metrics on more users than this use a seeded random sample of them (keeps evaluation
@@ -30,11 +33,11 @@ MAX_RANKING_USERS = 10_000
 
 @dataclass(frozen=True)
 class SVDParams:
-    n_factors: int = 100
-    n_epochs: int = 20
-    lr_all: float = 0.005
-    reg_all: float = 0.02
-    random_state: int | None = 0
+    n_factors: int = setting_field("SVD_N_FACTORS", 100)
+    n_epochs: int = setting_field("SVD_N_EPOCHS", 20)
+    lr_all: float = setting_field("SVD_LR_ALL", 0.005)
+    reg_all: float = setting_field("SVD_REG_ALL", 0.02)
+    random_state: int | None = setting_field("SVD_RANDOM_STATE", 0)
 
     def __post_init__(self) -> None:
         if self.n_factors < 1 or self.n_epochs < 0:
@@ -128,16 +131,6 @@ def fit_svd(table: RatingsTable, params: SVDParams = SVDParams()):
     trainset = build_trainset(table)
     with _cyclic_gc_paused():
         return algo.fit(trainset)
-
-
-def train_model(
-    train: RatingsTable,
-    params: SVDParams = SVDParams(),
-    watches: tuple[np.ndarray, np.ndarray] | None = None,
-) -> RecommenderModel:
-    """Fit SVD on `train` (deduplicated here) and build the serving model; seen = train + watches."""
-    train = train.dedupe()
-    return build_model(fit_svd(train, params), train, watches=watches, params=params.as_dict())
 
 
 def _rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

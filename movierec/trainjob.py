@@ -1,43 +1,48 @@
 """The training job: snapshot -> data checks -> split -> fit -> evaluate -> gates -> register -> release.
 
-Owns the pipeline and its configuration (`TrainConfig.from_env`), the quality gates, the
-decision to start a release after a registration, and pushing the job's metrics to the
-Pushgateway (job="train"). Fitting and evaluation are `movierec.training`'s; versions and
-aliases are `movierec.registry`'s; snapshots `movierec.snapshot`'s; releases `movierec.release`'s.
+Owns the pipeline and its configuration (`TrainConfig.from_env`: the dataclass defaults, then
+params.yaml's `train:` section, then the environment, each variable typed by its row in
+`movierec.settings`), the data checks, the holdout split, the quality gates, the decision to
+start a release after a registration, and the job's metric families (`train_families`, job
+"train"). Fitting and evaluation are `movierec.training`'s; versions and aliases
+`movierec.registry`'s; snapshots `movierec.snapshot`'s; releases `movierec.release`'s; the offline
+reproduction (DVC) `movierec.lineage`'s.
 
 Gates: holdout RMSE < RMSE_MAX (default 1.0), and not worse than the current stable model on
 the SAME holdout rows by more than RMSE_TOLERANCE (default 0.02). A model that fails a gate is
 still registered (its metrics are the record of why) but never released.
 
-Command line (also the DVC stage, see dvc.yaml):
-    python -m movierec.trainjob                        # the full job, configured by env (as the function)
-    python -m movierec.trainjob --export-snapshot latest --out data/ratings.npz
-    python -m movierec.trainjob --offline --ratings data/ratings.npz --params params.yaml --out build/model
-    python -m movierec.trainjob --lineage <version> --out lineage/   # its snapshot + artifact, for DVC
+Composed by the train function (functions/train/handler.py) and the command line
+(`python -m scripts.train`), which inject the store, the gateway client and the notifier and push
+`train_families(summary)` to the Pushgateway.
 
-Must not touch: HTTP request handling (functions/train), model internals, release analysis.
+Must not touch: HTTP request handling, services (no adapter is imported: collaborators are
+passed in), model internals, release analysis.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from movierec.errors import ConfigError, Rejected
+from movierec.metrics import Family
 from movierec.model import build_model
-from movierec.ratings import RatingsTable
-from movierec.registry import STABLE, Registry, RegistryError, code_version, load_serving_model
+from movierec.ratings import GOLDEN_GAMMA, RatingsTable, splitmix64
+from movierec.registry import (
+    STABLE,
+    Registry,
+    RegistryError,
+    code_version,
+    load_serving_model,
+    model_cache_dir,
+)
 from movierec.release import (
     ReleaseConfig,
     ReleaseRunningError,
@@ -45,75 +50,82 @@ from movierec.release import (
     bootstrap_stable,
     start_release,
 )
+from movierec.settings import BY_NAME, Settings, parse_value, setting_field
 from movierec.snapshot import take_snapshot
 from movierec.store import ObjectStore
 from movierec.training import SVDParams, evaluate, fit_svd
 
 log = logging.getLogger("movierec.trainjob")
 
-DEFAULT_PUSHGATEWAY = "http://127.0.0.1:9091"
+
+class TrainError(Rejected):
+    """The job cannot produce a model from this data or configuration; one line. Retrying the
+    same will not help: answered 422 (the class's status), as the train function always did."""
+
+    status = 422
 
 
-class TrainError(Exception):
-    """The job cannot produce a model (bad data, bad configuration); one line."""
+class TrainConfigError(TrainError, ConfigError):
+    """A training setting (environment or params.yaml) is malformed or out of range."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Each field but `svd` names its row in movierec.settings (SVDParams' fields name theirs)."""
+
     svd: SVDParams = field(default_factory=SVDParams)
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    min_ratings: int = 1000
-    min_users: int = 10
-    min_movies: int = 10
-    rmse_max: float = 1.0
-    rmse_tolerance: float = 0.02
-    topic: str | None = None  # None: every topic's batches
-    cache_dir: str = os.path.join(tempfile.gettempdir(), "movierec-model-cache")
-    auto_release: bool = True
-    pushgateway_url: str | None = DEFAULT_PUSHGATEWAY
+    test_fraction: float = setting_field("TEST_FRACTION", 0.2)
+    split_seed: int = setting_field("SPLIT_SEED", 0)
+    min_ratings: int = setting_field("TRAIN_MIN_RATINGS", 1000)
+    min_users: int = setting_field("TRAIN_MIN_USERS", 10)
+    min_movies: int = setting_field("TRAIN_MIN_MOVIES", 10)
+    rmse_max: float = setting_field("RMSE_MAX", 1.0)
+    rmse_tolerance: float = setting_field("RMSE_TOLERANCE", 0.02)
+    topic: str | None = setting_field("TRAIN_TOPIC", None)  # None: every topic's batches
+    cache_dir: str = setting_field("MODEL_CACHE_DIR", model_cache_dir({}))  # $TMPDIR/movierec-model-cache
+    auto_release: bool = setting_field("AUTO_RELEASE", True)
+    pushgateway_url: str | None = setting_field("PUSHGATEWAY_URL", None)  # None: no push
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> TrainConfig:
         """Defaults <- `params` (params.yaml's `train:` section) <- environment variables."""
-        env = dict(os.environ if env is None else env)
-        merged: dict[str, Any] = dict(params or {})
-        env_names = {
-            "n_factors": "SVD_N_FACTORS", "n_epochs": "SVD_N_EPOCHS", "lr_all": "SVD_LR_ALL",
-            "reg_all": "SVD_REG_ALL", "random_state": "SVD_RANDOM_STATE", "test_fraction": "TEST_FRACTION",
-            "split_seed": "SPLIT_SEED", "min_ratings": "TRAIN_MIN_RATINGS", "rmse_max": "RMSE_MAX",
-            "rmse_tolerance": "RMSE_TOLERANCE",
-        }
-        for key, name in env_names.items():
-            if (env.get(name) or "").strip():
-                merged[key] = env[name].strip()
-        svd_fields = SVDParams.__dataclass_fields__
+        settings, params = Settings(env), dict(params or {})
         try:
-            svd = SVDParams(**{k: _typed(SVDParams, k, v) for k, v in merged.items() if k in svd_fields})
-            rest = {k: _typed(cls, k, v) for k, v in merged.items() if k in cls.__dataclass_fields__}
-        except ValueError as e:
-            raise TrainError(f"training configuration: {e}") from None
-        config = cls(svd=svd, **rest)
-        return replace(
-            config,
-            topic=env.get("TRAIN_TOPIC") or config.topic,
-            cache_dir=env.get("MODEL_CACHE_DIR") or config.cache_dir,
-            auto_release=(env.get("AUTO_RELEASE") or "1").lower() not in ("0", "false", "no"),
-            pushgateway_url=(env.get("PUSHGATEWAY_URL") or DEFAULT_PUSHGATEWAY) or None,
-        )
+            return _layered(cls, settings, params, svd=_layered(SVDParams, settings, params))
+        except ConfigError as e:
+            raise TrainConfigError(f"training configuration: {e}") from None
+        except (TypeError, ValueError) as e:  # SVDParams' own range checks
+            raise TrainConfigError(f"training configuration: {e}") from None
 
 
-def _typed(owner: type, key: str, value: Any) -> Any:
-    default = owner.__dataclass_fields__[key].default
-    if value is None or value == "None":
-        return None
-    if isinstance(default, bool):
-        return str(value).lower() in ("1", "true", "yes")
-    if isinstance(default, int) or (default is None and key == "random_state"):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    return value
+def _layered(cls: type, settings: Settings, params: Mapping[str, Any], **given: Any) -> Any:
+    """An instance of dataclass `cls`: each field with a setting takes the environment variable
+    when it is set, else params' value of the same name (typed by the same row), else its default."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        name = f.metadata.get("setting")
+        if name is None or f.name in given:
+            continue
+        if settings.is_set(name):
+            values[f.name] = settings.get(name)
+        elif f.name in params:
+            raw = params[f.name]
+            try:
+                values[f.name] = None if raw is None else parse_value(BY_NAME[name], str(raw))
+            except ConfigError as e:
+                raise ConfigError(f"params.yaml train.{f.name} {str(e).removeprefix(name + ' ')}") from None
+    return cls(**values, **given)
+
+
+def read_params(path: str | None) -> dict[str, Any]:
+    """params.yaml's `train:` section (or the whole file when it has none); {} without a path."""
+    if not path:
+        return {}
+    import yaml
+
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    return dict(loaded.get("train", loaded))
 
 
 def check_data(table: RatingsTable, config: TrainConfig, deduped: RatingsTable | None = None) -> dict[str, Any]:
@@ -137,13 +149,6 @@ def check_data(table: RatingsTable, config: TrainConfig, deduped: RatingsTable |
     if problems:
         raise TrainError("data check failed: " + "; ".join(problems))
     return figures
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def _string_hash(strings: np.ndarray) -> np.ndarray:
@@ -178,8 +183,8 @@ def holdout_split(table: RatingsTable, test_fraction: float, seed: int = 0) -> t
         # hashing every row's string: the distinct ids keep the column's dtype).
         movies, movie_codes = table.codes.movies, table.codes.movie_codes
         movie_hash = _string_hash(movies.astype(table.movie_ids.dtype, copy=False))[movie_codes]
-        key = _splitmix64(table.user_ids.astype(np.uint64) ^ np.uint64(seed)) ^ movie_hash
-        bucket = _splitmix64(key) % np.uint64(1_000_000)
+        key = splitmix64((table.user_ids.astype(np.uint64) ^ np.uint64(seed)) + GOLDEN_GAMMA) ^ movie_hash
+        bucket = splitmix64(key + GOLDEN_GAMMA) % np.uint64(1_000_000)
     is_holdout = bucket < np.uint64(round(test_fraction * 1_000_000))
     return table.take(~is_holdout), table.take(is_holdout)
 
@@ -192,7 +197,7 @@ def fit_and_evaluate(deduped: RatingsTable, config: TrainConfig, timings: dict[s
     if len(holdout) == 0:
         raise TrainError("data check failed: the split left no holdout")
     with _timed(timings, "fit_s"):
-        # train_model() would deduplicate again; the table is deduplicated once, above.
+        # The table is deduplicated once, by the caller (the checks counted it already).
         model = build_model(fit_svd(train, config.svd), train, params=config.svd.as_dict())
     with _timed(timings, "evaluate_s"):
         metrics = evaluate(model, holdout)
@@ -235,7 +240,8 @@ def run_training(
     release_config: ReleaseConfig | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The whole job. Returns its summary (also what the function answers and what is pushed)."""
+    """The whole job. Returns its summary: what the function answers (the caller adds the outcome
+    of pushing `train_families(summary)` as "pushed")."""
     started = time.monotonic()
     now = now or datetime.now(UTC)
     registry = Registry(store)
@@ -280,7 +286,6 @@ def run_training(
         "duration_s": round(time.monotonic() - started, 3),
         "timings": timings,
     }
-    summary["pushed"] = push_metrics(config.pushgateway_url, summary)
     log.info("trained %s: rmse %.4f gates %s release %s", entry.version, metrics["rmse"], passed, release)
     return summary
 
@@ -315,142 +320,29 @@ def _release(version, passed, stable_version, store, deployer, notifier, release
     return f"canary started: {release.id}"
 
 
-def push_metrics(url: str | None, summary: Mapping[str, Any]) -> str:
-    """Push the job's figures to the Pushgateway (job="train"); never fails the job."""
-    if not url:
-        return "skipped"
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
-
-    reg = CollectorRegistry()
-    version = summary["version"]
-    metrics = summary["metrics"]
-    for name, key, doc in (
-        ("train_rmse", "rmse", "Holdout RMSE of the trained model"),
-        ("train_mae", "mae", "Holdout MAE of the trained model"),
-        ("train_precision_at_k", "precision_at_k", "Holdout precision@k (k=20) of the trained model"),
-        ("train_ndcg_at_k", "ndcg_at_k", "Holdout NDCG@k (k=20) of the trained model"),
-    ):
-        if metrics.get(key) is not None:
-            Gauge(name, doc, ["model_version"], registry=reg).labels(version).set(metrics[key])
-    Gauge("train_gates_passed", "1 when the model passed every quality gate", ["model_version"],
-          registry=reg).labels(version).set(1 if summary["gates_passed"] else 0)
-    Gauge("train_ratings", "Unique ratings in the training snapshot", registry=reg).set(summary["data"]["unique_ratings"])
-    Gauge("train_duration_seconds", "Duration of the training job", registry=reg).set(summary["duration_s"])
-    Gauge("train_last_success_timestamp_seconds", "When the job last registered a model",
-          registry=reg).set_to_current_time()
-    try:
-        push_to_gateway(url, job="train", registry=reg, timeout=5)
-    except OSError as e:
-        log.warning("pushgateway %s unreachable: %s", url, e)
-        return f"failed: pushgateway {url} unreachable"
-    return "pushed"
+# The job's figures, pushed by the caller with movierec.adapters.pushgateway.push(url, "train", ...).
+_MODEL_METRICS = (
+    ("train_rmse", "rmse", "Holdout RMSE of the trained model"),
+    ("train_mae", "mae", "Holdout MAE of the trained model"),
+    ("train_precision_at_k", "precision_at_k", "Holdout precision@k (k=20) of the trained model"),
+    ("train_ndcg_at_k", "ndcg_at_k", "Holdout NDCG@k (k=20) of the trained model"),
+)
 
 
-# -- offline reproduction (dvc repro) --------------------------------------------------------
-def train_offline(ratings_file: str, params: Mapping[str, Any], out_dir: str) -> dict[str, Any]:
-    """Fit and evaluate from a ratings file into a model directory (no store, no release)."""
-    from movierec.model import save_model
-    from movierec.snapshot import read_ratings_file
-
-    table, snap_id = read_ratings_file(ratings_file)
-    config = TrainConfig.from_env({}, params)
-    deduped = table.dedupe()
-    data = check_data(table, config, deduped)
-    model, _, metrics = fit_and_evaluate(deduped, config)
-    save_model(model, out_dir, {"snapshot_id": snap_id, "metrics": metrics, "data": data})
-    return {"snapshot_id": snap_id, "metrics": metrics, "data": data, "params": asdict(config.svd)}
-
-
-def write_lineage(store: ObjectStore, version: str, out_dir: str) -> dict[str, Any]:
-    """A registered model's lineage as files DVC can track: `<out>/ratings.npz` (its data
-    snapshot, re-read and verified from the stored batches), `<out>/model/` (the artifact,
-    verified) and `<out>/lineage.json` (version, snapshot id, sha256s, params, metrics)."""
-    from movierec.snapshot import export_ratings, load_snapshot
-
-    registry = Registry(store)
-    entry = registry.get(version)
-    if not entry.snapshot_id:
-        raise TrainError(f"model {version} records no data snapshot: its lineage is unknown")
-    out = Path(out_dir)
-    snapshot, table = load_snapshot(store, entry.snapshot_id)
-    ratings_sha = export_ratings(table, out / "ratings.npz", snapshot.id)
-    with tempfile.TemporaryDirectory(prefix="movierec-lineage-") as cache:
-        fetched = registry.fetch(version, cache)
-        (out / "model").mkdir(parents=True, exist_ok=True)
-        for name in entry.metadata["files"]:
-            (out / "model" / name).write_bytes((fetched / name).read_bytes())
-    lineage = {
-        "version": version,
-        "snapshot_id": snapshot.id,
-        "ratings_sha256": ratings_sha,
-        "model_files": entry.metadata["files"],
-        "params": entry.metadata.get("params"),
-        "metrics": entry.metadata.get("metrics"),
-        "code_version": entry.metadata.get("code_version"),
-    }
-    (out / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    return lineage
-
-
-def _read_params(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    import yaml
-
-    with open(path) as f:
-        loaded = yaml.safe_load(f) or {}
-    return dict(loaded.get("train", loaded))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m movierec.trainjob", description=__doc__.splitlines()[0])
-    parser.add_argument("--offline", action="store_true", help="train from --ratings into --out (no store)")
-    parser.add_argument("--ratings", help="ratings .npz file (offline input, or --export-snapshot output)")
-    parser.add_argument("--params", help="params.yaml (its train: section)")
-    parser.add_argument("--out", help="model directory (offline) or ratings file (export)")
-    parser.add_argument("--metrics", help="write the offline metrics JSON here")
-    parser.add_argument("--export-snapshot", metavar="ID", help="write a snapshot's ratings ('latest' takes one now)")
-    parser.add_argument("--lineage", metavar="VERSION", help="write a model's data snapshot and artifact into --out")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.offline:
-            if not args.ratings or not args.out:
-                parser.error("--offline needs --ratings and --out")
-            result = train_offline(args.ratings, _read_params(args.params), args.out)
-            if args.metrics:
-                Path(args.metrics).write_text(json.dumps(result["metrics"], indent=2, sort_keys=True) + "\n")
-        elif args.lineage:
-            from movierec.store import open_store
-
-            if not args.out:
-                parser.error("--lineage needs --out")
-            result = write_lineage(open_store(), args.lineage, args.out)
-        elif args.export_snapshot:
-            from movierec.snapshot import export_ratings, load_snapshot
-            from movierec.store import open_store
-
-            if not args.out:
-                parser.error("--export-snapshot needs --out")
-            store = open_store()
-            if args.export_snapshot == "latest":
-                snapshot, table = take_snapshot(store)
-            else:
-                snapshot, table = load_snapshot(store, args.export_snapshot)
-            result = {"snapshot_id": snapshot.id, "sha256": export_ratings(table, args.out, snapshot.id)}
-        else:
-            from movierec.deploy import GatewayDeployer
-            from movierec.notify import Notifier
-            from movierec.store import open_store
-
-            config = TrainConfig.from_env(params=_read_params(args.params))
-            result = run_training(config, open_store(), GatewayDeployer.from_env(), Notifier.from_env())
-    except Exception as e:  # noqa: BLE001  (the command line reports one line, not a traceback)
-        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def train_families(summary: Mapping[str, Any], now: float | None = None) -> list[Family]:
+    """The metric families of a run's summary (job "train"); `now` (epoch seconds) stamps
+    train_last_success_timestamp_seconds."""
+    version, metrics = summary["version"], summary["metrics"]
+    families = [
+        Family(name, doc, ("model_version",)).set(metrics[key], version)
+        for name, key, doc in _MODEL_METRICS
+        if metrics.get(key) is not None
+    ]
+    return families + [
+        Family("train_gates_passed", "1 when the model passed every quality gate", ("model_version",)).set(
+            1 if summary["gates_passed"] else 0, version),
+        Family("train_ratings", "Unique ratings in the training snapshot").set(summary["data"]["unique_ratings"]),
+        Family("train_duration_seconds", "Duration of the training job").set(summary["duration_s"]),
+        Family("train_last_success_timestamp_seconds", "When the job last registered a model").set(
+            time.time() if now is None else now),
+    ]

@@ -297,7 +297,8 @@ class ReleaseStory:
         )
         from movierec.store import LocalDirectoryStore
         from movierec.synthetic import SyntheticWorld
-        from movierec.training import SVDParams, train_model
+        from movierec.training import SVDParams
+        from tests.fitting import train_model
 
         self.store = LocalDirectoryStore(root / "store")
         registry = Registry(self.store)
@@ -327,9 +328,10 @@ class ReleaseStory:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
-    from movierec import ingest, trainjob
+    from movierec import ingest
     from movierec.adapters.kafka_ingest import push_metrics
     from movierec.events import REJECTION_REASONS
+    from scripts import train as trainjob  # its push_metrics: movierec.trainjob's families, pushed
 
     root = tmp_path_factory.mktemp("grafana-live")
     stack = ObservedStack(root)

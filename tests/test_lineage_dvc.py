@@ -14,14 +14,16 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from movierec.batches.builder import parse_batch, store_batch
+from movierec.lineage import write_lineage
 from movierec.model import load_model
 from movierec.registry import Registry
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
-from movierec.trainjob import TrainConfig, run_training, write_lineage
+from movierec.trainjob import TrainConfig, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -90,9 +92,11 @@ def test_dvc_repro_refits_from_the_snapshot_with_params_yaml(registered, tmp_pat
     write_lineage(store, summary["version"], str(project / "lineage"))
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
     (project / "params.yaml").write_text("train:\n  n_factors: 8\n  n_epochs: 10\n  min_ratings: 500\n")
-    for module in ("ratings.py", "training.py", "model.py", "trainjob.py"):  # the stage's declared deps
-        (project / "movierec").mkdir(exist_ok=True)
-        shutil.copy(REPO / "movierec" / module, project / "movierec" / module)
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    for dep in deps:  # the stage's declared code deps (the ratings file comes from the lineage)
+        if not dep.startswith("lineage/"):
+            (project / dep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / dep, project / dep)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
            "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     dvc(project, "init", "--no-scm", env=env)

@@ -23,7 +23,8 @@ from localfaas.build import build_function, process_command
 from localfaas.stackfile import load_stack
 from movierec.model import load_model, save_model
 from movierec.synthetic import SyntheticWorld
-from movierec.training import SVDParams, train_model
+from movierec.training import SVDParams
+from tests.fitting import train_model
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "v-test-1"

@@ -22,7 +22,8 @@ import requests
 from movierec.registry import Registry
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
-from movierec.training import SVDParams, train_model
+from movierec.training import SVDParams
+from tests.fitting import train_model
 from tests.localfaas_harness import LocalFaas, free_port
 
 pytestmark = pytest.mark.stack

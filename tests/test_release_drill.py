@@ -22,9 +22,10 @@ from movierec.release import (
 from movierec.serving import Drill, DrillError, DrillFault, ModelHolder
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
-from movierec.training import SVDParams, train_model
+from movierec.training import SVDParams
 from movierec.trainjob import TrainConfig, run_training
 from scripts.release import DEFAULT_DRILL, drill_settings, parse_args
+from tests.fitting import train_model
 from tests.gateway_double import GatewayDouble
 from tests.test_trainjob import put_batches
 

@@ -15,7 +15,8 @@ from movierec.registry import Registry
 from movierec.release import PROMOTED, ReleaseConfig, bootstrap_stable, finish_release, start_release
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
-from movierec.training import SVDParams, train_model
+from movierec.training import SVDParams
+from tests.fitting import train_model
 
 pytestmark = pytest.mark.stack
 

@@ -28,8 +28,8 @@ from movierec.release import (
     run_release_step,
     start_release,
 )
-from movierec.trainjob import push_metrics
 from scripts.broker import free_port
+from scripts.train import push_metrics
 from tests.gateway_double import GatewayDouble
 from tests.sinks import SMTPSink, WebhookReceiver
 from tests.test_release_policy import two_published_versions

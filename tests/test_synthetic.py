@@ -5,8 +5,10 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from movierec.batches.builder import parse_batch, store_batch
+from movierec.batches.loaders import load_ratings
 from movierec.events import RateEvent, WatchEvent, is_movie_id, parse_line
-from movierec.ratings import RatingsTable
+from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 
 
@@ -104,9 +106,12 @@ def test_stream_lines_parse_back_into_the_events_they_describe(world):
     assert any("." not in line.split(",", 1)[0] for line in lines)
 
 
-def test_stream_ratings_become_a_table_of_world_users_and_movies(world):
-    events = [parse_line(line) for line in world.stream_lines(200)]
-    table = RatingsTable.from_events(e for e in events if isinstance(e, RateEvent))
+def test_stream_ratings_become_a_table_of_world_users_and_movies(world, tmp_path):
+    # The production path: ingest's batch builder and store, then the loader training reads.
+    store = LocalDirectoryStore(tmp_path / "store")
+    lines = list(world.stream_lines(200))
+    store_batch(store, parse_batch("movielog1", 0, [(i, line.encode()) for i, line in enumerate(lines)], []))
+    table = load_ratings(store)
     assert len(table) == 200
     assert np.isin(table.user_ids, world.user_ids).all()
     assert np.isin(table.movie_ids, world.movie_ids).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from movierec.batches.builder import parse_batch, store_batch
@@ -20,7 +21,8 @@ from movierec.snapshot import (
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
-from movierec.trainjob import TrainConfig, TrainError, check_data, gates, main, run_training
+from movierec.trainjob import TrainConfig, TrainError, check_data, gates, run_training, train_families
+from scripts.train import main
 from tests.gateway_double import GatewayDouble
 
 T0 = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
@@ -80,6 +82,16 @@ def test_an_earlier_snapshot_reloads_the_same_ratings(store, world):
     assert len(reloaded) == len(table) and (reloaded.ratings == table.ratings).all()
 
 
+def test_a_snapshots_ratings_are_typed_columns_in_event_time_order(store):
+    lines = ["2026-01-01T10:00:05,1,GET /rate/b+2000=4", "2026-01-01T10:00:01,2,GET /rate/a+1999=2"]
+    store_batch(store, parse_batch("movielog1", 0, [(i, line.encode()) for i, line in enumerate(lines)], []))
+    _, table = take_snapshot(store)
+    assert table.user_ids.tolist() == [2, 1]
+    assert table.movie_ids.tolist() == ["a+1999", "b+2000"]
+    assert table.ratings.dtype == np.float32 and table.ratings.tolist() == [2.0, 4.0]
+    assert table.user_ids.dtype == np.int64 and table.movie_ids.dtype.kind == "U"
+
+
 def test_a_snapshot_of_nothing_is_a_clear_error(store):
     with pytest.raises(SnapshotError, match="no committed rating batches"):
         take_snapshot(store)
@@ -120,6 +132,30 @@ def test_gates_require_rmse_under_the_threshold_and_no_regression_beyond_toleran
 def test_config_reads_svd_params_from_params_then_env():
     config = TrainConfig.from_env({"SVD_N_EPOCHS": "7", "RMSE_MAX": "0.95"}, {"n_factors": 12, "n_epochs": 3})
     assert (config.svd.n_factors, config.svd.n_epochs, config.rmse_max) == (12, 7, 0.95)
+
+
+def test_config_defaults_push_nowhere_and_blank_variables_mean_the_default():
+    config = TrainConfig.from_env({"PUSHGATEWAY_URL": "", "SVD_N_FACTORS": " ", "TRAIN_TOPIC": ""}, {})
+    assert config == TrainConfig()
+    assert config.pushgateway_url is None and config.topic is None and config.auto_release
+    config = TrainConfig.from_env({"PUSHGATEWAY_URL": "http://127.0.0.1:9091", "TRAIN_TOPIC": "movielog2",
+                                   "AUTO_RELEASE": "0", "MODEL_CACHE_DIR": "/somewhere"}, {})
+    assert (config.pushgateway_url, config.topic, config.auto_release, config.cache_dir) == (
+        "http://127.0.0.1:9091", "movielog2", False, "/somewhere")
+
+
+@pytest.mark.parametrize("env, params, message", [
+    ({"SVD_N_FACTORS": "many"}, {}, "SVD_N_FACTORS must be an integer, got 'many'"),
+    ({}, {"rmse_max": "low"}, "params.yaml train.rmse_max must be a number, got 'low'"),
+    ({"SVD_N_EPOCHS": "-1"}, {}, "SVD_N_EPOCHS must be at least 0"),
+    ({}, {"lr_all": 0}, "lr_all must be > 0"),
+])
+def test_a_bad_setting_is_a_422_config_error_naming_it(env, params, message):
+    from movierec.errors import ConfigError, http_status
+
+    with pytest.raises(TrainError, match="^training configuration: " + message) as caught:
+        TrainConfig.from_env(env, params)
+    assert isinstance(caught.value, ConfigError) and http_status(caught.value) == 422
 
 
 # -- the job -------------------------------------------------------------------------------
@@ -175,9 +211,25 @@ def test_offline_training_writes_a_loadable_model_and_metrics(store, world, tmp_
     assert model.manifest["snapshot_id"] == snapshot.id and (tmp_path / "metrics.json").exists()
 
 
-def test_holdout_side_of_a_pair_does_not_depend_on_the_longest_movie_id_in_the_snapshot():
-    import numpy as np
+def test_the_job_reports_its_figures_as_train_metric_families(store, world, tmp_path):
+    from movierec.metrics import render_text
 
+    put_batches(store, world)
+    summary = run_training(config_for(tmp_path), store, now=T0)
+    families = {f.name: f for f in train_families(summary, now=1_700_000_000.0)}
+    assert list(families) == ["train_rmse", "train_mae", "train_precision_at_k", "train_ndcg_at_k",
+                              "train_gates_passed", "train_ratings", "train_duration_seconds",
+                              "train_last_success_timestamp_seconds"]
+    assert families["train_rmse"].samples == [((summary["version"],), summary["metrics"]["rmse"])]
+    assert families["train_gates_passed"].samples == [((summary["version"],), 1.0)]
+    assert families["train_ratings"].samples == [((), float(summary["data"]["unique_ratings"]))]
+    text = render_text(list(families.values()))
+    assert "# HELP train_rmse Holdout RMSE of the trained model" in text
+    assert "train_last_success_timestamp_seconds 1700000000" in text
+    assert "pushed" not in summary  # the caller pushes (functions/train, scripts/train) and adds it
+
+
+def test_holdout_side_of_a_pair_does_not_depend_on_the_longest_movie_id_in_the_snapshot():
     from movierec.ratings import RatingsTable
     from movierec.trainjob import holdout_split
 
@@ -191,3 +243,66 @@ def test_holdout_side_of_a_pair_does_not_depend_on_the_longest_movie_id_in_the_s
     held_long = {u for u, m in zip(holdout_long.user_ids.tolist(), holdout_long.movie_ids.tolist())
                  if m == "heat+1995"}
     assert held_short and held_short == held_long
+
+
+# -- the train function's HTTP face ------------------------------------------------------------
+@pytest.fixture
+def train_handler(tmp_path, monkeypatch):
+    """functions/train/handler.py with a local store, no gateway secrets, no release, no push."""
+    import importlib.util
+
+    for name, value in {"STORE_URL": str(tmp_path / "store"), "SECRETS_DIR": str(tmp_path / "secrets"),
+                        "MODEL_CACHE_DIR": str(tmp_path / "cache"), "AUTO_RELEASE": "0", "PUSHGATEWAY_URL": "",
+                        "SVD_N_FACTORS": "8", "SVD_N_EPOCHS": "5", "TRAIN_MIN_RATINGS": "500"}.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("train_handler", "functions/train/handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, LocalDirectoryStore(tmp_path / "store")
+
+
+def _event(method, path="/"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(method=method, path=path, headers={}, query={}, body=b"")
+
+
+def test_a_post_trains_and_answers_the_summary_with_what_was_pushed(train_handler, world):
+    handler, store = train_handler
+    put_batches(store, world)
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 200, reply
+    summary = reply["body"]
+    assert summary["pushed"] == "skipped" and summary["release"] == "not released: automatic release is off"
+    status = handler.handle(_event("GET", "/status"), None)
+    assert status["statusCode"] == 200 and status["body"]["versions"] == [summary["version"]]
+    assert status["body"]["aliases"] == {"stable": None, "candidate": None}
+
+
+def test_no_data_and_a_bad_setting_are_422_with_a_one_line_json_error(train_handler, monkeypatch):
+    handler, _ = train_handler
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 422
+    assert reply["body"]["error"].startswith("SnapshotError: no committed rating batches")
+    monkeypatch.setenv("SVD_N_FACTORS", "many")
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 422
+    assert reply["body"] == {"error": "TrainConfigError: training configuration: SVD_N_FACTORS must be an "
+                                      "integer, got 'many'"}
+
+
+def test_an_unreachable_store_is_503_and_other_methods_405(train_handler, monkeypatch):
+    from movierec.store import StoreUnavailableError
+
+    handler, _ = train_handler
+
+    def unreachable(env=None):
+        raise StoreUnavailableError("S3 store s3://models at http://127.0.0.1:9: connection refused")
+
+    monkeypatch.setattr(handler, "open_store", unreachable)
+    for method, path in (("POST", "/"), ("GET", "/status")):
+        reply = handler.handle(_event(method, path), None)
+        assert reply["statusCode"] == 503 and "connection refused" in reply["body"]["error"], reply
+    reply = handler.handle(_event("PUT"), None)
+    assert reply["statusCode"] == 405 and reply["headers"]["Allow"] == "GET, POST"
+    assert reply["body"]["error"].startswith("use POST to train")

@@ -2,12 +2,14 @@
 
 Thin on purpose: the model and its loading live in movierec.serving; this maps HTTP to it.
 The same handler is deployed twice; MODEL_VERSION pins what each deployment serves.
+Every body is one line of text/plain (movierec.adapters.replies, content type TEXT).
 """
+from movierec.adapters.replies import TEXT, error, reply
 from movierec.events import parse_user_id
 from movierec.serving import DrillFault, ModelHolder
+from movierec.store import open_store
 
-TEXT = {"Content-Type": "text/plain; charset=utf-8"}
-MODEL = ModelHolder()  # loaded once per process, at import
+MODEL = ModelHolder(open_store=open_store)  # loaded once per process, at import
 
 
 def ready():
@@ -15,27 +17,24 @@ def ready():
     return MODEL.ready()
 
 
-def _reply(status, body, **headers):
-    return {"statusCode": status, "body": body, "headers": {**TEXT, **headers}}
-
-
 def handle(event, context):
     if event.method not in ("GET", "HEAD"):
-        return _reply(405, f"method {event.method} not allowed: use GET", Allow="GET, HEAD")
+        return error(405, f"method {event.method} not allowed: use GET", TEXT, Allow="GET, HEAD")
     segments = [s for s in event.path.split("/") if s]
     if segments == ["health"]:
         ok, text = MODEL.ready()
-        return _reply(200 if ok else 503, text)
+        return reply(200 if ok else 503, text, TEXT)
     if len(segments) != 1:
-        return _reply(404, "not found: use GET /<userid> or GET /health")
+        return error(404, "not found: use GET /<userid> or GET /health", TEXT)
     user_id = parse_user_id(segments[0])
     if user_id is None:
-        return _reply(400, f"invalid user id {segments[0][:40]!r}: expected a non-negative integer")
+        return error(400, f"invalid user id {segments[0][:40]!r}: expected a non-negative integer", TEXT)
     model = MODEL.get()
     if model is None:
-        return _reply(503, MODEL.describe())
+        return error(503, MODEL.describe(), TEXT)
+    version = {"X-Model-Version": model.version or "unversioned"}
     try:
         movie_ids = MODEL.recommend(model, user_id)
     except DrillFault as e:  # a release drill's deliberately bad model: a real 5xx for the canary analysis
-        return _reply(500, str(e), **{"X-Model-Version": model.version or "unversioned"})
-    return _reply(200, ",".join(movie_ids), **{"X-Model-Version": model.version or "unversioned"})
+        return error(500, str(e), TEXT, **version)
+    return reply(200, ",".join(movie_ids), TEXT, **version)

@@ -1,24 +1,33 @@
 """train: one training job per POST (the cron trigger every 2 days, or by hand).
 
 Thin on purpose: the pipeline (snapshot, checks, fit, gates, register, start a release) is
-movierec.trainjob. `GET /` (or `/status`) answers the registry's versions and aliases.
+movierec.trainjob; this composes it with the store, the gateway client, the notifier and the
+Pushgateway (PUSHGATEWAY_URL; blank: no push), and maps errors to replies by their class
+(movierec.errors: rejected data or configuration 4xx, TrainError/SnapshotError 422, an unavailable
+dependency 503). `GET /` (or `/status`) answers the registry's versions and aliases. JSON bodies.
 A training takes minutes: stack.yml raises this function's timeouts, and the gateway's
 upstream timeout must be raised to match.
 """
 import logging
 
+from movierec.adapters.pushgateway import push
+from movierec.adapters.replies import error, from_exception, reply
 from movierec.deploy import DeployError, GatewayDeployer
+from movierec.errors import MovierecError, one_line
 from movierec.notify import Notifier
-from movierec.registry import CANDIDATE, STABLE, Registry, RegistryError
-from movierec.snapshot import SnapshotError
+from movierec.registry import CANDIDATE, STABLE, Registry
 from movierec.store import StoreError, open_store
-from movierec.trainjob import TrainConfig, TrainError, run_training
+from movierec.trainjob import TrainConfig, run_training, train_families
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _error(status, e):
-    return {"statusCode": status, "body": {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}}
+def _failed(e):
+    # The store's and the gateway client's errors answered 503 here before they joined
+    # movierec.errors; once they are MovierecErrors their own class decides.
+    if isinstance(e, (StoreError, DeployError)) and not isinstance(e, MovierecError):
+        return error(503, one_line(e))
+    return from_exception(e)
 
 
 def handle(event, context):
@@ -27,15 +36,15 @@ def handle(event, context):
             registry = Registry(open_store())
             versions = registry.versions()
             aliases = {name: registry.alias_version(name) for name in (STABLE, CANDIDATE)}
-        except StoreError as e:
-            return _error(503, e)
-        return {"statusCode": 200, "body": {"versions": versions[-20:], "aliases": aliases}}
+        except Exception as e:  # noqa: BLE001  (every failure becomes a reply of its class)
+            return _failed(e)
+        return reply(200, {"versions": versions[-20:], "aliases": aliases})
     if event.method != "POST":
-        return {"statusCode": 405, "body": "use POST to train, GET /status to look", "headers": {"Allow": "GET, POST"}}
+        return error(405, "use POST to train, GET /status to look", Allow="GET, POST")
     try:
-        summary = run_training(TrainConfig.from_env(), open_store(), GatewayDeployer.from_env(), Notifier.from_env())
-    except (TrainError, SnapshotError) as e:  # the data or configuration: retrying will not help
-        return _error(422, e)
-    except (StoreError, DeployError, RegistryError) as e:  # a dependency: the next trigger retries
-        return _error(503, e)
-    return {"statusCode": 200, "body": summary}
+        config = TrainConfig.from_env()
+        summary = run_training(config, open_store(), GatewayDeployer.from_env(), Notifier.from_env())
+    except Exception as e:  # noqa: BLE001
+        return _failed(e)
+    summary["pushed"] = push(config.pushgateway_url, "train", train_families(summary))
+    return reply(200, summary)
