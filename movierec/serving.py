@@ -14,7 +14,8 @@ Release drills: a model version whose manifest carries `"drill": {"delay_ms": N,
 is deliberately bad. Only the operator command `python -m scripts.release drill-bad-model` writes
 that key (training never does); `ModelHolder.recommend` applies it to every request: it sleeps
 `delay_ms`, then fails a share `error_rate` of requests with `DrillFault` (the handler answers 500),
-so the canary analysis has a real slow or erroring candidate to roll back.
+so the canary analysis has a real slow or erroring candidate to roll back. The flag (`Drill`) and
+the drill copy are movierec.drills'.
 
 Owns: `ModelHolder` (load once, retry, describe, apply a drill) and `load_configured_model`.
 Must not touch: HTTP (the recommend function's handler maps requests and outcomes to it) and
@@ -29,61 +30,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from movierec.drills import Drill, DrillError, DrillFault  # noqa: F401 (DrillError: re-exported for callers)
 from movierec.errors import ConfigError
 from movierec.model import RecommenderModel, load_model
 from movierec.settings import Settings
 
 log = logging.getLogger("movierec.serving")
-
-DRILL_KEY = "drill"
-DRILL_MAX_DELAY_MS = 10_000  # a drill slows answers down; it must not hang a replica
-
-
-class DrillFault(Exception):
-    """A request failed on purpose: the model being served is a release drill."""
-
-
-class DrillError(ValueError):
-    """A drill setting that is out of range or malformed (one line)."""
-
-
-@dataclass(frozen=True)
-class Drill:
-    """How a drill model misbehaves on every request."""
-
-    delay_ms: float = 0.0
-    error_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.delay_ms <= DRILL_MAX_DELAY_MS:
-            raise DrillError(f"drill delay_ms must be between 0 and {DRILL_MAX_DELAY_MS}, got {self.delay_ms:g}")
-        if not 0 <= self.error_rate <= 1:
-            raise DrillError(f"drill error_rate must be between 0 and 1, got {self.error_rate:g}")
-        if self.delay_ms == 0 and self.error_rate == 0:
-            raise DrillError("a drill needs delay_ms > 0 or error_rate > 0 (otherwise the model is not bad)")
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> Drill | None:
-        """The drill a model manifest asks for, None for a normal model."""
-        raw = manifest.get(DRILL_KEY)
-        if raw is None:
-            return None
-        if not isinstance(raw, Mapping) or set(raw) - {"delay_ms", "error_rate"}:
-            raise DrillError(f"drill must be an object with delay_ms and/or error_rate, got {raw!r:.80}")
-        try:
-            delay_ms, error_rate = float(raw.get("delay_ms", 0)), float(raw.get("error_rate", 0))
-        except (TypeError, ValueError):
-            raise DrillError(f"drill values must be numbers, got {dict(raw)!r:.80}") from None
-        return cls(delay_ms, error_rate)
-
-    def as_manifest(self) -> dict[str, float]:
-        return {"delay_ms": self.delay_ms, "error_rate": self.error_rate}
-
-    def describe(self) -> str:
-        return f"DRILL delay {self.delay_ms:g} ms, error rate {self.error_rate:g}"
 
 
 def load_configured_model(env: Mapping[str, str], open_store: Callable[[dict[str, str]], Any] | None = None

@@ -719,13 +719,14 @@ def query_range(prometheus_url: str, promql: str, start: float, end: float, step
 
 
 def range_queries(function: str, rate_window: str = "15s") -> dict[str, str]:
-    sel = f'function_name="{function}.{NAMESPACE}"'
-    bucket = f"sum by (le) (rate(gateway_functions_seconds_bucket{{{sel}}}[{rate_window}]))"
+    """The report's series per variant, from the release's PromQL templates (the one source)."""
+    from movierec.release import promql
+
+    sel = promql.function_is(function, NAMESPACE)
     return {
-        "p50": f"histogram_quantile(0.5, {bucket})",
-        "p99": f"histogram_quantile(0.99, {bucket})",
-        "success_rate": (f'sum(rate(gateway_function_invocation_total{{{sel},code!~"5.."}}[{rate_window}]))'
-                         f" / sum(rate(gateway_function_invocation_total{{{sel}}}[{rate_window}]))"),
+        "p50": promql.latency_quantile(0.5, sel, rate_window),
+        "p99": promql.latency_quantile(0.99, sel, rate_window),
+        "success_rate": promql.success_rate(sel, rate_window),
     }
 
 

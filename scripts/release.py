@@ -110,7 +110,7 @@ def invoke(calls: StackCalls, args: argparse.Namespace) -> Any:
 def drill_settings(delay_ms: float | None, error_rate: float | None):
     """The drill asked for: the default (slow AND erroring) when neither is given, else exactly
     what was given (the other one 0). Raises DrillError for values out of range."""
-    from movierec.serving import Drill
+    from movierec.drills import Drill
 
     if delay_ms is None and error_rate is None:
         return Drill(**DEFAULT_DRILL)
@@ -119,7 +119,8 @@ def drill_settings(delay_ms: float | None, error_rate: float | None):
 
 def drill_bad_model(calls: StackCalls, args: argparse.Namespace) -> Any:
     from movierec.deploy import GatewayDeployer
-    from movierec.release import ReleaseConfig, register_drill_version, start_release
+    from movierec.drills import register_drill_version
+    from movierec.release import ReleaseConfig, start_release
     from movierec.store import open_store
 
     drill = drill_settings(args.delay_ms, args.error_rate)

@@ -7,7 +7,7 @@ named like the real ones (recommend, recommend-canary), the Pushgateway holding 
 project's rendered config scraping both. Grafana cannot be installed here; its queries can be run.
 The release panels get their data from the real release path too: models registered in a local
 store, the stable model bootstrapped and releases started and finished through the live gateway's
-deployment API, an analysis step against the live Prometheus, then `movierec.release.push_release_metrics`.
+deployment API, an analysis step against the live Prometheus, then `movierec.adapters.release_metrics.push_release_metrics`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "movierec.json"
 
-# The release controller's metrics (monitoring/grafana/README.md), pushed by movierec/release.py.
+# The release controller's metrics (monitoring/grafana/README.md), built by movierec/release/controller.py.
 RELEASE_METRICS = ("release_serving_model_info", "release_decision_timestamp_seconds",
                    "release_online_recommended", "release_online_watched")
 
@@ -122,7 +122,7 @@ def test_metric_names_in_panels_are_the_ones_the_code_exports():
     """Catches a rename on either side: every gateway_*, ingest_*, train_* and release_* name a panel
     uses is written by localfaas or pushed by movierec, and the release ones are documented."""
     sources = {"gateway_": ROOT / "localfaas" / "gateway.py", "ingest_": ROOT / "movierec" / "ingest.py",
-               "train_": ROOT / "movierec" / "trainjob.py", "release_": ROOT / "movierec" / "release.py"}
+               "train_": ROOT / "movierec" / "trainjob.py", "release_": ROOT / "movierec" / "release" / "controller.py"}
     readme = (GRAFANA / "README.md").read_text()
     used = {m for q in all_queries() for m in re.findall(r"\b((?:gateway|ingest|train|release)_\w+)\{", q.promql)}
     assert any(name.startswith("ingest_") for name in used) and any(name.startswith("train_") for name in used)
@@ -133,6 +133,61 @@ def test_metric_names_in_panels_are_the_ones_the_code_exports():
         code = sources[prefix].read_text()
         family = re.sub(r"_(total|bucket|sum|count)$", "", name)  # a counter's or histogram's series
         assert f'"{name}"' in code or f'"{family}"' in code, f"{name} is not exported by {sources[prefix].name}"
+
+
+def gateway_panel_expressions() -> dict[tuple[str, str], str]:
+    """What each panel over the gateway's metrics must say, rendered from the release's PromQL
+    templates (movierec.release.promql) with the dashboard's variables."""
+    from movierec.release import promql as p
+
+    ns, w, fn = "$namespace", "$__rate_interval", ("function_name",)
+    every = p.function_matches(".+[.]$namespace")
+    variants = p.function_matches("recommend(-canary)?[.]$namespace")
+    stable, canary = p.function_is("recommend", ns), p.function_is("recommend-canary", ns)
+    share = p.ratio(p.calls(canary, w), p.calls(variants, w))
+    expected = {
+        ("Requests/s per function", "A"): p.calls(every, w, by=fn),
+        ("Success rate per function (non-5xx)", "A"): p.success_rate(every, w, by=fn),
+        ("Responses/s by status code", "A"): p.calls(every, w, by=("function_name", "code")),
+        ("Replicas per function", "A"): p.replicas(every, by=fn),
+        ("Canary share observed", "A"): share,
+        ("Canary share over time", "A"): share,
+        ("Success rate: stable vs canary", "A"): p.success_rate(variants, w, by=fn),
+        ("Mean latency: stable vs canary", "A"): p.mean_latency(variants, w, by=fn),
+        ("p99 ratio canary / stable", "A"): p.p99_ratio(canary, stable, w),
+    }
+    for ref, q in zip("ABC", (0.5, 0.95, 0.99), strict=True):
+        expected[("Latency per function: p50 / p95 / p99", ref)] = p.latency_quantile(q, every, w, by=fn)
+        expected[("recommend (stable): latency p50 / p95 / p99", ref)] = p.latency_quantile(q, stable, w, by=fn)
+        expected[("recommend-canary: latency p50 / p95 / p99", ref)] = p.latency_quantile(q, canary, w, by=fn)
+    return expected
+
+
+def test_every_gateway_panel_is_rendered_from_the_release_promql_templates():
+    """One source: a panel over gateway_* metrics says exactly what a movierec.release.promql
+    template renders (the live tests below then run each of them against Prometheus)."""
+    found = {(q.panel_title, q.ref_id): q.expr for q in panels.queries(panels.load(DASHBOARD)) if "gateway_" in q.expr}
+    assert found == gateway_panel_expressions()
+
+
+def test_the_p99_ratio_panel_divides_the_release_analysis_p99_figures():
+    from movierec.release import promql as p
+
+    w = "$__rate_interval"
+    figures = {f: p.figures(p.function_is(f, "$namespace"), w)["p99_latency_s"] for f in ("recommend", "recommend-canary")}
+    assert gateway_panel_expressions()[("p99 ratio canary / stable", "A")] == \
+        f"{figures['recommend-canary']} / {figures['recommend']}"
+    # ... the same p99 the controller queries for its p99_latency and p99_vs_stable checks.
+    assert p.variant_queries("recommend-canary", "openfaas-fn", 120)["p99_latency_s"] == \
+        p.figures(p.function_is("recommend-canary", "openfaas-fn"), "120s")["p99_latency_s"]
+
+
+def test_the_templates_use_the_metric_names_the_local_gateway_exports():
+    from movierec.release import promql
+
+    code = (ROOT / "localfaas" / "gateway.py").read_text()
+    for name in promql.GATEWAY_METRICS:
+        assert f'"{name}"' in code or f'"{name.removesuffix("_total")}"' in code, name
 
 
 # ----- provisioning ----------------------------------------------------------------------------
@@ -321,7 +376,7 @@ class ReleaseStory:
         assert step.action == "wait"  # far fewer canary requests than the minimum: the release keeps running
 
     def push(self, pushgateway: str) -> str:
-        from movierec.release import push_release_metrics
+        from movierec.adapters.release_metrics import push_release_metrics
 
         return push_release_metrics(pushgateway, self.store, self.config, self.deployer)
 

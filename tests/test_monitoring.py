@@ -5,6 +5,7 @@ Pushgateway against a real HTTP endpoint exposing the OpenFaaS gateway's metric 
 """
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -81,6 +82,40 @@ def test_alert_rules_pass_their_promtool_unit_tests():
                          check=False, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout
+
+
+# -- the rules say what the release's PromQL templates say ------------------------------------------
+CANARY_ANY_NAMESPACE, STABLE_ANY_NAMESPACE = r"recommend-canary\\..+", r"recommend\\..+"
+
+
+def gateway_alert_expressions() -> dict[str, str]:
+    """Each rule over the gateway's metrics, rendered from movierec.release.promql with the rule's
+    own window and threshold."""
+    from movierec.release import promql as p
+
+    fn = ("function_name",)
+    canary, stable = p.function_matches(CANARY_ANY_NAMESPACE), p.function_matches(STABLE_ANY_NAMESPACE)
+    serving = p.function_matches(r"recommend(-canary)?\\..+")
+    canary_p99, stable_p99 = p.latency_quantile(0.99, canary, "5m"), p.latency_quantile(0.99, stable, "5m")
+    return {
+        "FunctionErrorRateHigh": f"{p.error_rate('', '1m', by=fn)} > 0.05",
+        "RecommendLatencyP99High": f"{p.latency_quantile(0.99, serving, '2m', by=fn)} > 0.5",
+        "FunctionNoReplicas": f"{p.replicas(by=fn)} < 1",
+        "RecommendFunctionMissing": f"absent({p.series(p.REPLICAS, p.function_is('recommend', 'openfaas-fn'))})",
+        "CanaryErrorRateWorseThanStable": f"({p.error_rate(canary, '5m', absent_as_zero=True)})"
+                                          f" > ({p.error_rate(stable, '5m', absent_as_zero=True)}) + 0.01"
+                                          f" and {p.calls(canary, '5m', func='increase')} >= 100",
+        "CanaryLatencyWorseThanStable": f"{canary_p99} > 1.5 * {stable_p99} and {canary_p99} > 0.05"
+                                        f" and {p.timed_calls(canary, '5m')} >= 100",
+    }
+
+
+def test_every_gateway_alert_rule_is_rendered_from_the_release_promql_templates():
+    """One source: every rule over gateway_* metrics says what the templates render (up to
+    whitespace); promtool's unit tests and the live Prometheus below then run them."""
+    rules = [rule for group in yaml.safe_load(ALERT_RULES.read_text())["groups"] for rule in group["rules"]]
+    found = {rule["alert"]: re.sub(r"\s+", "", rule["expr"]) for rule in rules if "gateway_" in rule["expr"]}
+    assert found == {name: re.sub(r"\s+", "", expr) for name, expr in gateway_alert_expressions().items()}
 
 
 # -- real Prometheus scraping real endpoints ----------------------------------------------------

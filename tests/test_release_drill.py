@@ -1,6 +1,6 @@
 """Release drills: a model version flagged `"drill": {...}` in its manifest is served deliberately
 slow and/or failing (movierec.serving), only the operator's drill copy ever carries the flag
-(movierec.release.register_drill_version; training never sets it), and the release controller's
+(movierec.drills.register_drill_version; training never sets it), and the release controller's
 metrics name what each variant serves (movierec.release.serving_versions)."""
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from datetime import UTC, datetime
 
 import pytest
 
+from movierec.drills import Drill, DrillError, DrillFault, register_drill_version
 from movierec.registry import Registry, load_serving_model
 from movierec.release import (
     CANARY,
     STABLE,
     ReleaseConfig,
     ReleaseError,
-    register_drill_version,
     serving_versions,
     start_release,
 )
-from movierec.serving import Drill, DrillError, DrillFault, ModelHolder
+from movierec.serving import ModelHolder
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
@@ -181,6 +181,21 @@ def test_serving_versions_fall_back_to_the_release_state_when_the_gateway_cannot
                       actor="drill")
     found = serving_versions(store, ReleaseConfig(), EnvReader({}))
     assert found == {STABLE: ("recommend", stable), CANARY: ("recommend-canary", drill)}
+
+
+def test_the_dashboard_figures_name_what_each_variant_serves_and_whether_a_release_runs(store_with_stable):
+    from movierec.adapters.release_metrics import push_release_metrics
+    from movierec.metrics import render_text
+    from movierec.release import release_families
+
+    store, stable = store_with_stable
+    envs = {"recommend": {"MODEL_VERSION": "stable"}, "recommend-canary": {"MODEL_VERSION": stable}}
+    text = render_text(release_families(store, ReleaseConfig(), EnvReader(envs), now=1234.5))
+    assert (f'release_serving_model_info{{variant="stable",function_name="recommend.openfaas-fn",'
+            f'model_version="{stable}"}} 1') in text
+    assert "# TYPE release_decision_timestamp_seconds gauge" in text and "release_online_watched" not in text
+    assert "release_running 0\n" in text and "release_last_push_timestamp_seconds 1234.5\n" in text
+    assert push_release_metrics("", store, ReleaseConfig(), EnvReader(envs)) == "skipped"
 
 
 # ----- the operator command's arguments ----------------------------------------------------------

@@ -5,21 +5,26 @@ exercised in test_release_services.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from movierec.canary import CANARY, STABLE
+from movierec.errors import ConfigError, Conflict, Rejected, http_status
 from movierec.events import RecommendationEvent, WatchEvent
 from movierec.registry import Registry
 from movierec.release import (
     ABORTED,
     PROMOTE,
     PROMOTED,
+    RELEASE_CHECKS,
     ROLLBACK,
     ROLLED_BACK,
     WAIT,
+    Bound,
+    Check,
     InvalidTransition,
     QualityCounts,
     ReleaseConfig,
@@ -29,15 +34,17 @@ from movierec.release import (
     VariantMetrics,
     bootstrap_stable,
     decide,
+    evaluate_checks,
     manual_action,
     online_quality,
-    parse_duration,
+    prom_range,
     run_release_step,
     start_release,
     status,
     two_proportion_z_test,
     variant_queries,
 )
+from movierec.settings import parse_duration
 from movierec.store import LocalDirectoryStore
 
 T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
@@ -77,11 +84,82 @@ def test_config_from_env_reads_window_and_thresholds():
 
 
 def test_config_rejects_a_bad_duration_with_one_line():
-    with pytest.raises(ReleaseError, match="RELEASE_WINDOW|invalid duration"):
+    with pytest.raises(ConfigError, match="RELEASE_WINDOW|invalid duration"):
         ReleaseConfig.from_env({"RELEASE_WINDOW": "two hours"})
 
 
+def test_config_defaults_are_the_settings_table_defaults():
+    assert ReleaseConfig.from_env({}) == ReleaseConfig()
+    assert ReleaseConfig.from_env({"RELEASE_ONLINE_QUALITY": "1", "CANARY_PERCENT": "30"}).online_quality is True
+
+
+@pytest.mark.parametrize("name, raw", [("RELEASE_ALPHA", "2"), ("CANARY_PERCENT", "101"), ("RELEASE_MIN_REQUESTS", "x"),
+                                       ("RELEASE_ONLINE_QUALITY", "maybe"), ("RELEASE_MAX_P99", "fast")])
+def test_a_bad_release_setting_is_a_config_error_naming_the_variable(name, raw):
+    with pytest.raises(ConfigError, match=name) as caught:
+        ReleaseConfig.from_env({name: raw})
+    assert caught.value.status == 400 and "\n" not in str(caught.value)
+
+
+# -- the checks as data -------------------------------------------------------------------------
+def test_every_check_names_config_fields_and_figures_that_exist():
+    fields = {f.name for f in dataclasses.fields(ReleaseConfig)}
+    for spec in RELEASE_CHECKS:
+        thresholds = [getattr(spec, k) for k in ("limit", "floor", "alpha") if hasattr(spec, k)]
+        assert thresholds and set(thresholds) <= fields, spec.name
+        figures = [spec.figure] if hasattr(spec, "figure") else list(spec.counts)
+        owner = QualityCounts() if getattr(spec, "source", None) == "quality" else GOOD
+        assert all(hasattr(owner, f) for f in figures), spec.name
+    assert [c.name for c in RELEASE_CHECKS] == ["success_rate", "p99_latency", "error_rate_vs_stable",
+                                                "p99_vs_stable", "watched_share_vs_stable"]
+
+
+def test_the_check_records_keep_their_names_outcomes_and_details():
+    canary = VariantMetrics(requests=1000, errors=30, mean_latency_s=0.2, p99_latency_s=0.6)
+    stable = VariantMetrics(requests=4000, errors=8, mean_latency_s=0.02, p99_latency_s=0.2)
+    quality = {CANARY: QualityCounts(2000, 100), STABLE: QualityCounts(8000, 800)}
+    checks = [(c.name, c.passed, c.detail) for c in evaluate_checks(canary, stable, CONFIG, quality)]
+    z_err, p_err = two_proportion_z_test(30, 1000, 8, 4000)
+    z_watch, p_watch = two_proportion_z_test(800, 8000, 100, 2000)
+    assert checks == [
+        ("success_rate", False, "canary success 0.9700 (floor 0.99)"),
+        ("p99_latency", False, "canary p99 600 ms (bound 500 ms)"),
+        ("error_rate_vs_stable", False,
+         f"canary errors 30/1000 vs stable 8/4000: z={z_err:.2f} p={p_err:.4f} (alpha 0.05)"),
+        ("p99_vs_stable", False, "p99 ratio to stable 3.00 (bound 1.5, judged above 100 ms)"),
+        ("watched_share_vs_stable", False,
+         f"watched canary 100/2000 vs stable 800/8000: z={z_watch:.2f} p={p_watch:.4f}"),
+    ]
+    unknown = evaluate_checks(VariantMetrics(requests=1000), stable, CONFIG)  # no histogram, no quality
+    assert [(c.name, c.passed, c.detail) for c in unknown] == [
+        ("success_rate", True, "canary success 1.0000 (floor 0.99)"),
+        ("p99_latency", False, "canary p99 latency unknown (no histogram samples)"),
+        ("error_rate_vs_stable", True, "canary errors 0/1000 vs stable 8/4000: z=-1.42 p=0.9215 (alpha 0.05)"),
+    ]
+
+
+def test_a_check_list_is_data_judged_by_the_same_loop():
+    mean_bound = Bound("mean_latency", figure="mean_latency_s", kind="max", limit="max_p99_s", scale=1000,
+                       detail="canary mean {value:.0f} ms (bound {limit:.0f} ms)")
+    slow = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.7, p99_latency_s=0.09)
+    [check] = evaluate_checks(slow, GOOD, CONFIG, checks=(mean_bound,))
+    assert check == Check("mean_latency", False, "canary mean 700 ms (bound 500 ms)")
+
+
 # -- queries -------------------------------------------------------------------------------
+def test_the_recorded_queries_are_unchanged():
+    """Release histories hold these strings: they stay exactly what the analysis always sent."""
+    sel = 'function_name="recommend.openfaas-fn"'
+    assert variant_queries("recommend", "openfaas-fn", 90.5) == {
+        "requests": f"sum(increase(gateway_function_invocation_total{{{sel}}}[90s]))",
+        "errors": f'sum(increase(gateway_function_invocation_total{{{sel},code=~"5.."}}[90s]))',
+        "mean_latency_s": f"sum(rate(gateway_functions_seconds_sum{{{sel}}}[90s]))"
+                          f" / sum(rate(gateway_functions_seconds_count{{{sel}}}[90s]))",
+        "p99_latency_s": f"histogram_quantile(0.99, sum by (le) (rate(gateway_functions_seconds_bucket{{{sel}}}[90s])))",
+    }
+    assert prom_range(0.2) == "1s"
+
+
 def test_queries_select_the_variant_function_and_range():
     q = variant_queries("recommend-canary", "openfaas-fn", 120)
     assert q["requests"] == (
@@ -338,6 +416,14 @@ def test_a_finished_release_cannot_change_again(world):
     release = ReleaseStore(store).current()
     with pytest.raises(InvalidTransition, match="already rolled_back"):
         release.finish(PROMOTED, "x", "y", T0)
+
+
+def test_release_errors_are_conflicts_and_an_unknown_action_is_rejected(world):
+    store, _, deployer, _ = world
+    for cls in (ReleaseError, InvalidTransition, ReleaseRunningError):
+        assert issubclass(cls, Conflict) and http_status(cls("x")) == 409
+    with pytest.raises(Rejected, match="unknown action 'deploy'"):
+        manual_action("deploy", CONFIG, store, deployer, None, now=T0)
 
 
 def test_status_shows_aliases_and_history(world):

@@ -8,55 +8,37 @@
   of basic auth); 401 otherwise, 503 when the secret is not configured (there is no default).
   An optional `reason` comes as `?reason=` or a JSON body `{"reason": ...}`.
 - After every step and action, the controller's figures go to the Pushgateway (PUSHGATEWAY_URL,
-  job="release"): serving versions, decisions, online quality (movierec.release.push_release_metrics).
+  job="release"): serving versions, decisions, online quality
+  (movierec.adapters.release_metrics.push_release_metrics).
+- Errors answer with their taxonomy status (movierec.errors): a release state that excludes the
+  action 409, a bad setting 400 (ConfigError), an unavailable dependency 503; JSON `{"error": ...}`.
 
-Thin on purpose: the state machine and policy are movierec.release.
+Thin on purpose: the state machine and policy are movierec.release; replies movierec.adapters.replies.
 """
-import base64
-import hmac
 import json
 import logging
-import os
 
+from movierec.adapters.release_metrics import push_release_metrics
+from movierec.adapters.replies import check_token, error, from_exception, reply
 from movierec.deploy import DeployError, GatewayDeployer
+from movierec.errors import one_line
 from movierec.notify import Notifier
 from movierec.prometheus import PrometheusClient, PrometheusError
 from movierec.release import (
     MANUAL_ACTIONS,
-    InvalidTransition,
     ReleaseConfig,
-    ReleaseError,
     manual_action,
-    push_release_metrics,
     run_release_step,
     status,
     stored_quality_source,
 )
-from movierec.store import StoreError, open_store, read_secret
+from movierec.settings import Settings
+from movierec.store import StoreError, open_store
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 TOKEN_SECRET = "release-admin-token"
-
-
-def _reply(status_code, body, **headers):
-    return {"statusCode": status_code, "body": body, "headers": headers}
-
-
-def _error(status_code, e):
-    return _reply(status_code, {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
-
-
-def _presented_token(headers):
-    auth = headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            return base64.b64decode(value).decode().partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            return None
-    return None
+# Dependencies' errors that are not (yet) movierec.errors.Unavailable: a 503, the next step retries.
+DEPENDENCY_ERRORS = (StoreError, DeployError, PrometheusError)
 
 
 def _reason(event):
@@ -69,41 +51,41 @@ def _reason(event):
     return reason[:200]
 
 
+def _step():
+    config, store = ReleaseConfig.from_env(), open_store()
+    quality = stored_quality_source(store, config.canary_percent) if config.online_quality else None
+    deployer = GatewayDeployer.from_env()
+    result = run_release_step(
+        config, store, PrometheusClient.from_env(), deployer, Notifier.from_env(), quality_source=quality,
+    )
+    pushed = push_release_metrics(Settings().get("PUSHGATEWAY_URL"), store, config, deployer)
+    return reply(200, {**result.as_dict(), "pushed": pushed})
+
+
+def _manual(action, event):
+    config, store, deployer = ReleaseConfig.from_env(), open_store(), GatewayDeployer.from_env()
+    release = manual_action(action, config, store, deployer, Notifier.from_env(), actor="operator",
+                            reason=_reason(event))
+    pushed = push_release_metrics(Settings().get("PUSHGATEWAY_URL"), store, config, deployer)
+    return reply(200, {"action": action, "release": release.__dict__, "pushed": pushed})
+
+
 def handle(event, context):
     path = event.path.strip("/")
     try:
         if event.method == "GET" and path in ("", "status"):
-            return _reply(200, status(open_store()))
+            return reply(200, status(open_store()))
         if event.method != "POST":
-            return _reply(405, {"error": "use GET /status, or POST /step|/promote|/rollback|/abort"}, Allow="GET, POST")
+            return error(405, "use GET /status, or POST /step|/promote|/rollback|/abort", Allow="GET, POST")
         if event.headers.get("X-Topic") == "cron-function" or path in ("", "step"):
-            config, store = ReleaseConfig.from_env(), open_store()
-            quality = None
-            if os.environ.get("RELEASE_ONLINE_QUALITY", "0") == "1":  # share of recommendations watched
-                quality = stored_quality_source(store, config.canary_percent)
-            deployer = GatewayDeployer.from_env()
-            result = run_release_step(
-                config, store, PrometheusClient.from_env(), deployer, Notifier.from_env(), quality_source=quality,
-            )
-            pushed = push_release_metrics(os.environ.get("PUSHGATEWAY_URL"), store, config, deployer)
-            return _reply(200, {**result.as_dict(), "pushed": pushed})
+            return _step()
         if path not in MANUAL_ACTIONS:
-            return _reply(404, {"error": f"unknown action /{path[:40]}: use /promote, /rollback or /abort"})
-        expected = read_secret(TOKEN_SECRET)
-        if not expected:
-            return _reply(503, {"error": f"manual actions are disabled: secret {TOKEN_SECRET} is not configured"})
-        presented = _presented_token(event.headers)
-        if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
-            return _reply(401, {"error": "credentials required: Authorization: Bearer <release-admin-token>"},
-                          **{"WWW-Authenticate": 'Bearer realm="release"'})
-        config, store, deployer = ReleaseConfig.from_env(), open_store(), GatewayDeployer.from_env()
-        release = manual_action(path, config, store, deployer, Notifier.from_env(), actor="operator",
-                                reason=_reason(event))
-        pushed = push_release_metrics(os.environ.get("PUSHGATEWAY_URL"), store, config, deployer)
-        return _reply(200, {"action": path, "release": release.__dict__, "pushed": pushed})
-    except InvalidTransition as e:  # nothing running, or already finished
-        return _error(409, e)
-    except ReleaseError as e:  # e.g. a bad RELEASE_* setting
-        return _error(500, e)
-    except (StoreError, DeployError, PrometheusError) as e:  # a dependency: the next step retries
-        return _error(503, e)
+            return error(404, f"unknown action /{path[:40]}: use /promote, /rollback or /abort")
+        refused = check_token(event.headers, TOKEN_SECRET, realm="release")
+        if refused is not None:
+            return refused
+        return _manual(path, event)
+    except DEPENDENCY_ERRORS as e:
+        return error(503, one_line(e))
+    except Exception as e:  # noqa: BLE001 (the taxonomy's status; anything else is a 500 that says so)
+        return from_exception(e)

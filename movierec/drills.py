@@ -1,0 +1,110 @@
+"""Release drills: a deliberately bad model, so a canary rollback can be rehearsed end to end.
+
+A model version whose manifest carries `"drill": {"delay_ms": N, "error_rate": F}` is served
+slow and/or failing on purpose: `movierec.serving.ModelHolder` sleeps `delay_ms` on every request,
+then fails a share `error_rate` of them with `DrillFault` (the recommend handler answers 500), so
+the release analysis has a real bad candidate to roll back.
+
+Owns: `Drill` (the flag, validated: `DrillError` for a malformed or out-of-range one),
+`DrillFault`, `DRILL_KEY`, and `register_drill_version`, which copies a model version (the stable
+one by default) into a new version whose manifest carries the drill. Only the operator command
+(`python -m scripts.release drill-bad-model`) calls it; training never writes a drill.
+
+Must not touch: how a drill is served (movierec.serving), how it is released (movierec.release),
+HTTP, services.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from movierec.errors import MovierecError, Rejected
+from movierec.registry import STABLE, ModelVersion, Registry
+from movierec.store import ObjectStore
+
+DRILL_KEY = "drill"
+DRILL_MAX_DELAY_MS = 10_000  # a drill slows answers down; it must not hang a replica
+
+
+class DrillFault(MovierecError):
+    """A request failed on purpose: the model being served is a release drill (a deliberate 500)."""
+
+
+class DrillError(Rejected, ValueError):
+    """A drill setting that is out of range or malformed (one line)."""
+
+
+@dataclass(frozen=True)
+class Drill:
+    """How a drill model misbehaves on every request."""
+
+    delay_ms: float = 0.0
+    error_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.delay_ms <= DRILL_MAX_DELAY_MS:
+            raise DrillError(f"drill delay_ms must be between 0 and {DRILL_MAX_DELAY_MS}, got {self.delay_ms:g}")
+        if not 0 <= self.error_rate <= 1:
+            raise DrillError(f"drill error_rate must be between 0 and 1, got {self.error_rate:g}")
+        if self.delay_ms == 0 and self.error_rate == 0:
+            raise DrillError("a drill needs delay_ms > 0 or error_rate > 0 (otherwise the model is not bad)")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> Drill | None:
+        """The drill a model manifest asks for, None for a normal model."""
+        raw = manifest.get(DRILL_KEY)
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping) or set(raw) - {"delay_ms", "error_rate"}:
+            raise DrillError(f"drill must be an object with delay_ms and/or error_rate, got {raw!r:.80}")
+        try:
+            delay_ms, error_rate = float(raw.get("delay_ms", 0)), float(raw.get("error_rate", 0))
+        except (TypeError, ValueError):
+            raise DrillError(f"drill values must be numbers, got {dict(raw)!r:.80}") from None
+        return cls(delay_ms, error_rate)
+
+    def as_manifest(self) -> dict[str, float]:
+        return {"delay_ms": self.delay_ms, "error_rate": self.error_rate}
+
+    def describe(self) -> str:
+        return f"DRILL delay {self.delay_ms:g} ms, error rate {self.error_rate:g}"
+
+
+def register_drill_version(
+    store: ObjectStore, drill: Drill, source: str | None = None, now: datetime | None = None
+) -> ModelVersion:
+    """A new model version: the files of `source` (default: the stable model) with `drill` in its
+    manifest. The artifact is unchanged, so the drill model recommends exactly what its source
+    does, only slower and/or failing on purpose."""
+    registry = Registry(store)
+    source = source or registry.alias_version(STABLE)
+    if source is None:
+        # Imported here: the serving path imports this module and should not load the release package.
+        from movierec.release.state import ReleaseError
+
+        raise ReleaseError("no stable model yet to copy into a drill model: train one first")
+    entry = registry.get(source)
+    with tempfile.TemporaryDirectory(prefix="movierec-drill-") as tmp:
+        fetched = registry.fetch(source, Path(tmp) / "cache")
+        copy = Path(tmp) / "drill"
+        copy.mkdir()
+        for name in entry.metadata["files"]:
+            (copy / name).write_bytes((fetched / name).read_bytes())
+        manifest_path = copy / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest[DRILL_KEY] = drill.as_manifest()
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return registry.publish(
+            copy,
+            params=entry.metadata.get("params"),
+            metrics=entry.metadata.get("metrics"),
+            snapshot_id=entry.snapshot_id,
+            code=entry.metadata.get("code_version"),
+            extra={"drill": drill.as_manifest(), "copied_from": source},
+            now=(now or datetime.now(UTC)).astimezone(UTC),
+        )

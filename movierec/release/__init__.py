@@ -1,0 +1,73 @@
+"""The canary release: a small package, its public API re-exported here.
+
+A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Where each part lives:
+| module | owns |
+| --- | --- |
+| `config.py` | `ReleaseConfig`, built from movierec.settings (RELEASE_*, CANARY_PERCENT, function names) |
+| `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable), the one loop `evaluate_checks`, `decide` (pure), the z-test |
+| `promql.py` | the PromQL templates over the gateway metrics (the analysis, demo, dashboards and alerts use them) |
+| `state.py` | states, `Release`, `ReleaseStore` (`releases/current.json`, `releases/history/`), the release errors |
+| `quality.py` | online quality: `QualityCounts`, `online_quality`, `stored_quality_source` |
+| `controller.py` | `measure`, `bootstrap_stable`, `start_release`, `finish_release`, `run_release_step`, `manual_action`, `status`, `serving_versions`, `release_families` |
+
+Collaborators are movierec.ports protocols, injected; the Pushgateway push of the dashboard figures
+is an adapter (movierec.adapters.release_metrics.push_release_metrics), drills are movierec.drills.
+
+Must not touch: HTTP, credentials and service clients (functions/release/handler.py composes).
+"""
+from movierec.canary import CANARY, STABLE
+from movierec.release.checks import (
+    PROMOTE,
+    RELEASE_CHECKS,
+    ROLLBACK,
+    WAIT,
+    Bound,
+    Check,
+    Decision,
+    NotWorse,
+    RatioToStable,
+    VariantMetrics,
+    decide,
+    evaluate_checks,
+    two_proportion_z_test,
+)
+from movierec.release.config import ReleaseConfig
+from movierec.release.controller import (
+    MANUAL_ACTIONS,
+    StepResult,
+    bootstrap_stable,
+    finish_release,
+    manual_action,
+    measure,
+    release_families,
+    run_release_step,
+    serving_versions,
+    start_release,
+    status,
+)
+from movierec.release.promql import prom_range, variant_queries
+from movierec.release.quality import QualityCounts, online_quality, stored_quality_source
+from movierec.release.state import (
+    ABORTED,
+    CURRENT_KEY,
+    FINAL_STATES,
+    HISTORY_PREFIX,
+    PROMOTED,
+    ROLLED_BACK,
+    RUNNING,
+    InvalidTransition,
+    Release,
+    ReleaseError,
+    ReleaseRunningError,
+    ReleaseStore,
+)
+
+__all__ = [
+    "ABORTED", "CANARY", "CURRENT_KEY", "FINAL_STATES", "HISTORY_PREFIX", "MANUAL_ACTIONS", "PROMOTE", "PROMOTED",
+    "RELEASE_CHECKS", "ROLLBACK", "ROLLED_BACK", "RUNNING", "STABLE", "WAIT",
+    "Bound", "Check", "Decision", "InvalidTransition", "NotWorse", "QualityCounts", "RatioToStable", "Release",
+    "ReleaseConfig", "ReleaseError", "ReleaseRunningError", "ReleaseStore", "StepResult", "VariantMetrics",
+    "bootstrap_stable", "decide", "evaluate_checks", "finish_release", "manual_action", "measure", "online_quality",
+    "prom_range", "release_families", "run_release_step", "serving_versions", "start_release", "status",
+    "stored_quality_source", "two_proportion_z_test", "variant_queries",
+]

@@ -1,0 +1,232 @@
+"""The release policy: the checks as data, one loop that judges them, and the decision (pure).
+
+Like a Flagger Canary analysis (a list of metrics with threshold ranges), `RELEASE_CHECKS` is a
+tuple of named check specs, each one of three kinds, its thresholds named by ReleaseConfig field:
+- `Bound`: a canary figure (VariantMetrics) at least (`MIN`) or at most (`MAX`) a config field;
+- `NotWorse`: the canary's proportion (errors/requests, watched/recommended) is not
+  significantly worse than stable's at `alpha` (one-sided two-proportion z-test);
+- `RatioToStable`: canary figure / stable figure at most a config field, judged only above a
+  floor (a config field) where the figure is coarse.
+`evaluate_checks` runs them in order, one `Check` record (name, passed, one-line detail) each; a
+check with nothing to judge (no stable p99; no online quality asked for) is left out.
+
+`decide` (pure): wait while the canary has fewer than `min_requests` requests (roll back when the
+release times out without them); roll back as soon as any check fails (fail fast: a bad canary
+should not keep serving 20% of users for the whole window); promote when every check passes and
+the window has elapsed.
+
+Owns: the specs, the loop, the z-test, VariantMetrics, Check, Decision. Must not touch: where the
+figures come from (controller.py, promql.py), state, services.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from movierec.canary import CANARY, STABLE
+from movierec.release.config import ReleaseConfig
+from movierec.release.quality import QualityCounts
+
+WAIT = "wait"
+PROMOTE = "promote"
+ROLLBACK = "rollback"
+
+MIN, MAX = "min", "max"
+HIGHER, LOWER = "higher", "lower"  # which way a NotWorse proportion is worse
+METRICS, QUALITY = "metrics", "quality"  # where a NotWorse check reads its counts
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    requests: float = 0.0
+    errors: float = 0.0
+    mean_latency_s: float | None = None
+    p99_latency_s: float | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        return None if self.requests <= 0 else 1 - self.errors / self.requests
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "success_rate": self.success_rate}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # wait | promote | rollback
+    reason: str
+    checks: tuple[Check, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "reason": self.reason, "checks": [asdict(c) for c in self.checks]}
+
+
+def two_proportion_z_test(x1: float, n1: float, x2: float, n2: float) -> tuple[float, float]:
+    """One-sided test that proportion 1 (x1/n1) is GREATER than proportion 2 (x2/n2).
+
+    Returns (z, p-value) with the pooled standard error. No evidence either way (an empty
+    sample, or both proportions 0 or both 1) gives (0.0, 1.0)."""
+    if n1 <= 0 or n2 <= 0:
+        return 0.0, 1.0
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 0.0, 1.0
+    z = (x1 / n1 - x2 / n2) / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+# -- the kinds of check ----------------------------------------------------------------------------
+Quality = Mapping[str, QualityCounts] | None
+
+
+@dataclass(frozen=True)
+class Bound:
+    """`figure` of the canary at least (MIN) / at most (MAX) config field `limit`. `detail` gets
+    `value` and `limit`, both times `scale`. An unknown figure fails with `unknown` when given,
+    else counts as 0."""
+
+    name: str
+    figure: str
+    kind: str
+    limit: str
+    detail: str
+    scale: float = 1.0
+    unknown: str | None = None
+
+    def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
+              quality: Quality) -> Check | None:
+        value = getattr(canary, self.figure)
+        if value is None and self.unknown is not None:
+            return Check(self.name, False, self.unknown)
+        value = value or 0.0
+        limit = getattr(config, self.limit)
+        passed = value >= limit if self.kind == MIN else value <= limit
+        return Check(self.name, passed, self.detail.format(value=_scaled(value, self.scale),
+                                                           limit=_scaled(limit, self.scale)))
+
+
+@dataclass(frozen=True)
+class NotWorse:
+    """The canary's `counts` proportion (successes, trials) not significantly `worse` (HIGHER or
+    LOWER) than stable's at config field `alpha`. Counts come from the variants' metrics or from
+    the online quality (the check is left out when no quality was measured). `detail` gets
+    canary_x, canary_n, stable_x, stable_n, z, p and alpha."""
+
+    name: str
+    source: str
+    counts: tuple[str, str]
+    worse: str
+    detail: str
+    alpha: str = "alpha"
+
+    def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
+              quality: Quality) -> Check | None:
+        if self.source == QUALITY:
+            if quality is None:
+                return None
+            c: Any = quality.get(CANARY, QualityCounts())
+            s: Any = quality.get(STABLE, QualityCounts())
+        else:
+            c, s = canary, stable
+        x, n = self.counts
+        cx, cn, sx, sn = getattr(c, x), getattr(c, n), getattr(s, x), getattr(s, n)
+        # The test asks "is proportion 1 greater": put the variant that would be worse first.
+        z, p = two_proportion_z_test(cx, cn, sx, sn) if self.worse == HIGHER else two_proportion_z_test(sx, sn, cx, cn)
+        alpha = getattr(config, self.alpha)
+        return Check(self.name, p >= alpha, self.detail.format(canary_x=cx, canary_n=cn, stable_x=sx, stable_n=sn,
+                                                               z=z, p=p, alpha=alpha))
+
+
+@dataclass(frozen=True)
+class RatioToStable:
+    """canary `figure` / stable `figure` at most config field `limit`, or passed while the canary
+    figure is at most config field `floor`. Left out when either figure is unknown (or stable's
+    is 0). `detail` gets `ratio`, `limit` and `floor` (times `scale`)."""
+
+    name: str
+    figure: str
+    limit: str
+    floor: str
+    detail: str
+    scale: float = 1.0
+
+    def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
+              quality: Quality) -> Check | None:
+        value, base = getattr(canary, self.figure), getattr(stable, self.figure)
+        if value is None or not base:
+            return None
+        ratio, limit, floor = value / base, getattr(config, self.limit), getattr(config, self.floor)
+        return Check(self.name, ratio <= limit or value <= floor,
+                     self.detail.format(ratio=ratio, limit=limit, floor=_scaled(floor, self.scale)))
+
+
+CheckSpec = Bound | NotWorse | RatioToStable
+
+
+def _scaled(value: float, scale: float) -> float:
+    return value if scale == 1 else value * scale  # unscaled values print as configured
+
+RELEASE_CHECKS: tuple[CheckSpec, ...] = (
+    Bound("success_rate", figure="success_rate", kind=MIN, limit="min_success_rate",
+          detail="canary success {value:.4f} (floor {limit})"),
+    Bound("p99_latency", figure="p99_latency_s", kind=MAX, limit="max_p99_s", scale=1000,
+          detail="canary p99 {value:.0f} ms (bound {limit:.0f} ms)",
+          unknown="canary p99 latency unknown (no histogram samples)"),
+    NotWorse("error_rate_vs_stable", source=METRICS, counts=("errors", "requests"), worse=HIGHER,
+             detail="canary errors {canary_x:g}/{canary_n:g} vs stable {stable_x:g}/{stable_n:g}:"
+                    " z={z:.2f} p={p:.4f} (alpha {alpha})"),
+    RatioToStable("p99_vs_stable", figure="p99_latency_s", limit="max_p99_ratio", floor="p99_ratio_floor_s",
+                  scale=1000, detail="p99 ratio to stable {ratio:.2f} (bound {limit}, judged above {floor:.0f} ms)"),
+    NotWorse("watched_share_vs_stable", source=QUALITY, counts=("watched", "recommended"), worse=LOWER,
+             detail="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}: z={z:.2f} p={p:.4f}"),
+)
+
+
+def evaluate_checks(
+    canary: VariantMetrics,
+    stable: VariantMetrics,
+    config: ReleaseConfig,
+    quality: Quality = None,
+    checks: tuple[CheckSpec, ...] = RELEASE_CHECKS,
+) -> list[Check]:
+    """Every spec of `checks` judged in order; the ones with nothing to judge are left out."""
+    results = []
+    for spec in checks:
+        check = spec.judge(canary, stable, config, quality)
+        if check is not None:
+            results.append(check)
+    return results
+
+
+def decide(
+    canary: VariantMetrics,
+    stable: VariantMetrics,
+    config: ReleaseConfig,
+    elapsed_s: float,
+    quality: Quality = None,
+) -> Decision:
+    if canary.requests < config.min_requests:
+        if elapsed_s >= config.timeout_s:
+            return Decision(
+                ROLLBACK,
+                f"timed out after {elapsed_s:.0f}s with {canary.requests:g} canary requests"
+                f" (< {config.min_requests}): not enough evidence to promote",
+            )
+        return Decision(WAIT, f"{canary.requests:g} of {config.min_requests} canary requests so far")
+    checks = tuple(evaluate_checks(canary, stable, config, quality))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        return Decision(ROLLBACK, "; ".join(c.detail for c in failed), checks)
+    if elapsed_s < config.window_s:
+        return Decision(WAIT, f"checks pass; window {elapsed_s:.0f}s of {config.window_s:.0f}s", checks)
+    return Decision(PROMOTE, "all checks pass over the full window", checks)

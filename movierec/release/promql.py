@@ -1,0 +1,121 @@
+"""The PromQL templates over the OpenFaaS gateway's metrics: the one source of these expressions.
+
+The release analysis (`variant_queries`), the demo's report (scripts/demo.py), the Grafana
+dashboard (monitoring/grafana/dashboards/*.json) and the alert rules (monitoring/alerts.yml) all
+say "requests", "5xx share", "mean latency", "p99", "p99 ratio" in these words: the analysis and
+the demo render them from here; tests/test_grafana_panels.py and tests/test_monitoring.py assert
+that every gateway expression of the dashboard and the alert rules is one of these templates
+(with the dashboard's `$namespace` / `$__rate_interval` or the rule's window) and run them
+against a live Prometheus.
+
+Templates take a label `selector` (`function_is(...)` for one deployment, `function_matches(...)`
+for a regex, "" for every function) and a range `window` (`120s`, `5m`, `$__rate_interval`);
+`by` names the labels an aggregation keeps.
+
+Owns: the metric names, the selectors, the templates, the range format. Must not touch: querying
+(the MetricsSource the controller is given), thresholds (checks.py, the rules' own numbers).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+INVOCATIONS = "gateway_function_invocation_total"  # counter, labels function_name, code
+DURATION = "gateway_functions_seconds"  # histogram (_bucket, _sum, _count), labels function_name, code
+REPLICAS = "gateway_service_count"  # gauge, label function_name
+GATEWAY_METRICS = (INVOCATIONS, DURATION, REPLICAS)
+
+SERVER_ERROR = 'code=~"5.."'
+NOT_SERVER_ERROR = 'code!~"5.."'
+
+
+def prom_range(seconds: float) -> str:
+    """A PromQL range of whole seconds, at least one: 120.7 -> `120s`."""
+    return f"{max(int(seconds), 1)}s"
+
+
+def function_is(function: str, namespace: str) -> str:
+    """The selector of one deployment: the gateway labels calls `<function>.<namespace>`."""
+    return f'function_name="{function}.{namespace}"'
+
+
+def function_matches(pattern: str) -> str:
+    """The selector of every function whose `<function>.<namespace>` matches the regex `pattern`."""
+    return f'function_name=~"{pattern}"'
+
+
+def series(metric: str, *matchers: str) -> str:
+    """`metric{a,b}`; just `metric` when no matcher is given."""
+    inner = ",".join(m for m in matchers if m)
+    return f"{metric}{{{inner}}}" if inner else metric
+
+
+def summed(expr: str, by: Sequence[str] = ()) -> str:
+    return f"sum by ({', '.join(by)}) ({expr})" if by else f"sum({expr})"
+
+
+def counted(metric: str, matchers: Sequence[str], window: str, func: str = "rate", by: Sequence[str] = ()) -> str:
+    """`sum [by (...)] (<func>(metric{matchers}[window]))`: a counter's rate or increase."""
+    return summed(f"{func}({series(metric, *matchers)}[{window}])", by)
+
+
+def ratio(numerator: str, denominator: str) -> str:
+    return f"{numerator} / {denominator}"
+
+
+# -- the figures ----------------------------------------------------------------------------------
+def calls(selector: str, window: str, func: str = "rate", by: Sequence[str] = (), code: str = "") -> str:
+    """Calls per second (`rate`) or calls (`increase`) over `window`; `code` narrows them."""
+    return counted(INVOCATIONS, (selector, code), window, func, by)
+
+
+def success_rate(selector: str, window: str, by: Sequence[str] = ()) -> str:
+    """Share of calls not answered 5xx."""
+    return ratio(calls(selector, window, by=by, code=NOT_SERVER_ERROR), calls(selector, window, by=by))
+
+
+def error_rate(selector: str, window: str, by: Sequence[str] = (), absent_as_zero: bool = False) -> str:
+    """Share of calls answered 5xx; `absent_as_zero`: no 5xx series yet counts as none."""
+    errors = calls(selector, window, by=by, code=SERVER_ERROR)
+    return ratio(f"({errors} or vector(0))" if absent_as_zero else errors, calls(selector, window, by=by))
+
+
+def mean_latency(selector: str, window: str, by: Sequence[str] = ()) -> str:
+    return ratio(counted(f"{DURATION}_sum", (selector,), window, by=by),
+                 counted(f"{DURATION}_count", (selector,), window, by=by))
+
+
+def latency_quantile(q: float, selector: str, window: str, by: Sequence[str] = ()) -> str:
+    """The q-quantile of the gateway's latency histogram (per `by` group)."""
+    buckets = summed(f"rate({series(f'{DURATION}_bucket', selector)}[{window}])", (*by, "le"))
+    return f"histogram_quantile({q:g}, {buckets})"
+
+
+def timed_calls(selector: str, window: str, func: str = "increase") -> str:
+    """Calls the latency histogram observed over `window`."""
+    return counted(f"{DURATION}_count", (selector,), window, func)
+
+
+def p99_ratio(canary_selector: str, stable_selector: str, window: str) -> str:
+    """Canary p99 over stable p99: what the release's `p99_vs_stable` check compares."""
+    return ratio(latency_quantile(0.99, canary_selector, window), latency_quantile(0.99, stable_selector, window))
+
+
+def replicas(selector: str = "", by: Sequence[str] = ()) -> str:
+    inner = series(REPLICAS, selector)
+    return f"max by ({', '.join(by)}) ({inner})" if by else f"max({inner})"
+
+
+# -- the release analysis --------------------------------------------------------------------------
+def figures(selector: str, window: str) -> dict[str, str]:
+    """The release analysis' PromQL for one variant, by figure name (VariantMetrics' fields)."""
+    return {
+        "requests": calls(selector, window, func="increase"),
+        "errors": calls(selector, window, func="increase", code=SERVER_ERROR),
+        "mean_latency_s": mean_latency(selector, window),
+        "p99_latency_s": latency_quantile(0.99, selector, window),
+    }
+
+
+def variant_queries(function: str, namespace: str, range_s: float) -> dict[str, str]:
+    """The PromQL for one variant over the last `range_s` seconds, by metric name."""
+    return figures(function_is(function, namespace), prom_range(range_s))

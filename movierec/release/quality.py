@@ -1,0 +1,90 @@
+"""Online quality per variant: of the movies recommended, how many did the user start watching.
+
+Owns `QualityCounts`, `online_quality` (from parsed stream events, in any order) and
+`stored_quality_source` (the same over the stored recommendation and watch batches, as the
+`quality_source(start, end)` the controller's step takes when RELEASE_ONLINE_QUALITY is on).
+Which variant a user saw is movierec.canary's rule, re-applied to the stream.
+
+Must not touch: the statistical test (checks.py), how batches are written or laid out (the batch
+loaders; imported from their current home, movierec.ingest).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from movierec.canary import CANARY, STABLE, variant_for_user
+from movierec.events import RecommendationEvent, WatchEvent
+from movierec.store import ObjectStore
+
+
+@dataclass(frozen=True)
+class QualityCounts:
+    """Online quality of one variant: recommended movies, and how many of them got watched."""
+
+    recommended: int = 0
+    watched: int = 0
+
+    @property
+    def share(self) -> float | None:
+        return None if self.recommended == 0 else self.watched / self.recommended
+
+
+QualitySource = Callable[[datetime, datetime], dict[str, QualityCounts]]
+
+
+def online_quality(
+    events: Iterable[Any], canary_percent: int, within_s: float = 3600.0
+) -> dict[str, QualityCounts]:
+    """Per variant, how many recommended movies the user started watching within `within_s`
+    after the recommendation. Events may come in any order (batches are read per partition)."""
+    recommendations: list[RecommendationEvent] = []
+    first_watch: dict[tuple[int, str], list[datetime]] = {}
+    for event in events:
+        if isinstance(event, RecommendationEvent) and event.status == 200:
+            recommendations.append(event)
+        elif isinstance(event, WatchEvent):
+            first_watch.setdefault((event.user_id, event.movie_id), []).append(event.time)
+    counts = {CANARY: [0, 0], STABLE: [0, 0]}
+    for rec in recommendations:
+        bucket = counts[variant_for_user(rec.user_id, canary_percent)]
+        for movie in rec.movie_ids:
+            bucket[0] += 1
+            times = first_watch.get((rec.user_id, movie), ())
+            if any(0 <= (t - rec.time).total_seconds() <= within_s for t in times):
+                bucket[1] += 1
+    return {v: QualityCounts(*c) for v, c in counts.items()}
+
+
+def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: float = 3600.0) -> QualitySource:
+    """A `quality_source(start, end)` over the stored recommendation and watch batches (the batch
+    loaders). Stream times are naive UTC; recommendations in [start, end] count, and watches up to
+    `within_s` after them."""
+
+    def source(start: datetime, end: datetime) -> dict[str, QualityCounts]:
+        import numpy as np  # only this optional analysis needs numpy and the batch loaders
+
+        from movierec.batches.loaders import iter_recommendations, load_watches
+
+        lo, hi = (t.astimezone(UTC).replace(tzinfo=None) for t in (start, end))
+        recs = []
+        for r in iter_recommendations(store):
+            t = datetime.fromisoformat(r["time"])
+            if r["status"] == 200 and lo <= t <= hi:
+                recs.append(RecommendationEvent(t, r["user_id"], r["server"], 200, tuple(r["movie_ids"]), None,
+                                                r["latency_ms"]))
+        watches = load_watches(store)
+        epoch = datetime(1970, 1, 1)
+        lo_us = int((lo - epoch).total_seconds() * 1e6)
+        hi_us = int((hi - epoch).total_seconds() * 1e6 + within_s * 1e6)
+        users = np.array(sorted({r.user_id for r in recs}), dtype=np.int64)
+        keep = (watches.time_us >= lo_us) & (watches.time_us <= hi_us) & np.isin(watches.user_ids, users)
+        events: list[Any] = list(recs)
+        for t_us, user, movie in zip(watches.time_us[keep].tolist(), watches.user_ids[keep].tolist(),
+                                     watches.movie_ids[keep].tolist()):
+            events.append(WatchEvent(epoch + timedelta(microseconds=t_us), user, movie, 0))
+        return online_quality(events, canary_percent, within_s)
+
+    return source

@@ -1,0 +1,61 @@
+"""The release function's replies follow the error taxonomy: a bad setting is a 400 naming the
+variable, a dependency down a 503, a method or route that does not exist 405/404, and anything
+unexpected a 500 that says so without a traceback. (Routes and credentials against real services:
+test_release_services.py and test_release_cli.py.)"""
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from movierec.store import StoreError
+
+
+def _event(method, path, headers=None):
+    return SimpleNamespace(method=method, path=path, headers=headers or {}, query={}, body=b"")
+
+
+@pytest.fixture
+def handler(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setenv("STORE_URL", str(tmp_path / "store"))
+    (tmp_path / "secrets").mkdir()
+    spec = importlib.util.spec_from_file_location("release_handler_taxonomy", "functions/release/handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_bad_release_setting_is_a_400_naming_the_variable(handler, monkeypatch):
+    monkeypatch.setenv("RELEASE_WINDOW", "two hours")
+    reply = handler.handle(_event("POST", "/step"), None)
+    assert reply["statusCode"] == 400
+    assert reply["body"]["error"].startswith("ConfigError: RELEASE_WINDOW must be a duration")
+    assert reply["headers"]["Content-Type"] == "application/json"
+
+
+def test_an_unavailable_store_is_a_503(handler, monkeypatch):
+    def down():
+        raise StoreError("store s3://movierec unreachable")
+
+    monkeypatch.setattr(handler, "open_store", down)
+    reply = handler.handle(_event("GET", "/status"), None)
+    assert reply["statusCode"] == 503 and reply["body"] == {"error": "StoreError: store s3://movierec unreachable"}
+
+
+def test_other_methods_and_unknown_actions_are_refused(handler):
+    reply = handler.handle(_event("PUT", "/step"), None)
+    assert reply["statusCode"] == 405 and reply["headers"]["Allow"] == "GET, POST"
+    reply = handler.handle(_event("POST", "/deploy"), None)
+    assert reply["statusCode"] == 404 and "unknown action /deploy" in reply["body"]["error"]
+
+
+def test_an_unexpected_error_is_a_500_without_internals(handler, monkeypatch):
+    def broken(store):
+        raise RuntimeError("secret internals\nTraceback ...")
+
+    monkeypatch.setattr(handler, "status", broken)
+    reply = handler.handle(_event("GET", "/status"), None)
+    assert reply["statusCode"] == 500 and "RuntimeError" in reply["body"]["error"]
+    assert "internals" not in reply["body"]["error"]
