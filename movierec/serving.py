@@ -86,8 +86,10 @@ def _load_from_env(env: Mapping[str, str]) -> RecommenderModel:
     path = env.get("MODEL_PATH", "").strip()
     if path:
         return load_model(path)
-    from movierec.registry import load_serving_model  # the registry needs the store; import lazily
-    from movierec.store import open_store
+    # The registry needs the store; imported lazily. A domain -> adapter import: the train branch
+    # (owner of serving.py) moves this composition to the recommend handler.
+    from movierec.adapters.stores import open_store
+    from movierec.registry import load_serving_model
 
     spec = env.get("MODEL_VERSION", "").strip() or "stable"
     cache_dir = env.get("MODEL_CACHE_DIR", "").strip() or os.path.join(

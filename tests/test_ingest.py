@@ -256,7 +256,7 @@ def test_ingest_config_rejects_a_non_numeric_setting_in_one_line():
 
 
 def test_the_store_being_down_fails_before_consuming_and_names_it(kafka_bootstrap, topic):
-    from movierec.s3store import S3Store
+    from movierec.adapters.s3store import S3Store
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = S3Store("data", endpoint_url=endpoint, access_key="a", secret_key="b", attempts=2,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from movierec.deploy import GatewayDeployer
+from movierec.adapters.gateway import GatewayClient
 from movierec.ingest import parse_batch, store_batch
 from movierec.registry import Registry
 from movierec.release import ReleaseConfig, ReleaseStore
@@ -58,7 +58,7 @@ def config_for(tmp_path, **overrides):
 
 
 def deployer_for(gateway):
-    return GatewayDeployer(gateway.url, "admin", "s3cret-pw", backoff_s=0.01)
+    return GatewayClient(gateway.url, "admin", "s3cret-pw", backoff_s=0.01)
 
 
 # -- snapshots -----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The one retry helper: attempts with exponential backoff, then one line naming the endpoint.
 
-Owns: `retry(call, what=..., attempts=..., backoff_s=..., retry_on=...)`. Every adapter's calls to
-a service go through it, so "how often, how long, what the error says" is decided once.
+Owns: `retry(call, what=..., attempts=..., backoff_s=..., retry_on=..., error=...)`. Every adapter's
+calls to a service go through it, so "how often, how long, what the error says" is decided once;
+`error` is the adapter's own `Unavailable` subclass (e.g. `GatewayError`), so callers can tell which
+dependency failed by its class as well as by its message.
 
 Must not touch: what is called or what its answer means.
 """
@@ -25,11 +27,13 @@ def retry(
     attempts: int = 3,
     backoff_s: float = 0.5,
     retry_on: tuple[type[BaseException], ...] = (OSError,),
+    error: type[Unavailable] = Unavailable,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """`call()`, retried on `retry_on` up to `attempts` times with backoff doubling from
-    `backoff_s`. Deliberate errors (MovierecError) that are not `Unavailable` pass through at once;
-    the last failure becomes `Unavailable("<what>: <error> (after N attempts)")`."""
+    """`call()`, retried on `retry_on` (and on `Unavailable` raised by `call`) up to `attempts` times
+    with backoff doubling from `backoff_s`. Deliberate errors (MovierecError) that are not
+    `Unavailable` pass through at once, as does anything not in `retry_on`; the last failure becomes
+    `error("<what>: <error> (after N attempts)")`."""
     attempts = max(1, attempts)
     last: BaseException | None = None
     for attempt in range(1, attempts + 1):
@@ -45,4 +49,4 @@ def retry(
             sleep(backoff_s * 2 ** (attempt - 1))
     assert last is not None
     detail = str(last) if isinstance(last, Unavailable) else one_line(last)
-    raise Unavailable(f"{what}: {detail} (after {attempts} attempts)") from last
+    raise error(f"{what}: {detail} (after {attempts} attempts)") from last
