@@ -40,6 +40,17 @@ def test_after_the_last_attempt_one_line_names_the_endpoint_the_error_and_the_at
     assert isinstance(raised.value.__cause__, ConnectionRefusedError)
 
 
+def test_a_client_librarys_long_wrapper_is_cut_to_the_reason():
+    wrapped = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: "
+                              "/function/release/status (Caused by NewConnectionError(\"HTTPConnection(host="
+                              "'127.0.0.1', port=1): Failed to establish a new connection: [Errno 111] Connection "
+                              "refused\"))")
+    with pytest.raises(Unavailable) as raised:
+        retry(Flaky(wrapped), what="gateway http://127.0.0.1:1", attempts=1)
+    assert str(raised.value) == "gateway http://127.0.0.1:1: ConnectionError: [Errno 111] Connection refused " \
+                                "(after 1 attempts)"
+
+
 def test_unavailable_raised_by_the_call_is_retried_and_its_message_kept():
     call = Flaky(Unavailable("HTTP 503"), Unavailable("HTTP 502"))
     with pytest.raises(Unavailable, match=r"^gateway http://g: PUT /x: HTTP 502 \(after 2 attempts\)$"):

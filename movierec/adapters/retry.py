@@ -10,6 +10,7 @@ Must not touch: what is called or what its answer means.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -18,6 +19,8 @@ from movierec.errors import MovierecError, Unavailable, one_line
 
 T = TypeVar("T")
 log = logging.getLogger("movierec.retry")
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\"()\[\]]+")
+MAX_DETAIL = 300
 
 
 def retry(
@@ -48,5 +51,16 @@ def retry(
         if attempt < attempts:
             sleep(backoff_s * 2 ** (attempt - 1))
     assert last is not None
-    detail = str(last) if isinstance(last, Unavailable) else one_line(last)
-    raise error(f"{what}: {detail} (after {attempts} attempts)") from last
+    raise error(f"{what}: {_detail(last)} (after {attempts} attempts)") from last
+
+
+def _detail(error: BaseException) -> str:
+    """The error in one short line: an Unavailable's own message; for a client library's long
+    wrapper (urllib3's "Max retries exceeded ... [Errno 111] Connection refused") the errno part."""
+    if isinstance(error, Unavailable):
+        return str(error)
+    text = one_line(error)
+    found = _ERRNO.search(text) if len(text) > 160 else None
+    if found:
+        return f"{type(error).__name__}: {found.group(0).strip()}"
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
