@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.localstack import RecommendStack
 from bench.recommend import build_bench_model
-from movierec.model import save_model
+from movierec.artifact import save_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
 

@@ -7,14 +7,13 @@ straight from the runtime's build context (the `direct` baseline).
 The model comes either from a saved model folder (MODEL_PATH) or from an object store and registry
 (STORE_URL + the stable/canary versions). Used by bench/gateway.py (latency per path), bench/train.py
 (register -> canary serving time), the release test on the real runtime and tests/test_stack.py
-(`recommend_only_project`). Owns nothing but this setup; starts and stops only its own processes,
-by PID.
+(`recommend_only_project`; `free_port` is scripts._proc's, re-exported). Owns nothing but this
+setup; starts and stops only its own processes, by PID.
 """
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,12 @@ from typing import Self
 import requests
 import yaml
 
+from scripts._proc import free_port
 from scripts.stack import LOCALFAAS_STOP_GRACE_S, stop_pid
 
 REPO = Path(__file__).resolve().parent.parent
 RECOMMEND_FUNCTIONS = ("recommend", "recommend-canary")
 READY_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def recommend_only_project(folder: Path) -> Path:

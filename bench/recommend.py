@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from movierec.model import cold_start_ranking, from_arrays, load_model, save_model
+from movierec.artifact import load_model, save_model
+from movierec.model import cold_start_ranking, from_arrays
 from movierec.ratings import RatingsTable
 from movierec.synthetic import SyntheticWorld
 

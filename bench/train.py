@@ -61,13 +61,13 @@ def measure_register_to_canary(store, store_dir: Path, stable: str, candidate: s
     local runtime: the registration's own time plus start_release (GET + PUT through the
     gateway) and the rolling update until the first answer carrying the new X-Model-Version."""
     from bench.localstack import RecommendStack
-    from movierec.deploy import GatewayDeployer
+    from movierec.adapters.gateway import GatewayClient
     from movierec.registry import Registry
     from movierec.release import ReleaseConfig, start_release
 
     Registry(store).set_alias("stable", stable)
     with RecommendStack(root, store_dir=store_dir, stable=stable) as stack:
-        deployer = GatewayDeployer(stack.url, *stack.auth, timeout_s=60)
+        deployer = GatewayClient(stack.url, *stack.auth, timeout_s=60)
         t0 = time.perf_counter()
         start_release(ReleaseConfig(), store, deployer, candidate)
         stack.wait_until(lambda: stack.serving("recommend-canary") == candidate, "the canary", 120)

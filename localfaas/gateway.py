@@ -21,7 +21,7 @@ import secrets
 import time
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,20 @@ class GatewayError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+@contextlib.contextmanager
+def _supervisor_errors(failed_status: int) -> Iterator[None]:
+    """The supervisor's errors as the gateway answers them: a missing secret 400, an unknown
+    function 404, any other deploy/update/scale that could not be carried out `failed_status`."""
+    try:
+        yield
+    except MissingSecretError as exc:
+        raise GatewayError(400, str(exc)) from None
+    except FunctionNotFound as exc:
+        raise GatewayError(404, str(exc)) from None
+    except DeployError as exc:
+        raise GatewayError(failed_status, str(exc)) from None
 
 
 def _text(status: int, message: str, **headers: str) -> web.Response:
@@ -480,12 +494,8 @@ class Gateway:
             raise GatewayError(400, f"function {config.name}: not in the stack file, so localfaas has no "
                                     f"build context for it (add it to stack.yml and restart)")
         # Shielded: a client that hangs up must not leave a half-done rollout behind.
-        try:
+        with _supervisor_errors(500):
             await asyncio.shield(self.supervisor.deploy(config, context))
-        except MissingSecretError as exc:
-            raise GatewayError(400, str(exc)) from None
-        except DeployError as exc:
-            raise GatewayError(500, str(exc)) from None
         return web.Response(status=202)
 
     async def deploy_function(self, request: web.Request) -> web.Response:
@@ -503,10 +513,8 @@ class Gateway:
         if not isinstance(name, str) or not name:
             raise GatewayError(400, "functionName is required")
         self._check_namespace(body.get("namespace"))
-        try:
+        with _supervisor_errors(500):
             await asyncio.shield(self.supervisor.remove(name))
-        except FunctionNotFound as exc:
-            raise GatewayError(404, str(exc)) from None
         return web.Response(status=202)
 
     async def scale_function(self, request: web.Request) -> web.Response:
@@ -516,12 +524,8 @@ class Gateway:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
             raise GatewayError(400, "replicas must be a whole number >= 0")
         self._check_namespace(body.get("namespace"))
-        try:
+        with _supervisor_errors(400):
             await self.supervisor.scale(body.get("serviceName") or name, replicas)
-        except FunctionNotFound as exc:
-            raise GatewayError(404, str(exc)) from None
-        except DeployError as exc:
-            raise GatewayError(400, str(exc)) from None
         return web.Response(status=202)
 
     async def info(self, _request: web.Request) -> web.Response:

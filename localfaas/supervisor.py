@@ -4,7 +4,12 @@ Owns: each function's replicas (one process per replica, on its own free 127.0.0
 function's environment and a private secrets folder), readiness (`/_/ready` must return 200 before a
 replica gets traffic), liveness checks, restart after a crash with backoff, scaling, rolling updates
 (new replicas ready before old ones stop getting traffic; old ones drained, then SIGTERM, then
-SIGKILL) and stopping every process it started, by PID.
+SIGKILL), stopping every process it started, by PID, and the replica state file
+`<state>/run/localfaas-replicas.json` (`REPLICAS_FILE`): `{"runtime_pid": N, "functions": {name:
+[{"pid", "port", "generation", "index"}, ...]}}`, every replica process that has not exited yet
+(draining ones too), rewritten atomically whenever a replica starts or exits, so operator tools
+find replica pids without reading logs (`read_replica_state`). Written by a live runtime only:
+after a SIGKILL of the runtime it is stale, so readers check `runtime_pid` and each pid's parent.
 Must not touch: HTTP routing of client requests (the gateway picks replicas through `pick`/`lease`),
 stack parsing, building, and any process it did not start.
 """
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import itertools
+import json
 import logging
 import os
 import re
@@ -35,6 +41,7 @@ from localfaas.stackfile import DEFAULT_NAMESPACE, FunctionSpec
 log = logging.getLogger("localfaas.supervisor")
 
 SCALE_MIN_LABEL = "com.openfaas.scale.min"
+REPLICAS_FILE = Path("run") / "localfaas-replicas.json"
 DEFAULT_EXEC_TIMEOUT = 30.0  # of-watchdog's default when a function sets no timeout
 # What a replica inherits from the runtime's own environment: enough to run a process, nothing
 # else, so a function only sees what its stack entry gives it (as in a container).
@@ -121,6 +128,26 @@ class FunctionConfig:
         return DEFAULT_EXEC_TIMEOUT
 
 
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` so that a reader sees the old content or the new one, never a part."""
+    tmp = path.parent / f".{path.name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def read_replica_state(state_dir: str | Path) -> dict[str, Any]:
+    """The replica state file of the runtime using `state_dir` (see the module docstring);
+    no runtime and no functions when there is none (yet) or it cannot be read."""
+    try:
+        state = json.loads((Path(state_dir) / REPLICAS_FILE).read_text())
+    except (OSError, ValueError):
+        return {"runtime_pid": None, "functions": {}}
+    return state if isinstance(state, dict) and isinstance(state.get("functions"), dict) else {
+        "runtime_pid": None, "functions": {}}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -197,6 +224,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health_task: asyncio.Task[None] | None = None
         self._draining: list[Replica] = []  # out of rotation, waiting for in-flight requests
+        self._live: dict[int, Replica] = {}  # pid -> every replica process that has not exited yet
         self._closing = False
 
     # ----- lifecycle -------------------------------------------------------------------------
@@ -205,6 +233,7 @@ class Supervisor:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         self._health_task = asyncio.create_task(self._health_loop())
+        self._write_replica_state()  # replaces a stale file a killed runtime left behind
 
     async def close(self) -> None:
         """Stop every replica this supervisor started (SIGTERM, then SIGKILL), then itself."""
@@ -213,9 +242,11 @@ class Supervisor:
             self._health_task.cancel()
         for task in list(self._tasks):
             task.cancel()
-        replicas = [r for fn in self.functions.values() for r in fn.replicas]
-        replicas += [r for r in self._draining]
-        await asyncio.gather(*(self._terminate(r, drain=False) for r in replicas), return_exceptions=True)
+        current = [r for fn in self.functions.values() for r in fn.replicas]
+        replicas = {r.pid: r for r in [*current, *self._draining, *self._live.values()]}  # each once
+        await asyncio.gather(*(self._terminate(r, drain=False) for r in replicas.values()), return_exceptions=True)
+        self._live = {pid: r for pid, r in self._live.items() if r.alive}
+        self._write_replica_state()
         if self._session:
             await self._session.close()
 
@@ -372,11 +403,7 @@ class Supervisor:
 
     @staticmethod
     def _copy_secret(source: Path, target: Path) -> None:
-        tmp = target / f".{source.name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(source.read_bytes())
-        os.replace(tmp, target / source.name)  # a replica reading it sees the old or the new value
+        write_atomic(target / source.name, source.read_bytes())  # a replica sees the old or the new value
 
     def refresh_secret(self, name: str) -> list[str]:
         """A secret's value changed: update it for every function that mounts it, without a restart
@@ -415,7 +442,26 @@ class Supervisor:
             )
         replica = Replica(config.name, runtime.generation, index, port, process)
         log.info("function %s: started %r (%s)", config.name, replica, " ".join(argv))
+        self._live[replica.pid] = replica
+        self._write_replica_state()
+        self._spawn_task(self._forget_on_exit(replica))
         return replica
+
+    async def _forget_on_exit(self, replica: Replica) -> None:
+        await replica.process.wait()
+        self._live.pop(replica.pid, None)
+        self._write_replica_state()
+
+    def _write_replica_state(self) -> None:
+        functions: dict[str, list[dict[str, int]]] = {name: [] for name in self.functions}
+        for r in sorted(self._live.values(), key=lambda r: (r.function, r.generation, r.index, r.pid)):
+            functions.setdefault(r.function, []).append(
+                {"pid": r.pid, "port": r.port, "generation": r.generation, "index": r.index})
+        state = {"runtime_pid": os.getpid(), "functions": functions}
+        try:
+            write_atomic(self.state_dir / REPLICAS_FILE, (json.dumps(state, indent=1) + "\n").encode(), 0o644)
+        except OSError as exc:  # the file informs operators; replicas run without it
+            log.warning("cannot write %s: %s", self.state_dir / REPLICAS_FILE, exc)
 
     def _watch(self, runtime: FunctionRuntime, replica: Replica) -> None:
         self._spawn_task(self._watch_exit(runtime, replica))

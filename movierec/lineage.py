@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from movierec.model import save_model
+from movierec.artifact import save_model
 from movierec.registry import Registry
 from movierec.snapshot import export_ratings, load_snapshot, read_ratings_file, take_snapshot
 from movierec.store import ObjectStore

@@ -1,11 +1,10 @@
-"""The recommendation model: its arrays, vectorised scoring, and its safe on-disk artifact.
+"""The recommendation model: its arrays and vectorised scoring.
 
 Owns `RecommenderModel` (SVD factors and biases as float32 numpy arrays, sorted user and movie
 ids, each user's seen movies as CSR, a cold-start list), `build_model` (from a fitted
-scikit-surprise SVD and its training table), and the artifact: `model.npz` (plain numeric and
-unicode arrays, loaded with allow_pickle=False) plus `manifest.json` (format, sha256 of model.npz,
-counts, params, metrics). Loading verifies the sha256 and the arrays' shapes and raises
-`ModelIntegrityError` when anything is off.
+scikit-surprise SVD and its training table), `from_arrays`, top-k selection and
+`ModelIntegrityError` (raised when arrays are inconsistent). The on-disk artifact is
+`movierec.artifact`.
 
 Scoring follows surprise's SVD: est = mu + bu[u] + bi[i] + qi[i] . pu[u], over all movies at once.
 Ranking drops the per-user constant (mu + bu[u]), so it orders exactly as est does.
@@ -15,13 +14,6 @@ importing surprise (the serving function does not ship it; `build_model` only re
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import tempfile
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +22,6 @@ from movierec.errors import Rejected
 from movierec.events import RATING_MAX, RATING_MIN, USER_ID_MAX
 from movierec.ratings import RatingsTable
 
-FORMAT = "movierec-svd"
-FORMAT_VERSION = 1
-MODEL_FILE = "model.npz"
-MANIFEST_FILE = "manifest.json"
 DEFAULT_K = 20
 # Long enough that users who already watched many popular movies still get 20 unseen ones.
 COLD_START_SIZE = 200
@@ -41,23 +29,6 @@ COLD_START_SIZE = 200
 # prefers movies rated at least COLD_START_MIN_COUNT times, so one 5-star rating is not "best".
 COLD_START_DAMPING = 10.0
 COLD_START_MIN_COUNT = 5
-
-# What model.npz holds: name -> (dtype kind, ndim). Nothing else is accepted.
-_ARRAYS = {
-    "global_mean": ("f", 0),
-    "user_ids": ("i", 1),
-    "user_has_factors": ("b", 1),
-    "user_bias": ("f", 1),
-    "user_factors": ("f", 2),
-    "movie_ids": ("U", 1),
-    "item_bias": ("f", 1),
-    "item_factors": ("f", 2),
-    "seen_indptr": ("i", 1),
-    "seen_indices": ("i", 1),
-    "cold_start": ("i", 1),
-}
-_RESERVED_MANIFEST_KEYS = {"format", "format_version", "sha256", "size_bytes", "counts", "created_at"}
-
 
 class ModelIntegrityError(Rejected):
     """The artifact is missing, tampered with, or not a model this code can serve. A data error
@@ -401,121 +372,4 @@ def build_model(
         cold_start=cold_start_ranking(movie_idx, train.ratings, len(movies)),
         watches=watches,
         params=params,
-    )
-
-
-# -- the artifact -----------------------------------------------------------------------------
-def _model_arrays(model: RecommenderModel) -> dict[str, np.ndarray]:
-    return {
-        "global_mean": np.array(model.global_mean, dtype=np.float64),
-        "user_ids": model.user_ids,
-        "user_has_factors": model.user_has_factors,
-        "user_bias": model.user_bias,
-        "user_factors": model.user_factors,
-        "movie_ids": model.movie_ids,
-        "item_bias": model.item_bias,
-        "item_factors": model.item_factors,
-        "seen_indptr": model.seen_indptr,
-        "seen_indices": model.seen_indices,
-        "cold_start": model.cold_start,
-    }
-
-
-def serialize_model(model: RecommenderModel, extra_manifest: dict | None = None) -> tuple[bytes, dict]:
-    """(model.npz bytes, manifest dict): what save_model writes, for callers that store bytes."""
-    extra = dict(extra_manifest or {})
-    clash = _RESERVED_MANIFEST_KEYS & extra.keys()
-    if clash:
-        raise ValueError(f"extra_manifest may not set {sorted(clash)}: they describe the artifact itself")
-    buf = io.BytesIO()
-    np.savez(buf, **_model_arrays(model))
-    data = buf.getvalue()
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "counts": model.counts(),
-        "params": model.params,
-        **extra,
-    }
-    json.dumps(manifest)  # fail here, not half-way through writing, if extra is not JSON
-    return data, manifest
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_model(model: RecommenderModel, directory: str | os.PathLike, extra_manifest: dict | None = None) -> dict:
-    """Write `model.npz` then `manifest.json` into directory (created if needed); return the manifest."""
-    data, manifest = serialize_model(model, extra_manifest)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / MODEL_FILE, data)
-    _write_atomically(directory / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    return manifest
-
-
-def load_model(directory: str | os.PathLike) -> RecommenderModel:
-    """Load and verify a saved model (sha256, array names, dtypes, shapes). Never unpickles."""
-    directory = Path(directory)
-    try:
-        manifest_text = (directory / MANIFEST_FILE).read_text(encoding="utf-8")
-        data = (directory / MODEL_FILE).read_bytes()
-    except FileNotFoundError as e:
-        raise ModelIntegrityError(f"model artifact incomplete in {directory}: missing {Path(e.filename).name}") from None
-    except OSError as e:
-        raise ModelIntegrityError(f"cannot read model artifact in {directory}: {e.strerror}") from None
-    try:
-        manifest = json.loads(manifest_text)
-    except json.JSONDecodeError as e:
-        raise ModelIntegrityError(f"{directory / MANIFEST_FILE} is not valid JSON: {e.msg}") from None
-    return load_model_bytes(data, manifest, source=str(directory))
-
-
-def load_model_bytes(npz_bytes: bytes, manifest: dict, source: str = "model artifact") -> RecommenderModel:
-    """Load a model from model.npz bytes and its manifest, verifying both."""
-    if not isinstance(manifest, dict):
-        raise ModelIntegrityError(f"{source}: manifest is not a JSON object")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelIntegrityError(
-            f"{source}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-            f"expected {FORMAT!r} v{FORMAT_VERSION}"
-        )
-    expected = manifest.get("sha256")
-    actual = hashlib.sha256(npz_bytes).hexdigest()
-    if actual != expected:
-        raise ModelIntegrityError(
-            f"{source}: sha256 mismatch for {MODEL_FILE}: manifest says {str(expected)[:16]}..., "
-            f"file is {actual[:16]}..."
-        )
-    try:
-        with np.load(io.BytesIO(npz_bytes), allow_pickle=False) as npz:
-            names = set(npz.files)
-            if names != set(_ARRAYS):
-                missing, unexpected = sorted(set(_ARRAYS) - names), sorted(names - set(_ARRAYS))
-                raise ModelIntegrityError(f"{source}: arrays missing {missing}, unexpected {unexpected}")
-            arrays = {name: npz[name] for name in _ARRAYS}
-    except ModelIntegrityError:
-        raise
-    except (ValueError, OSError, EOFError) as e:  # includes "Object arrays cannot be loaded..."
-        raise ModelIntegrityError(f"{source}: {MODEL_FILE} is not a loadable array file: {e}") from None
-    for name, (kind, ndim) in _ARRAYS.items():
-        a = arrays[name]
-        if a.dtype.kind != kind or a.ndim != ndim:
-            raise ModelIntegrityError(f"{source}: array {name!r} has dtype {a.dtype} ndim {a.ndim}, expected {kind}/{ndim}")
-    arrays["global_mean"] = float(arrays["global_mean"])
-    return RecommenderModel(
-        **arrays, params=manifest.get("params"), manifest=manifest, sha256=actual
     )

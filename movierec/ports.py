@@ -7,8 +7,7 @@ Owns the protocols (typing.Protocol, checked structurally, nothing to inherit):
   figures use it when the deployer offers it, and fall back to the release state otherwise);
 - `Notifier`: send one decision notification, answering the outcome per channel.
 
-The adapters (`movierec.adapters`, and for now `movierec.deploy`, `movierec.prometheus`,
-`movierec.notify`) implement them; handlers and CLIs pass them in; tests pass in-process fakes.
+The adapters (`movierec.adapters`) implement them; handlers and CLIs pass them in; tests pass in-process fakes.
 
 Must not touch: any service client or HTTP (this module imports nothing but typing).
 """

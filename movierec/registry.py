@@ -1,7 +1,7 @@
 """The model registry on the object store: immutable versions, movable aliases, a local cache.
 
 Layout (all keys under `models/`):
-- `models/<version>/model.npz`, `models/<version>/manifest.json`: the artifact as `model.save_model`
+- `models/<version>/model.npz`, `models/<version>/manifest.json`: the artifact as `artifact.save_model`
   writes it, stored with `put_once`;
 - `models/<version>/metadata.json`: sha256 of every file, params, metrics, dataset snapshot id,
   code version, created. Written LAST, so its presence is what makes a version exist: a crash
@@ -200,7 +200,7 @@ class Registry:
 
     def register_model(self, model: Any, **kwargs: Any) -> ModelVersion:
         """Serialize a RecommenderModel (model.npz + manifest.json) and publish it."""
-        from movierec.model import save_model
+        from movierec.artifact import save_model
 
         with tempfile.TemporaryDirectory(prefix="movierec-register-") as tmp:
             save_model(model, tmp)
@@ -327,7 +327,7 @@ def load_serving_model(spec: str, store: ObjectStore, cache_dir: str | os.PathLi
     Store unreachable: use the cached resolution and the cached, re-verified files.
     Raises ModelNotFoundError for an unknown spec, ModelUnavailableError when neither works.
     """
-    from movierec.model import load_model  # numpy/model code is needed only here
+    from movierec.artifact import load_model  # numpy/model code is needed only here
 
     cache = Path(cache_dir)
     spec = spec.strip() or STABLE

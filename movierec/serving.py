@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from movierec.artifact import load_model
 from movierec.drills import Drill, DrillError, DrillFault  # noqa: F401 (DrillError: re-exported for callers)
 from movierec.errors import ConfigError
-from movierec.model import RecommenderModel, load_model
+from movierec.model import RecommenderModel
 from movierec.settings import Settings
 
 log = logging.getLogger("movierec.serving")

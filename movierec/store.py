@@ -1,4 +1,4 @@
-"""The object store: one interface, two backends (a local directory, and S3/MinIO).
+"""The object store, as the domain sees it: one interface, its errors, and the local backend.
 
 Two kinds of writes, on purpose:
 - `put_once(key, data)`: write-once objects (data batches, model files). A second write of the
@@ -7,39 +7,53 @@ Two kinds of writes, on purpose:
 - `replace(key, data)`: pointers (aliases, release state) change by atomic replace: a reader
   sees the old object or the new one, never a mix.
 
-Keys are `/`-separated relative paths such as `data/ratings/movielog1/p0/00000000000000000000-...`.
-Every failure to reach the backend raises `StoreUnavailableError` naming the backend, so callers
-can retry and report it in one line.
+Keys are `/`-separated relative paths such as `data/ratings/movielog1/p0/00000000000000000000-...`;
+a key that could leave the store (`..`, an absolute path, empty parts) is refused with
+`StoreRejectedError`. Every failure to reach the backend raises `StoreUnavailableError` naming the
+backend, so callers can retry and report it in one line. The errors are in the product's taxonomy
+(`movierec.errors`): not found (404, still a KeyError), exists (409), unavailable (503), rejected
+(400, still a ValueError).
 
-`open_store()` picks the backend from the environment:
-- `STORE_URL=s3://bucket[/prefix]` with `S3_ENDPOINT_URL` (MinIO), credentials from the secret
-  files `s3-access-key`/`s3-secret-key` (or AWS_* env);
-- `STORE_URL=file:///path` or a plain path: the local directory backend (the default on one machine).
+Owns: the `ObjectStore` protocol, the store errors, `validate_key`, `sha256_hex`,
+`LocalDirectoryStore`, `read_secret` (secret files, as OpenFaaS mounts them) and `write_atomic`
+(the one atomic file write of the core). Must not touch: services. The S3 backend and `open_store`
+(which picks a backend from the environment) are adapters: `movierec.adapters.s3store`,
+`movierec.adapters.stores`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from movierec.errors import Conflict, MovierecError, NotFound, Rejected, Unavailable
+from movierec.settings import Settings
 
-class StoreError(Exception):
-    pass
+OPENFAAS_SECRETS = "/var/openfaas/secrets"
 
 
-class ObjectNotFoundError(StoreError, KeyError):
+class StoreError(MovierecError):
+    """Base of the object store's errors; the message names the backend."""
+
+
+class ObjectNotFoundError(StoreError, NotFound, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else "object not found"
+        return str(self.args[0]).splitlines()[0] if self.args else "object not found"
 
 
-class ObjectExistsError(StoreError):
-    pass
+class ObjectExistsError(StoreError, Conflict):
+    """A write-once object exists with different content."""
 
 
-class StoreUnavailableError(StoreError):
-    pass
+class StoreUnavailableError(StoreError, Unavailable):
+    """The backend could not be reached or did not answer."""
+
+
+class StoreRejectedError(StoreError, Rejected, ValueError):
+    """A key (e.g. one that would leave the store) or a store setting the store refuses."""
 
 
 class ObjectStore(Protocol):
@@ -65,12 +79,43 @@ class ObjectStore(Protocol):
 def validate_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid object key {key!r}")
+        raise StoreRejectedError(f"invalid object key {key!r}")
     return key
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *, exclusive: bool = False) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never a part:
+    a temp file in the same folder (created with `mode`), fsync, then rename over `path`, then
+    fsync of the folder. With `exclusive`, the new file is linked instead, so the call fails with
+    FileExistsError when `path` exists (two racing writers cannot both win). Raises OSError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LocalDirectoryStore:
@@ -85,38 +130,22 @@ class LocalDirectoryStore:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _write_atomic(self, path: Path, data: bytes) -> Path:
+    def _write(self, key: str, path: Path, data: bytes, exclusive: bool) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            write_atomic(path, data, exclusive=exclusive)
+        except FileExistsError:
+            raise
         except OSError as e:
-            raise StoreUnavailableError(f"{self.describe()}: cannot write {path.name}: {e}") from e
-        return Path(tmp)
-
-    def _fsync_dir(self, directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            raise StoreUnavailableError(f"{self.describe()}: cannot write {key}: {e}") from e
 
     def put_once(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         if path.exists():
             return self._same_or_raise(key, path, data)
-        tmp = self._write_atomic(path, data)
         try:
-            # link() fails if the name exists: two racing writers cannot both win.
-            os.link(tmp, path)
+            self._write(key, path, data, exclusive=True)
         except FileExistsError:
             return self._same_or_raise(key, path, data)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._fsync_dir(path.parent)
         return True
 
     def _same_or_raise(self, key: str, path: Path, data: bytes) -> bool:
@@ -125,10 +154,7 @@ class LocalDirectoryStore:
         raise ObjectExistsError(f"{self.describe()}: {key} exists with different content (write-once)")
 
     def replace(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        tmp = self._write_atomic(path, data)
-        os.replace(tmp, path)
-        self._fsync_dir(path.parent)
+        self._write(key, self._path(key), data, exclusive=False)
 
     def get(self, key: str) -> bytes:
         try:
@@ -153,24 +179,12 @@ class LocalDirectoryStore:
         return sorted(keys)
 
 
-def read_secret(name: str, env: dict[str, str] | None = None) -> str | None:
+def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
     """A secret's value from its file (OpenFaaS mounts them at /var/openfaas/secrets/<name>;
     the local runtime points SECRETS_DIR at its own folder), or None when absent."""
-    env = os.environ if env is None else env
-    for directory in (env.get("SECRETS_DIR"), "/var/openfaas/secrets"):
+    for directory in (Settings(env).get("SECRETS_DIR"), OPENFAAS_SECRETS):
         if directory:
             path = Path(directory) / name
             if path.is_file():
                 return path.read_text().strip()
     return None
-
-
-def open_store(env: dict[str, str] | None = None) -> ObjectStore:
-    env = os.environ if env is None else env
-    url = env.get("STORE_URL", "").strip()
-    if url.startswith("s3://"):
-        from movierec.s3store import S3Store  # boto3 is only needed for this backend
-
-        return S3Store.from_url(url, env)
-    url = url.removeprefix("file://")
-    return LocalDirectoryStore(url or env.get("STORE_DIR", "var/store"))

@@ -21,12 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts._proc import free_port, pid_alive, port_open
+
+__all__ = ["BrokerError", "BrokerHandle", "ensure_topic", "free_port", "start_broker", "stop_broker"]
 
 DEFAULT_PORT = 9092
 DEFAULT_TOPIC = "movielog1"
@@ -47,13 +50,6 @@ class BrokerHandle:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    """A port that is free right now on 127.0.0.1 (bind port 0 and ask the kernel)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def broker_binary() -> str:
@@ -85,7 +81,7 @@ def start_broker(port: int, log_path: str | os.PathLike[str], timeout_s: float =
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    if _port_open(port):
+    if port_open(port):
         raise BrokerError(f"cannot start the broker: 127.0.0.1:{port} is already in use")
     # Tansu reads its settings from env too (LISTENER_URL, STORAGE_ENGINE...): pass flags only.
     env = {k: v for k, v in os.environ.items()
@@ -114,7 +110,7 @@ def wait_until_ready(bootstrap: str, timeout_s: float, process: subprocess.Popen
     while True:
         if process is not None and process.poll() is not None:
             raise BrokerError(f"the Tansu broker exited with code {process.returncode} while starting")
-        if _port_open(int(port), host):
+        if port_open(int(port), host):
             try:
                 admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
                 try:
@@ -127,14 +123,6 @@ def wait_until_ready(bootstrap: str, timeout_s: float, process: subprocess.Popen
         if time.monotonic() > deadline:
             raise BrokerError(f"the Kafka broker at {bootstrap} did not answer within {timeout_s:g}s")
         time.sleep(0.1)
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def stop_broker(handle: BrokerHandle, timeout_s: float = 10.0) -> None:
@@ -158,32 +146,13 @@ def _stop_pid(pid: int, timeout_s: float) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return
         time.sleep(0.05)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        # Reap it if it is our child; otherwise just probe it.
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie that is not ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_s: float = 10.0) -> None:
@@ -231,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir)
     pid = _read_pid(state_dir)
-    running = pid is not None and _pid_alive(pid)
+    running = pid is not None and pid_alive(pid)
 
     if args.action == "status":
         if running:

@@ -1,8 +1,10 @@
 """The compressed lifecycle on a local stack: `make demo`, and the driver the end-to-end tests use.
 
 Owns: driving one whole lifecycle against a running local stack through its public interfaces
-only (the gateway's function routes and /system API, the public entry, Prometheus, the object
-store, `python -m scripts.release`): simulator backfill and steady traffic, ingest, a first
+only (the gateway's function routes and /system API through the one gateway client
+`movierec.adapters.gateway`, the public entry, Prometheus through `movierec.adapters.prometheus`,
+the object store, `python -m scripts.release`, and the replica pids the local runtime publishes in
+its state file `<state>/run/localfaas-replicas.json`): simulator backfill and steady traffic, ingest, a first
 training (-> stable), a second training (-> canary), the controller's analysis and promotion, a
 forced bad release (a drill model) and its automatic rollback, and a replica killed with SIGKILL
 under load. Along the way it measures what clients see through nginx (`SteadyLoad`), and at the
@@ -28,12 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +48,12 @@ from typing import Any
 
 import requests
 
+from localfaas.supervisor import read_replica_state
+from movierec.adapters.gateway import FunctionError, GatewayClient, GatewayError
+from movierec.adapters.prometheus import PrometheusClient, PrometheusError
+from movierec.adapters.stores import open_store
+from movierec.errors import MovierecError
+from scripts._proc import free_port
 from scripts.stack import StackConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,12 +132,6 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float, interval
         time.sleep(interval_s)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the stack -----------------------------------------------------------------------------------
 @dataclass
 class StackHandle:
@@ -157,15 +157,13 @@ class StackHandle:
     def prometheus_url(self) -> str:
         return self.config.url(self.config.prometheus_port)
 
-    @property
-    def auth(self) -> tuple[str, str]:
-        secrets_dir = Path(self.env["SECRETS_DIR"])
-        return ((secrets_dir / "basic-auth-user").read_text().strip(),
-                (secrets_dir / "basic-auth-password").read_text().strip())
+    def gateway(self) -> GatewayClient:
+        """The gateway API client, one attempt per call (the driver polls); credentials are read
+        each time (the runtime writes them when it first starts)."""
+        return GatewayClient.from_env({"OPENFAAS_URL": self.gateway_url, "SECRETS_DIR": self.env["SECRETS_DIR"]},
+                                      timeout_s=5.0, attempts=1)
 
     def store(self):
-        from movierec.store import open_store
-
         return open_store(self.env)
 
     def runtime_pid(self) -> int | None:
@@ -177,10 +175,8 @@ class StackHandle:
     # -- the gateway ----------------------------------------------------------------------------
     def functions(self) -> dict[str, dict[str, Any]]:
         try:
-            reply = requests.get(f"{self.gateway_url}/system/functions", auth=self.auth, timeout=5)
-            reply.raise_for_status()
-            return {f["name"]: f for f in reply.json()}
-        except (OSError, requests.RequestException, ValueError):
+            return {f["name"]: f for f in self.gateway().list_functions()}
+        except MovierecError:
             return {}
 
     def deployed_version(self, function: str) -> str | None:
@@ -189,25 +185,18 @@ class StackHandle:
     def serving(self, function: str, user_id: int = 1) -> str | None:
         """The model version `function` answers with (through the gateway), None if it does not answer 200."""
         try:
-            reply = requests.get(f"{self.gateway_url}/function/{function}/{user_id}", timeout=5)
-        except requests.RequestException:
+            reply = self.gateway().invoke("GET", function, f"/{user_id}")
+        except GatewayError:
             return None
         return reply.headers.get("X-Model-Version") if reply.status_code == 200 else None
 
     def invoke(self, function: str, path: str = "", timeout_s: float = 120, **params: Any) -> dict[str, Any]:
         """POST /function/<function><path>: the JSON reply, or DemoError with its one-line error."""
-        url = f"{self.gateway_url}/function/{function}{path}"
         try:
-            reply = requests.post(url, params=params or None, timeout=timeout_s)
-        except requests.RequestException as e:
-            raise DemoError(f"{function}: POST {url} failed: {type(e).__name__}") from None
-        try:
-            body = reply.json()
-        except ValueError:
-            body = {"text": reply.text.strip()[:300]}
-        if reply.status_code != 200:
-            raise DemoError(f"{function}: HTTP {reply.status_code}: {body.get('error') or body}")
-        return body
+            body = self.gateway().call("POST", function, path, timeout_s=timeout_s, params=params or None)
+        except (FunctionError, GatewayError) as e:
+            raise DemoError(str(e)) from None
+        return body if isinstance(body, dict) else {"text": str(body)[:300]}
 
 
 def local_stack_env(base: dict[str, str] | None = None, state_dir: str | None = None) -> dict[str, str]:
@@ -457,9 +446,6 @@ def wait_no_release_running(handle: StackHandle, progress: Progress, timeout_s: 
 
 
 # -- the replica killer --------------------------------------------------------------------------
-_STARTED = re.compile(r"function (?P<fn>[\w.-]+): started <replica (?P=fn) g(?P<gen>\d+)#(?P<idx>\d+) pid=(?P<pid>\d+)")
-
-
 def _ppid_and_state(pid: int) -> tuple[int, str] | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -469,17 +455,16 @@ def _ppid_and_state(pid: int) -> tuple[int, str] | None:
 
 
 def replica_pids(handle: StackHandle, function: str) -> list[int]:
-    """Live replica processes of `function`, from the runtime's log, that are children of the
-    runtime process this driver started (so a pid reused by anything else is never chosen)."""
+    """Live replica processes of `function`, from the runtime's replica state file
+    (`<state>/run/localfaas-replicas.json`), that are children of the runtime process this driver
+    started (so a pid reused by anything else is never chosen)."""
     runtime = handle.runtime_pid()
-    log = handle.state_dir / "logs" / "localfaas.log"
-    if runtime is None or not log.exists():
+    state = read_replica_state(handle.state_dir)
+    if runtime is None or state.get("runtime_pid") != runtime:
         return []
     found = []
-    for m in _STARTED.finditer(log.read_text(errors="replace")):
-        if m["fn"] != function:
-            continue
-        pid = int(m["pid"])
+    for replica in state["functions"].get(function, []):
+        pid = int(replica["pid"])
         info = _ppid_and_state(pid)
         if info is not None and info[0] == runtime and info[1] != "Z" and pid not in found:
             found.append(pid)
@@ -492,7 +477,8 @@ def kill_one_replica(handle: StackHandle, function: str, progress: Progress, tim
     before = replica_pids(handle, function)
     wanted = int(handle.functions().get(function, {}).get("replicas", 0))
     if not before:
-        raise DemoError(f"no live replica of {function} found in {handle.state_dir / 'logs' / 'localfaas.log'}")
+        raise DemoError(f"no live replica of {function} in the runtime's state file (see "
+                        f"{handle.state_dir / 'logs' / 'localfaas.log'})")
     victim = before[-1]
     progress.log(f"   kill -9 {function} replica pid {victim} (live replicas {before})")
     t0 = time.monotonic()
@@ -705,17 +691,11 @@ def _our_releases(handle: StackHandle, result: LifecycleResult) -> list[dict[str
 
 # -- the report ----------------------------------------------------------------------------------
 def query_range(prometheus_url: str, promql: str, start: float, end: float, step: float) -> list[tuple[float, float]]:
+    """The points of a range query for the report ([] when Prometheus cannot answer: best effort)."""
     try:
-        reply = requests.get(f"{prometheus_url}/api/v1/query_range", timeout=10,
-                             params={"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
-        reply.raise_for_status()
-        series = reply.json()["data"]["result"]
-    except (requests.RequestException, ValueError, KeyError):
+        return PrometheusClient(prometheus_url, attempts=1).query_range(promql, start, end, step)
+    except (PrometheusError, ValueError, KeyError, IndexError, TypeError):
         return []
-    if not series:
-        return []
-    points = [(float(t), float(v)) for t, v in series[0]["values"]]
-    return [(t, v) for t, v in points if math.isfinite(v)]  # NaN: 0/0 with no traffic in the window
 
 
 def range_queries(function: str, rate_window: str = "15s") -> dict[str, str]:
@@ -891,12 +871,12 @@ def write_report(handle: StackHandle, result: LifecycleResult, out: Path, progre
 @contextlib.contextmanager
 def notification_receivers(env: dict[str, str], own_stack: bool) -> Iterator[dict[str, Any] | None]:
     """Receive the release notifications ourselves when the caller configured none (the webhook
-    and SMTP receivers of tests/sinks.py), so the demo shows what was delivered. Only for a stack
+    and SMTP receivers of scripts/sinks.py), so the demo shows what was delivered. Only for a stack
     we start: an attached stack's functions already have their own settings."""
     if not own_stack or env.get("NOTIFY_WEBHOOK_URL") or env.get("SMTP_HOST"):
         yield None
         return
-    from tests.sinks import SMTPSink, WebhookReceiver
+    from scripts.sinks import SMTPSink, WebhookReceiver
 
     with WebhookReceiver() as hook, SMTPSink() as smtp:
         env.update({"NOTIFY_WEBHOOK_URL": hook.url, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),

@@ -11,8 +11,9 @@ Owns the command line an operator uses against a running stack (local or remote 
                                 (movierec.serving then answers slowly and/or with 500s), and start a
                                 canary release of it the way training does (candidate alias + PUT
                                 recommend-canary MODEL_VERSION). The controller should roll it back.
-Calls go through the OpenFaaS gateway (OPENFAAS_URL); the drill also writes to the object store
-(STORE_URL) and redeploys with the gateway's basic-auth secrets. Secrets and the store default to the
+Calls go through the OpenFaaS gateway (OPENFAAS_URL) with the one gateway API client
+(`movierec.adapters.gateway`); the drill also writes to the object store (STORE_URL) and redeploys
+with the gateway's basic-auth secrets. Secrets and the store default to the
 local stack's state dir (STACK_STATE_DIR, `var/`), as scripts/stack.py sets them for the functions.
 
 Must not touch: release policy and state transitions (movierec.release, run by the release
@@ -26,11 +27,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
-import requests
-
+from movierec.adapters.gateway import FunctionError, GatewayClient, GatewayError
+from movierec.adapters.stores import open_store
+from movierec.store import read_secret
 from scripts.stack import StackConfig
 
 TOKEN_SECRET = "release-admin-token"
@@ -44,16 +45,15 @@ class CommandError(RuntimeError):
 
 
 class StackCalls:
-    """HTTP calls to the stack's functions through the gateway, retried while it is unreachable."""
+    """Calls to the stack's functions through the one gateway API client, retried while the
+    gateway is unreachable; every failure becomes one CommandError line."""
 
     def __init__(self, config: StackConfig, env: dict[str, str], attempts: int = 3, backoff_s: float = 1.0):
-        self.gateway = (env.get("OPENFAAS_URL") or config.url(config.gateway_port)).rstrip("/")
-        self.env = env
-        self.attempts, self.backoff_s = attempts, backoff_s
+        self.env = {**env, "OPENFAAS_URL": env.get("OPENFAAS_URL") or config.url(config.gateway_port)}
+        # timeout_s bounds the drill's PUT, which returns once the new canary replica is ready.
+        self.gateway = GatewayClient.from_env(self.env, timeout_s=120.0, attempts=attempts, backoff_s=backoff_s)
 
     def secret(self, name: str) -> str:
-        from movierec.store import read_secret
-
         value = read_secret(name, self.env)
         if not value:
             raise CommandError(f"secret {name} not found in {self.env.get('SECRETS_DIR')}: "
@@ -61,31 +61,14 @@ class StackCalls:
         return value
 
     def call(self, method: str, function: str, path: str = "", timeout_s: float = 30.0, **kwargs: Any) -> Any:
-        url = f"{self.gateway}/function/{function}{path}"
-        last = ""
-        for attempt in range(1, self.attempts + 1):
-            try:
-                response = requests.request(method, url, timeout=timeout_s, **kwargs)
-                break
-            except requests.ConnectionError as e:  # not started yet / restarting: worth another try
-                last = str(e).splitlines()[0] if str(e) else type(e).__name__
-            except requests.Timeout:
-                raise CommandError(f"{method} {url}: no answer within {timeout_s:g}s") from None
-            if attempt < self.attempts:
-                time.sleep(self.backoff_s * attempt)
-        else:
-            raise CommandError(f"gateway {self.gateway} unreachable after {self.attempts} attempts ({last[:120]}): "
-                               f"is the stack up (make status)?")
         try:
-            body = response.json()
-        except ValueError:
-            body = response.text.strip()
-        if response.status_code == 401:
-            raise CommandError(f"{function}{path}: refused (401): check the secret {TOKEN_SECRET}")
-        if response.status_code >= 400:
-            detail = body.get("error", body) if isinstance(body, dict) else body
-            raise CommandError(f"{function}{path}: HTTP {response.status_code}: {str(detail)[:300]}")
-        return body
+            return self.gateway.call(method, function, path, timeout_s=timeout_s, **kwargs)
+        except FunctionError as e:
+            if e.status == 401:
+                raise CommandError(f"{function}{path}: refused (401): check the secret {TOKEN_SECRET}") from None
+            raise CommandError(str(e)) from None
+        except GatewayError as e:
+            raise CommandError(f"{e}: is the stack up (make status)?") from None
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -118,17 +101,15 @@ def drill_settings(delay_ms: float | None, error_rate: float | None):
 
 
 def drill_bad_model(calls: StackCalls, args: argparse.Namespace) -> Any:
-    from movierec.deploy import GatewayDeployer
     from movierec.drills import register_drill_version
     from movierec.release import ReleaseConfig, start_release
-    from movierec.store import open_store
 
     drill = drill_settings(args.delay_ms, args.error_rate)
+    for name in ("basic-auth-user", "basic-auth-password"):  # the redeploy needs them: say so first
+        calls.secret(name)
     store = open_store(calls.env)
-    deployer = GatewayDeployer(calls.gateway, calls.secret("basic-auth-user"), calls.secret("basic-auth-password"),
-                               timeout_s=120.0)  # the PUT returns once the new canary replica is ready
     entry = register_drill_version(store, drill, source=args.source)
-    release = start_release(ReleaseConfig.from_env(calls.env), store, deployer, entry.version, actor="drill")
+    release = start_release(ReleaseConfig.from_env(calls.env), store, calls.gateway, entry.version, actor="drill")
     return {"drill_version": entry.version, "copied_from": entry.metadata["extra"]["copied_from"],
             "drill": drill.as_manifest(), "release": release.id,
             "next": "watch `python -m scripts.release status`: the controller should roll it back"}

@@ -11,6 +11,9 @@ service itself started (localfaas's function replicas, nginx's workers) without 
 else. A pid file is only trusted when /proc/<pid>/cmdline still names the service, so a recycled
 pid is never signalled.
 
+`status` lists the functions' replicas through the one gateway API client
+(`movierec.adapters.gateway`); pids are checked with `scripts._proc.pid_alive`.
+
 Must not touch: processes it did not start; the services' own configuration logic (rendered by
 gateway/ and monitoring/); anything about movies.
 
@@ -28,12 +31,10 @@ and serving, and canary releases of retrained models are analysed and promoted o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+
+from movierec.adapters.gateway import GatewayClient
+from movierec.errors import MovierecError
+from scripts._proc import pid_alive, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,14 +177,6 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 def services(config: StackConfig) -> list[Service]:
     """The stack, in start order (stopped in reverse)."""
     state = config.state_dir
@@ -194,7 +191,7 @@ def services(config: StackConfig) -> list[Service]:
             ensure_topic(handle.bootstrap, config.kafka_topic)
             return handle.pid
 
-        found.append(Service("broker", config.broker_port, "tansu", None, lambda: _port_open(config.broker_port),
+        found.append(Service("broker", config.broker_port, "tansu", None, lambda: port_open(config.broker_port),
                              start=start_broker))
 
     found.append(Service(
@@ -259,7 +256,7 @@ def running_pid(config: StackConfig, service: Service) -> int | None:
         pid = int(pid_file(config, service.name).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if _alive(pid) and service.cmdline_marker in _cmdline(pid) else None
+    return pid if pid_alive(pid) and service.cmdline_marker in _cmdline(pid) else None
 
 
 def _cmdline(pid: int) -> str:
@@ -267,30 +264,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own exited child
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-    if zombie:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # ours: reap it now
-    return not zombie
 
 
 def _group_alive(pgid: int) -> bool:
@@ -324,13 +297,13 @@ def stop_pid(pid: int, grace_s: float, first_signal: int = signal.SIGTERM) -> st
     except ProcessLookupError:
         pass
     how = "stopped"
-    if not _wait_gone(lambda: _alive(pid), grace_s):
+    if not _wait_gone(lambda: pid_alive(pid), grace_s):
         how = f"killed (no exit {grace_s:g}s after {signal.Signals(first_signal).name})"
         try:
             os.killpg(pid, signal.SIGKILL) if owns_group else os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _wait_gone(lambda: _alive(pid), 5.0)
+        _wait_gone(lambda: pid_alive(pid), 5.0)
     if owns_group and _group_alive(pid):  # children the service left behind
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -388,7 +361,7 @@ def start_service(config: StackConfig, service: Service) -> tuple[int, bool]:
     if pid is not None:
         return pid, False
     log = log_file(config, service.name)
-    if service.port is not None and _port_open(service.port):
+    if service.port is not None and port_open(service.port):
         raise StackError(f"{service.name}: 127.0.0.1:{service.port} is already in use by a process this stack "
                          f"did not start (stop it, or pick another port by env)")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +381,7 @@ def start_service(config: StackConfig, service: Service) -> tuple[int, bool]:
     pid_file(config, service.name).write_text(f"{pid}\n")
     deadline = time.monotonic() + service.start_timeout_s
     while not service.health():
-        if not _alive(pid):
+        if not pid_alive(pid):
             pid_file(config, service.name).unlink(missing_ok=True)
             raise StackError(f"{service.name} exited while starting{_last_line(log)}: see {log}")
         if time.monotonic() > deadline:
@@ -419,7 +392,7 @@ def start_service(config: StackConfig, service: Service) -> tuple[int, bool]:
         time.sleep(0.2)
     if service.min_uptime_s:
         time.sleep(service.min_uptime_s)
-        if not _alive(pid):
+        if not pid_alive(pid):
             pid_file(config, service.name).unlink(missing_ok=True)
             raise StackError(f"{service.name} exited right after starting{_last_line(log)}: see {log}")
     return pid, True
@@ -510,14 +483,12 @@ def status(config: StackConfig) -> int:
 def _function_replicas(config: StackConfig) -> list[tuple[str, int, int]]:
     """(name, replicas, availableReplicas) from the runtime's /system/functions, [] if unreachable.
     A function with 0 available is up but not ready (e.g. recommend before any model is trained)."""
-    secrets = config.state_dir / "secrets"
+    gateway = GatewayClient.from_env({"OPENFAAS_URL": config.url(config.gateway_port),
+                                      "SECRETS_DIR": str(config.state_dir / "secrets")}, timeout_s=3, attempts=1)
     try:
-        auth = ((secrets / "basic-auth-user").read_text().strip(), (secrets / "basic-auth-password").read_text().strip())
-        response = requests.get(f"{config.url(config.gateway_port)}/system/functions", auth=auth, timeout=3)
-        response.raise_for_status()
         return sorted((f["name"], int(f.get("replicas", 0)), int(f.get("availableReplicas", 0)))
-                      for f in response.json())
-    except (OSError, requests.RequestException, ValueError, KeyError, TypeError):
+                      for f in gateway.list_functions())
+    except (MovierecError, ValueError, TypeError):
         return []
 
 

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         if args.metrics:
             Path(args.metrics).write_text(json.dumps(result["metrics"], indent=2, sort_keys=True) + "\n")
         return result
-    from movierec.store import open_store
+    from movierec.adapters.stores import open_store
 
     if args.lineage:
         from movierec.lineage import write_lineage
@@ -58,11 +58,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         if not args.out:
             parser.error("--export-snapshot needs --out")
         return export_snapshot(open_store(), args.export_snapshot, args.out)
-    from movierec.deploy import GatewayDeployer
-    from movierec.notify import Notifier
+    from movierec.adapters.gateway import GatewayClient
+    from movierec.adapters.notify import Notifier
 
     config = TrainConfig.from_env(params=read_params(args.params))
-    summary = run_training(config, open_store(), GatewayDeployer.from_env(), Notifier.from_env())
+    summary = run_training(config, open_store(), GatewayClient.from_env(), Notifier.from_env())
     summary["pushed"] = push_metrics(config.pushgateway_url, summary)
     return summary
 

@@ -1,7 +1,8 @@
 """A stand-in for the OpenFaaS gateway's deployment API, over real HTTP on 127.0.0.1.
 
-Serves `GET /system/function/<name>` and `PUT /system/functions` (the calls `faas-cli deploy`
-and the release controller make) with basic auth, and records every PUT body. Used by the
+Serves `GET /system/function/<name>`, `GET /system/functions`, `GET /system/info` and
+`PUT /system/functions` (the calls `faas-cli deploy`, `make status` and the release controller
+make) with basic auth, and records every PUT body. Used by the
 tests of the deploy client, the train job and the release function until they run against the
 local OpenFaaS-compatible gateway in the end-to-end tests.
 """
@@ -89,6 +90,10 @@ class GatewayDouble:
                 name = path.removeprefix("/system/function/")
                 if path.startswith("/system/function/") and name in double.functions:
                     self._reply(200, double.functions[name])
+                elif path == "/system/functions":
+                    self._reply(200, list(double.functions.values()))
+                elif path == "/system/info":
+                    self._reply(200, {"provider": {"provider": "gateway-double", "orchestration": "none"}})
                 else:
                     self._reply(404, b"not found")
 

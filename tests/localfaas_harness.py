@@ -2,6 +2,7 @@
 and a running `python -m localfaas up` process on a free port, stopped by PID afterwards.
 
 Knows nothing of movies on purpose: the functions here only echo and record what they receive.
+`free_port` and `pid_alive` are the scripts' own (scripts/_proc.py), re-exported for the tests.
 """
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+
+from scripts._proc import free_port, pid_alive  # noqa: F401 (pid_alive: re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / "python3-http-debian"
@@ -94,12 +96,6 @@ functions:
       topic: cron-function
       schedule: "@every 2s"
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_project(root: Path) -> Path:
@@ -196,16 +192,6 @@ def start_stack(root: Path, env: dict[str, str] | None = None) -> LocalFaas:
     for name, replicas in (("echo", 2), ("spare", 1), ("recorder", 1)):
         faas.wait_available(name, replicas)
     return faas
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is as good as gone for our purposes.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "State:\tZ" not in status.read_text()
 
 
 def json_of(response: requests.Response) -> dict:

@@ -1,7 +1,8 @@
 """scripts.broker: the local Tansu broker's CLI starts, reports and stops it by PID."""
 from __future__ import annotations
 
-from scripts.broker import _pid_alive, ensure_topic, free_port, main
+from scripts._proc import free_port, pid_alive
+from scripts.broker import ensure_topic, main
 
 
 def test_broker_cli_starts_creates_the_topic_reports_and_stops_by_pid(tmp_path, capsys):
@@ -16,7 +17,7 @@ def test_broker_cli_starts_creates_the_topic_reports_and_stops_by_pid(tmp_path, 
         ensure_topic(f"127.0.0.1:{port}", "movielog1", 1)  # exists: no error
     finally:
         assert main(["stop", "--state-dir", state]) == 0
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert not (tmp_path / "run" / "broker.pid").exists()
     assert main(["status", "--state-dir", state]) == 3
 

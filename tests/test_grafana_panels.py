@@ -337,8 +337,8 @@ class ReleaseStory:
     def __init__(self, stack: ObservedStack, root: Path):
         from datetime import UTC, datetime
 
-        from movierec.deploy import GatewayDeployer
-        from movierec.prometheus import PrometheusClient
+        from movierec.adapters.gateway import GatewayClient
+        from movierec.adapters.prometheus import PrometheusClient
         from movierec.registry import Registry
         from movierec.release import (
             ROLLED_BACK,
@@ -363,7 +363,7 @@ class ReleaseStory:
             registry.register_model(model, now=datetime(2026, 11, 28, 1, minute, tzinfo=UTC)).version
             for minute in (0, 1, 2))
         self.config = ReleaseConfig()
-        self.deployer = GatewayDeployer(stack.faas.url, *stack.faas.auth, timeout_s=60)
+        self.deployer = GatewayClient(stack.faas.url, *stack.faas.auth, timeout_s=60)
         bootstrap_stable(self.config, self.store, self.deployer, self.stable)
         start_release(self.config, self.store, self.deployer, self.rolled_back)
         finish_release(self.config, self.store, self.deployer, None, ReleaseStore(self.store).running(),

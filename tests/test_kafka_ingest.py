@@ -176,7 +176,7 @@ def test_the_summary_is_pushed_to_the_pushgateway_as_ingest_metrics(kafka_bootst
 
 
 def test_the_store_being_down_fails_before_consuming_and_names_it(kafka_bootstrap, topic):
-    from movierec.s3store import S3Store
+    from movierec.adapters.s3store import S3Store
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = S3Store("data", endpoint_url=endpoint, access_key="a", secret_key="b", attempts=2,

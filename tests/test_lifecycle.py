@@ -5,7 +5,7 @@ state dir, fast release settings): simulator backfill, ingest, a first model -> 
 -> canary -> judged by the release controller from Prometheus -> promoted; then a drill model
 (`scripts.release drill-bad-model`, delay only) -> rolled back by the controller; then one
 `recommend` replica killed with SIGKILL. Steady load goes through nginx the whole time, and the
-release notifications go to a local SMTP sink and webhook receiver (tests/sinks.py). The tests
+release notifications go to a local SMTP sink and webhook receiver (scripts/sinks.py). The tests
 below each check one promise against what that run recorded. The drill adds latency only, so no
 client request has any reason to fail: every 5xx or connection error counts as a failure.
 """
@@ -34,7 +34,7 @@ from scripts.demo import (
     run_lifecycle,
     write_report,
 )
-from tests.sinks import SMTPSink, WebhookReceiver
+from scripts.sinks import SMTPSink, WebhookReceiver
 
 PACKAGES_MISSING = not all(shutil.which(b) or Path(p).exists() for b, p in (
     ("nginx", "/usr/sbin/nginx"), ("prometheus", "/usr/bin/prometheus"),

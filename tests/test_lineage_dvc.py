@@ -16,9 +16,9 @@ import boto3
 import pytest
 import yaml
 
+from movierec.artifact import load_model
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.lineage import write_lineage
-from movierec.model import load_model
 from movierec.registry import Registry
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld

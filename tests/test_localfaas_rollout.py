@@ -9,6 +9,7 @@ import threading
 import pytest
 import requests
 
+from localfaas.supervisor import read_replica_state
 from tests.localfaas_harness import pid_alive, start_stack
 
 HAMMER_THREADS = 4
@@ -125,6 +126,25 @@ def test_killed_replica_causes_no_failed_request_and_is_restarted(faas):
     assert victim not in pids and len(pids) == 2
 
 
+def test_the_replica_state_file_names_each_live_replica_and_follows_a_crash(faas):
+    faas.wait_available("echo", 2)
+
+    def listed(name: str) -> list[int]:
+        return [r["pid"] for r in read_replica_state(faas.state)["functions"][name]]
+
+    faas.wait_until(lambda: len(listed("echo")) == 2, "only the current echo replicas (none draining) in the file")
+    assert read_replica_state(faas.state)["runtime_pid"] == faas.process.pid
+    served = {faas.call("echo").json()["pid"] for _ in range(8)}  # round robin: both replicas answer
+    assert served == set(listed("echo")) and all(pid_alive(p) for p in served)
+    assert len(listed("recorder")) == 1
+    victim = listed("echo")[0]
+    os.kill(victim, signal.SIGKILL)
+    faas.wait_until(lambda: victim not in listed("echo") and len(listed("echo")) == 2,
+                    "the file to drop the killed replica and name its replacement")
+    faas.wait_available("echo", 2)
+    assert {faas.call("echo").json()["pid"] for _ in range(8)} == set(listed("echo"))
+
+
 def test_scale_function_changes_replicas_up_and_down(faas):
     scale = lambda n: requests.post(faas.url + "/system/scale-function/spare", auth=faas.auth, timeout=10,
                                     json={"serviceName": "spare", "replicas": n, "namespace": "openfaas-fn"})
@@ -176,6 +196,7 @@ def test_sigterm_stops_every_replica_and_exits_zero(tmp_path):
     assert stack.stop() == 0
     assert not any(pid_alive(p) for p in pids)
     assert not pid_file.exists()
+    assert not any(read_replica_state(stack.state)["functions"].values())  # no replica left to name
 
 
 def test_update_during_a_first_deploy_that_is_not_ready_yet_does_not_wait_behind_it(faas):

@@ -99,7 +99,7 @@ def test_the_command_without_admin_credentials_says_which_ones_it_looked_for(s3_
 
 
 def test_an_unreachable_endpoint_gives_one_line_naming_it(admin_secrets):
-    from scripts.broker import free_port
+    from scripts._proc import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     result = create_buckets(endpoint=endpoint, secrets_dir=admin_secrets)

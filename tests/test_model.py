@@ -6,18 +6,15 @@ import zipfile
 import numpy as np
 import pytest
 
-from movierec.model import (
+from movierec.artifact import (
     MANIFEST_FILE,
     MODEL_FILE,
-    ModelIntegrityError,
-    build_model,
-    from_arrays,
     load_model,
     load_model_bytes,
     save_model,
     serialize_model,
-    top_k_indices,
 )
+from movierec.model import ModelIntegrityError, build_model, from_arrays, top_k_indices
 from movierec.ratings import RatingsTable
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams, evaluate, fit_svd
@@ -225,3 +222,15 @@ def test_ranking_metric_uses_the_same_ranking_as_recommend(fitted):
     metrics = evaluate(model, holdout, k=20)
     assert metrics["precision_at_k"] == pytest.approx(1 / 20)
     assert metrics["recall_at_k"] == pytest.approx(1.0) and metrics["ndcg_at_k"] == pytest.approx(1.0)
+
+
+def test_a_saved_artifact_is_readable_by_the_functions_own_user(tmp_path):
+    """In a container the function runs as another user than the one who wrote a mounted model."""
+    model = from_arrays(
+        global_mean=3.0, user_ids=[1], user_bias=[0.0], user_factors=[[1.0]],
+        movie_ids=np.array(["a", "b", "c"]), item_bias=[0.0, 0.0, 0.0], item_factors=[[1.0], [2.0], [3.0]],
+        seen_user_ids=[1], seen_movie_idx=[1], cold_start=np.array([0, 1, 2]),
+    )
+    save_model(model, tmp_path / "m")
+    for name in (MODEL_FILE, MANIFEST_FILE):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644

@@ -21,7 +21,7 @@ import requests
 
 from localfaas.build import build_function, process_command
 from localfaas.stackfile import load_stack
-from movierec.model import load_model, save_model
+from movierec.artifact import load_model, save_model
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
 from tests.fitting import train_model

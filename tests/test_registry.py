@@ -47,7 +47,7 @@ def tiny_model(seed: int = 0):
 def store(request, tmp_path):
     if request.param == "local":
         return LocalDirectoryStore(tmp_path / "store")
-    from movierec.s3store import S3Store
+    from movierec.adapters.s3store import S3Store
 
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = f"r-{uuid.uuid4().hex[:12]}"

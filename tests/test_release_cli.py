@@ -197,4 +197,4 @@ def test_an_unreachable_gateway_is_named_in_one_line(project):
     finally:
         project.env["OPENFAAS_URL"] = env_backup
     assert done.returncode == 1
-    assert done.stderr.startswith("error: gateway http://127.0.0.1:") and "unreachable after 3 attempts" in done.stderr
+    assert done.stderr.startswith("error: gateway http://127.0.0.1:") and "(after 3 attempts)" in done.stderr

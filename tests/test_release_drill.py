@@ -55,7 +55,7 @@ def holder_for(model_dir, drill=None, chance=0.0):
 
 
 def save_with(model, directory, manifest_extra):
-    from movierec.model import save_model
+    from movierec.artifact import save_model
 
     save_model(model, directory, manifest_extra)
     return directory
@@ -175,9 +175,9 @@ def test_serving_versions_fall_back_to_the_release_state_when_the_gateway_cannot
     store, stable = store_with_stable
     drill = register_drill_version(store, Drill(0, 1.0), now=T0.replace(minute=7)).version
     with GatewayDouble("admin", "pw", ["recommend", "recommend-canary"]) as gateway:
-        from movierec.deploy import GatewayDeployer
+        from movierec.adapters.gateway import GatewayClient
 
-        start_release(ReleaseConfig(), store, GatewayDeployer(gateway.url, "admin", "pw"), drill, now=T0,
+        start_release(ReleaseConfig(), store, GatewayClient(gateway.url, "admin", "pw"), drill, now=T0,
                       actor="drill")
     found = serving_versions(store, ReleaseConfig(), EnvReader({}))
     assert found == {STABLE: ("recommend", stable), CANARY: ("recommend-canary", drill)}

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from bench.localstack import RecommendStack
-from movierec.deploy import GatewayDeployer
+from movierec.adapters.gateway import GatewayClient
 from movierec.registry import Registry
 from movierec.release import PROMOTED, ReleaseConfig, bootstrap_stable, finish_release, start_release
 from movierec.store import LocalDirectoryStore
@@ -45,7 +45,7 @@ def stack(world_store):
 def test_start_and_promote_move_the_deployments_with_no_failed_request(stack, world_store):
     _, store, (v1, v2) = world_store
     config = ReleaseConfig()
-    deployer = GatewayDeployer(stack.url, *stack.auth, timeout_s=60)
+    deployer = GatewayClient(stack.url, *stack.auth, timeout_s=60)
     bootstrap_stable(config, store, deployer, v1)  # pins both deployments to v1 explicitly
     stack.wait_until(lambda: stack.serving("recommend-canary") == v1, "canary on v1", 90)
 

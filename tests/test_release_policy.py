@@ -264,9 +264,9 @@ class FakeDeployer:
 
     def update_env(self, name, changes):
         if self.fail:
-            from movierec.deploy import DeployError
+            from movierec.adapters.gateway import GatewayError
 
-            raise DeployError("gateway http://127.0.0.1:1 unreachable")
+            raise GatewayError("gateway http://127.0.0.1:1 unreachable")
         self.calls.append((name, dict(changes)))
         self.env[name].update(changes)
 

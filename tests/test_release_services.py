@@ -14,9 +14,9 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from movierec.deploy import DeployError, GatewayDeployer
-from movierec.notify import Notifier
-from movierec.prometheus import PrometheusClient, PrometheusError
+from movierec.adapters.gateway import FunctionNotFoundError, GatewayClient, GatewayError
+from movierec.adapters.notify import Notifier
+from movierec.adapters.prometheus import PrometheusClient, PrometheusError
 from movierec.registry import Registry
 from movierec.release import (
     PROMOTE,
@@ -28,10 +28,10 @@ from movierec.release import (
     run_release_step,
     start_release,
 )
-from scripts.broker import free_port
+from scripts._proc import free_port
+from scripts.sinks import SMTPSink, WebhookReceiver
 from scripts.train import push_metrics
 from tests.gateway_double import GatewayDouble
-from tests.sinks import SMTPSink, WebhookReceiver
 from tests.test_release_policy import two_published_versions
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -135,7 +135,7 @@ def release_world(tmp_path, gateway, namespace, started):
     """A store with a stable model and a running release of a candidate, started at `started`."""
     store, _registry, versions = two_published_versions(tmp_path, started)
     config = ReleaseConfig(window_s=30, min_requests=100, namespace=namespace)
-    deployer = GatewayDeployer(gateway.url, "admin", "gw-password", backoff_s=0.01)
+    deployer = GatewayClient(gateway.url, "admin", "gw-password", backoff_s=0.01)
     bootstrap_stable(config, store, deployer, versions[0], now=started)
     start_release(config, store, deployer, versions[1], now=started)
     return store, config, deployer, versions
@@ -161,7 +161,7 @@ def test_a_bad_query_is_a_one_line_error_naming_prometheus(prometheus):
 
 def test_an_unreachable_prometheus_is_named_in_the_error():
     client = PrometheusClient(f"http://127.0.0.1:{free_port()}", attempts=2, backoff_s=0.01)
-    with pytest.raises(PrometheusError, match=r"prometheus http://127.0.0.1:\d+ unavailable after 2 attempts"):
+    with pytest.raises(PrometheusError, match=r"prometheus http://127.0.0.1:\d+ .*\(after 2 attempts\)"):
         client.query_value("up")
 
 
@@ -201,7 +201,7 @@ def test_a_failing_canary_is_rolled_back_with_its_metrics_and_queries_recorded(p
 
 # -- gateway deployment API ----------------------------------------------------------------
 def test_update_env_puts_back_the_whole_deployment_with_the_new_env(gateway):
-    deployer = GatewayDeployer(gateway.url, "admin", "gw-password")
+    deployer = GatewayClient(gateway.url, "admin", "gw-password")
     deployer.update_env("recommend-canary", {"MODEL_VERSION": "v20261128-010203-abcdef12"})
     [body] = gateway.puts
     assert body["service"] == "recommend-canary" and body["image"] == "movierec/recommend-canary:latest"
@@ -211,25 +211,39 @@ def test_update_env_puts_back_the_whole_deployment_with_the_new_env(gateway):
 
 def test_update_env_retries_a_busy_gateway(gateway):
     gateway.fail_next = 2
-    GatewayDeployer(gateway.url, "admin", "gw-password", backoff_s=0.01).update_env("recommend", {"A": "1"})
+    GatewayClient(gateway.url, "admin", "gw-password", backoff_s=0.01).update_env("recommend", {"A": "1"})
     assert gateway.env("recommend")["A"] == "1"
 
 
 def test_wrong_credentials_are_a_one_line_error_naming_the_secrets(gateway):
-    with pytest.raises(DeployError, match="refused \\(401\\): check the basic-auth-user/basic-auth-password"):
-        GatewayDeployer(gateway.url, "admin", "wrong").update_env("recommend", {"A": "1"})
+    with pytest.raises(GatewayError, match="refused \\(401\\): check the basic-auth-user/basic-auth-password"):
+        GatewayClient(gateway.url, "admin", "wrong").update_env("recommend", {"A": "1"})
 
 
 def test_an_unreachable_gateway_is_named_after_the_retries():
-    deployer = GatewayDeployer(f"http://127.0.0.1:{free_port()}", "a", "b", attempts=2, backoff_s=0.01)
-    with pytest.raises(DeployError, match=r"gateway http://127.0.0.1:\d+ unreachable .* after 2 attempts"):
+    deployer = GatewayClient(f"http://127.0.0.1:{free_port()}", "a", "b", attempts=2, backoff_s=0.01)
+    with pytest.raises(GatewayError, match=r"gateway http://127.0.0.1:\d+: GET /system/function/recommend: "
+                                           r".*\(after 2 attempts\)"):
         deployer.update_env("recommend", {"A": "1"})
+
+
+def test_a_function_that_is_not_deployed_is_not_found_not_unavailable(gateway):
+    with pytest.raises(FunctionNotFoundError, match="function nope is not deployed") as raised:
+        GatewayClient(gateway.url, "admin", "gw-password").update_env("nope", {"A": "1"})
+    assert raised.value.status == 404 and gateway.puts == []
+
+
+def test_the_client_lists_functions_with_their_replicas_and_reads_the_gateway_info(gateway):
+    client = GatewayClient(gateway.url, "admin", "gw-password")
+    assert sorted(f["name"] for f in client.list_functions()) == ["recommend", "recommend-canary"]
+    assert client.replicas("recommend") == (1, 1)
+    assert client.info()["provider"]["provider"] == "gateway-double"
 
 
 def test_deployer_reads_credentials_from_secret_files(tmp_path, gateway):
     (tmp_path / "basic-auth-user").write_text("admin\n")
     (tmp_path / "basic-auth-password").write_text("gw-password\n")
-    deployer = GatewayDeployer.from_env({"SECRETS_DIR": str(tmp_path), "OPENFAAS_URL": gateway.url})
+    deployer = GatewayClient.from_env({"SECRETS_DIR": str(tmp_path), "OPENFAAS_URL": gateway.url})
     assert deployer.env_of("recommend")["MODEL_VERSION"] == "stable"
 
 

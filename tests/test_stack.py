@@ -21,8 +21,8 @@ import requests
 
 from bench.localstack import free_port, recommend_only_project
 from bench.recommend import build_bench_model
+from movierec.artifact import save_model
 from movierec.canary import CANARY, STABLE, variant_for_user
-from movierec.model import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("broker", "localfaas", "pushgateway", "prometheus", "nginx")

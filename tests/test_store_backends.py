@@ -7,15 +7,19 @@ import uuid
 import boto3
 import pytest
 
-from movierec.s3store import S3Store
+from movierec.adapters.s3store import S3Store
+from movierec.adapters.stores import open_store
+from movierec.errors import Conflict, NotFound, Rejected, Unavailable, http_status
 from movierec.store import (
     LocalDirectoryStore,
     ObjectExistsError,
     ObjectNotFoundError,
+    StoreError,
+    StoreRejectedError,
     StoreUnavailableError,
-    open_store,
+    write_atomic,
 )
-from scripts.broker import free_port
+from scripts._proc import free_port
 
 ACCESS_KEY, SECRET_KEY = "test-access", "test-secret"
 
@@ -88,8 +92,32 @@ def test_s3_list_pages_through_more_than_a_thousand_keys(s3_endpoint):
 
 @pytest.mark.parametrize("bad", ["", "/abs", "a//b", "a/../b", "./a"])
 def test_invalid_keys_are_refused(store, bad):
-    with pytest.raises(ValueError, match="invalid object key"):
+    with pytest.raises(ValueError, match="invalid object key") as raised:
         store.put_once(bad, b"x")
+    assert isinstance(raised.value, StoreRejectedError) and http_status(raised.value) == 400
+
+
+def test_store_errors_are_in_the_taxonomy_and_keep_their_builtin_bases():
+    for error, kind, status in ((ObjectNotFoundError("k"), NotFound, 404), (ObjectExistsError("k"), Conflict, 409),
+                                (StoreUnavailableError("k"), Unavailable, 503), (StoreRejectedError("k"), Rejected, 400)):
+        assert isinstance(error, StoreError) and isinstance(error, kind) and http_status(error) == status
+    assert isinstance(ObjectNotFoundError("k"), KeyError) and str(ObjectNotFoundError("no object k")) == "no object k"
+
+
+def test_local_open_store_uses_the_url_or_else_store_dir(tmp_path):
+    assert open_store({"STORE_URL": f"file://{tmp_path}/a"}).root == tmp_path / "a"
+    assert open_store({"STORE_URL": " ", "STORE_DIR": str(tmp_path / "b")}).root == tmp_path / "b"
+
+
+def test_write_atomic_replaces_whole_files_with_the_mode_asked_and_exclusive_never_overwrites(tmp_path):
+    target = tmp_path / "deep" / "file.json"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two", mode=0o644)
+    assert target.read_bytes() == b"two" and target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(FileExistsError):
+        write_atomic(target, b"three", exclusive=True)
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file.json"]  # no temp file left behind
 
 
 def test_s3_put_once_falls_back_to_head_then_put_without_conditional_writes(s3_endpoint):
@@ -133,5 +161,14 @@ def test_s3_store_with_a_missing_bucket_names_the_bucket(s3_endpoint):
 
 
 def test_s3_store_from_url_rejects_a_url_without_bucket():
-    with pytest.raises(ValueError, match="s3://bucket"):
+    with pytest.raises(ValueError, match="s3://bucket") as raised:
         S3Store.from_url("s3://", {})
+    assert isinstance(raised.value, StoreRejectedError)
+
+
+def test_s3_settings_come_from_the_settings_table(tmp_path):
+    store = S3Store.from_url("s3://b/p", {"S3_ENDPOINT_URL": "http://127.0.0.1:9", "S3_ATTEMPTS": "2",
+                                          "AWS_DEFAULT_REGION": "eu-west-1", "SECRETS_DIR": str(tmp_path)})
+    assert (store.endpoint_url, store.attempts, store._client.meta.region_name) == ("http://127.0.0.1:9", 2, "eu-west-1")
+    assert S3Store.from_url("s3://b", {"S3_REGION": "us-west-2", "AWS_DEFAULT_REGION": "eu-west-1"}) \
+        ._client.meta.region_name == "us-west-2"

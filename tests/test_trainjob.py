@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from movierec.adapters.gateway import GatewayClient
 from movierec.batches.builder import parse_batch, store_batch
-from movierec.deploy import GatewayDeployer
 from movierec.registry import Registry
 from movierec.release import ReleaseConfig, ReleaseStore
 from movierec.snapshot import (
@@ -60,7 +60,7 @@ def config_for(tmp_path, **overrides):
 
 
 def deployer_for(gateway):
-    return GatewayDeployer(gateway.url, "admin", "s3cret-pw", backoff_s=0.01)
+    return GatewayClient(gateway.url, "admin", "s3cret-pw", backoff_s=0.01)
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_offline_training_writes_a_loadable_model_and_metrics(store, world, tmp_
     code = main(["--offline", "--ratings", str(tmp_path / "ratings.npz"), "--params", str(params),
                  "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "metrics.json")])
     assert code == 0
-    from movierec.model import load_model
+    from movierec.artifact import load_model
 
     model = load_model(tmp_path / "model")
     assert model.manifest["snapshot_id"] == snapshot.id and (tmp_path / "metrics.json").exists()

@@ -5,10 +5,10 @@ The same handler is deployed twice; MODEL_VERSION pins what each deployment serv
 Every body is one line of text/plain (movierec.adapters.replies, content type TEXT).
 """
 from movierec.adapters.replies import TEXT, error, reply
+from movierec.adapters.stores import open_store
 from movierec.drills import DrillFault
 from movierec.events import parse_user_id
 from movierec.serving import ModelHolder
-from movierec.store import open_store
 
 MODEL = ModelHolder(open_store=open_store)  # loaded once per process, at import
 

@@ -18,12 +18,12 @@ Thin on purpose: the state machine and policy are movierec.release; replies movi
 import json
 import logging
 
+from movierec.adapters.gateway import GatewayClient
+from movierec.adapters.notify import Notifier
+from movierec.adapters.prometheus import PrometheusClient
 from movierec.adapters.release_metrics import push_release_metrics
 from movierec.adapters.replies import check_token, error, from_exception, reply
-from movierec.deploy import DeployError, GatewayDeployer
-from movierec.errors import one_line
-from movierec.notify import Notifier
-from movierec.prometheus import PrometheusClient, PrometheusError
+from movierec.adapters.stores import open_store
 from movierec.release import (
     MANUAL_ACTIONS,
     ReleaseConfig,
@@ -33,12 +33,9 @@ from movierec.release import (
     stored_quality_source,
 )
 from movierec.settings import Settings
-from movierec.store import StoreError, open_store
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 TOKEN_SECRET = "release-admin-token"
-# Dependencies' errors that are not (yet) movierec.errors.Unavailable: a 503, the next step retries.
-DEPENDENCY_ERRORS = (StoreError, DeployError, PrometheusError)
 
 
 def _reason(event):
@@ -54,7 +51,7 @@ def _reason(event):
 def _step():
     config, store = ReleaseConfig.from_env(), open_store()
     quality = stored_quality_source(store, config.canary_percent) if config.online_quality else None
-    deployer = GatewayDeployer.from_env()
+    deployer = GatewayClient.from_env()
     result = run_release_step(
         config, store, PrometheusClient.from_env(), deployer, Notifier.from_env(), quality_source=quality,
     )
@@ -63,7 +60,7 @@ def _step():
 
 
 def _manual(action, event):
-    config, store, deployer = ReleaseConfig.from_env(), open_store(), GatewayDeployer.from_env()
+    config, store, deployer = ReleaseConfig.from_env(), open_store(), GatewayClient.from_env()
     release = manual_action(action, config, store, deployer, Notifier.from_env(), actor="operator",
                             reason=_reason(event))
     pushed = push_release_metrics(Settings().get("PUSHGATEWAY_URL"), store, config, deployer)
@@ -85,7 +82,5 @@ def handle(event, context):
         if refused is not None:
             return refused
         return _manual(path, event)
-    except DEPENDENCY_ERRORS as e:
-        return error(503, one_line(e))
     except Exception as e:  # noqa: BLE001 (the taxonomy's status; anything else is a 500 that says so)
         return from_exception(e)

@@ -10,24 +10,15 @@ upstream timeout must be raised to match.
 """
 import logging
 
+from movierec.adapters.gateway import GatewayClient
+from movierec.adapters.notify import Notifier
 from movierec.adapters.pushgateway import push
 from movierec.adapters.replies import error, from_exception, reply
-from movierec.deploy import DeployError, GatewayDeployer
-from movierec.errors import MovierecError, one_line
-from movierec.notify import Notifier
+from movierec.adapters.stores import open_store
 from movierec.registry import CANDIDATE, STABLE, Registry
-from movierec.store import StoreError, open_store
 from movierec.trainjob import TrainConfig, run_training, train_families
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _failed(e):
-    # The store's and the gateway client's errors answered 503 here before they joined
-    # movierec.errors; once they are MovierecErrors their own class decides.
-    if isinstance(e, (StoreError, DeployError)) and not isinstance(e, MovierecError):
-        return error(503, one_line(e))
-    return from_exception(e)
 
 
 def handle(event, context):
@@ -37,14 +28,14 @@ def handle(event, context):
             versions = registry.versions()
             aliases = {name: registry.alias_version(name) for name in (STABLE, CANDIDATE)}
         except Exception as e:  # noqa: BLE001  (every failure becomes a reply of its class)
-            return _failed(e)
+            return from_exception(e)
         return reply(200, {"versions": versions[-20:], "aliases": aliases})
     if event.method != "POST":
         return error(405, "use POST to train, GET /status to look", Allow="GET, POST")
     try:
         config = TrainConfig.from_env()
-        summary = run_training(config, open_store(), GatewayDeployer.from_env(), Notifier.from_env())
+        summary = run_training(config, open_store(), GatewayClient.from_env(), Notifier.from_env())
     except Exception as e:  # noqa: BLE001
-        return _failed(e)
+        return from_exception(e)
     summary["pushed"] = push(config.pushgateway_url, "train", train_families(summary))
     return reply(200, summary)

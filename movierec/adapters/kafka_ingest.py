@@ -32,12 +32,13 @@ from kafka.structs import OffsetAndMetadata
 
 from movierec.adapters.pushgateway import push
 from movierec.adapters.retry import retry
+from movierec.adapters.stores import open_store
 from movierec.batches.builder import VOLUME_HISTORY, store_batch
 from movierec.batches.builders import InlineBuilders, ProcessBuilders
 from movierec.batches.layout import BatchRef, list_batches
 from movierec.errors import MovierecError, Unavailable
 from movierec.ingest import IngestConfig, IngestError, IngestSummary, summary_families
-from movierec.store import ObjectStore, StoreError, open_store
+from movierec.store import ObjectStore, StoreError
 
 log = logging.getLogger("movierec.ingest")  # the component's name: operators grep "movierec.ingest: stored"
 

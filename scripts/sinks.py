@@ -1,6 +1,10 @@
 """Local receivers for notifications, over real sockets on 127.0.0.1: a webhook endpoint that
 records JSON bodies and an SMTP sink that speaks enough SMTP for smtplib (EHLO/HELO, optional
-AUTH PLAIN/LOGIN acceptance, MAIL, RCPT, DATA, QUIT) and records each message."""
+AUTH PLAIN/LOGIN acceptance, MAIL, RCPT, DATA, QUIT) and records each message.
+
+Owns those two receivers, served on daemon threads while in a `with` block: `make demo` receives
+the release notifications with them when no real channel is configured, and the tests use them as
+the webhook and the mail server. Must not touch: anything beyond recording what arrives."""
 from __future__ import annotations
 
 import json

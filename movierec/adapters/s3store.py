@@ -2,8 +2,8 @@
 
 Owns `S3Store`: the `ObjectStore` protocol of `movierec.store` over boto3, with an endpoint URL
 (`S3_ENDPOINT_URL`), credentials from the secret files `s3-access-key` / `s3-secret-key`
-(fallback: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`), retries with backoff on connection
-errors, and write-once semantics for `put_once`:
+(fallback: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`), retries through the one retry helper on
+connection errors and 5xx/throttling answers (`S3_ATTEMPTS`), and write-once semantics for `put_once`:
 - a conditional PUT (`If-None-Match: *`) where the server supports it (S3, MinIO, moto);
 - else HEAD then PUT (a narrow race window, acceptable for the single writer per key we have);
 - on conflict the stored bytes are compared: equal is a no-op, different is ObjectExistsError.
@@ -14,21 +14,23 @@ Must not touch: which objects exist or what they mean (callers decide keys); HTT
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from movierec.adapters.retry import retry
+from movierec.settings import Settings
 from movierec.store import (
     ObjectExistsError,
     ObjectNotFoundError,
+    StoreRejectedError,
     StoreUnavailableError,
     read_secret,
     validate_key,
 )
 
 T = TypeVar("T")
-DEFAULT_ATTEMPTS = 4
+DEFAULT_ATTEMPTS = int(Settings({}).get("S3_ATTEMPTS"))
 DEFAULT_BACKOFF_S = 0.2
 
 
@@ -50,7 +52,7 @@ class S3Store:
         from botocore.config import Config
 
         if not bucket:
-            raise ValueError("S3Store needs a bucket name")
+            raise StoreRejectedError("S3Store needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url or None
@@ -74,22 +76,26 @@ class S3Store:
         self._conditional_put = True  # cleared if the server rejects If-None-Match
 
     @classmethod
-    def from_url(cls, url: str, env: dict[str, str] | None = None) -> S3Store:
-        """`s3://bucket[/prefix]`; endpoint and credentials from `env` and the secret files."""
+    def from_url(cls, url: str, env: Mapping[str, str] | None = None) -> S3Store:
+        """`s3://bucket[/prefix]`; endpoint, region and attempts from the settings (`S3_*`),
+        credentials from the secret files (or the AWS_* variables)."""
         env = os.environ if env is None else env
+        settings = Settings(env)
         parsed = urlparse(url)
         if parsed.scheme != "s3" or not parsed.netloc:
-            raise ValueError(f"STORE_URL must look like s3://bucket[/prefix], got {url!r}")
+            raise StoreRejectedError(f"STORE_URL must look like s3://bucket[/prefix], got {url!r}")
         access_key = read_secret("s3-access-key", env) or env.get("AWS_ACCESS_KEY_ID") or None
         secret_key = read_secret("s3-secret-key", env) or env.get("AWS_SECRET_ACCESS_KEY") or None
+        region = settings.get("S3_REGION") if settings.is_set("S3_REGION") else (
+            (env.get("AWS_DEFAULT_REGION") or "").strip() or settings.get("S3_REGION"))
         return cls(
             parsed.netloc,
             parsed.path,
-            endpoint_url=env.get("S3_ENDPOINT_URL", "").strip() or None,
+            endpoint_url=settings.get("S3_ENDPOINT_URL") or None,
             access_key=access_key,
             secret_key=secret_key,
-            region=env.get("S3_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            attempts=int(env.get("S3_ATTEMPTS") or DEFAULT_ATTEMPTS),
+            region=region,
+            attempts=settings.get("S3_ATTEMPTS"),
         )
 
     def describe(self) -> str:
@@ -172,28 +178,24 @@ class S3Store:
 
     # -- retries --------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run `fn`, retrying with exponential backoff while the endpoint is unreachable or
-        answers 5xx/throttling; client errors (4xx) are returned to the caller at once."""
-        last: Exception | None = None
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        """Run `fn` through the retry helper while the endpoint is unreachable or answers
+        5xx/throttling; client errors (4xx) are returned to the caller at once, to read their code."""
+        def attempt() -> T:
             try:
                 return fn()
-            except _TRANSIENT as e:
-                last = e
-            except _NoCredentialsError as e:
-                raise StoreUnavailableError(
-                    f"{self.describe()}: no credentials (secret files s3-access-key/s3-secret-key "
-                    "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
-                ) from e
             except _ClientError as e:
-                if not _is_transient_reply(e):
-                    raise
-                last = e
-        raise StoreUnavailableError(
-            f"{self.describe()} unreachable: {what} failed after {self.attempts} attempts: {_short(last)}"
-        ) from last
+                if _is_transient_reply(e):
+                    raise StoreUnavailableError(_short(e)) from e
+                raise
+
+        try:
+            return retry(attempt, what=f"{self.describe()}: {what}", attempts=self.attempts,
+                         backoff_s=self.backoff_s, retry_on=_TRANSIENT, error=StoreUnavailableError)
+        except _NoCredentialsError as e:
+            raise StoreUnavailableError(
+                f"{self.describe()}: no credentials (secret files s3-access-key/s3-secret-key "
+                "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+            ) from e
 
     def _unavailable(self, what: str, e: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(f"{self.describe()}: {what} failed: {_short(e)}")
