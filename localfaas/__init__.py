@@ -4,10 +4,18 @@ It runs whatever an OpenFaaS stack.yml holds, the way OpenFaaS would, so the sam
 deployed unchanged with faas-cli later:
 - `stackfile`: reads stack.yml like faas-cli (env substitution, validation);
 - `build`: makes each function's build context like `faas-cli build --shrinkwrap`;
-- `supervisor`: runs each function as replica processes (readiness, restarts, rolling updates);
-- `gateway`: the gateway's HTTP API, proxying, basic auth and `gateway_*` metrics;
+- `functionconfig`: a deployment's settings (`FunctionConfig`, durations) and the deploy errors;
+- `replica`: one replica process (start, readiness, liveness, drain and stop) and the replica
+  state file;
+- `supervisor`: each deployed function's replicas (deploy, scaling, rolling updates, restarts,
+  the secrets folder each function mounts);
+- `gateway`: the gateway's HTTP app, basic auth and the upstream session, wiring together
+  `proxy` (`/function/*`, `/async-function/*`), `system_api` (`/system/*`), `metrics`
+  (`gateway_*`), `credentials` (the basic-auth files) and `replies` (errors as HTTP statuses);
 - `secretstore`: the secrets behind `/system/secrets` (private files, name rules);
 - `cron`: cron-connector, scheduling functions from their annotations.
 
-This package knows nothing of what the functions do; it must never import the domain code.
+Owns: running a stack's functions locally behind an OpenFaaS-compatible gateway.
+Must not touch: the domain code: this package knows nothing of what the functions do and must
+never import it.
 """

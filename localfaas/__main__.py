@@ -24,10 +24,12 @@ from pathlib import Path
 from aiohttp import web
 
 from localfaas.build import BuildError, shrinkwrap
+from localfaas.credentials import ensure_credentials
 from localfaas.cron import CronConnector
-from localfaas.gateway import Gateway, ensure_credentials
+from localfaas.functionconfig import DeployError, FunctionConfig
+from localfaas.gateway import Gateway
 from localfaas.stackfile import StackError, load_stack
-from localfaas.supervisor import DeployError, FunctionConfig, Supervisor
+from localfaas.supervisor import Supervisor
 
 log = logging.getLogger("localfaas")
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from localfaas.supervisor import parse_duration
+from localfaas.functionconfig import parse_duration
 
 log = logging.getLogger("localfaas.cron")
 

@@ -1,186 +1,39 @@
 """Running functions as local replica processes, the way OpenFaaS runs them as containers.
 
-Owns: each function's replicas (one process per replica, on its own free 127.0.0.1 port, with the
-function's environment and a private secrets folder), readiness (`/_/ready` must return 200 before a
-replica gets traffic), liveness checks, restart after a crash with backoff, scaling, rolling updates
-(new replicas ready before old ones stop getting traffic; old ones drained, then SIGTERM, then
-SIGKILL), stopping every process it started, by PID, and the replica state file
-`<state>/run/localfaas-replicas.json` (`REPLICAS_FILE`): `{"runtime_pid": N, "functions": {name:
-[{"pid", "port", "generation", "index"}, ...]}}`, every replica process that has not exited yet
-(draining ones too), rewritten atomically whenever a replica starts or exits, so operator tools
-find replica pids without reading logs (`read_replica_state`). Written by a live runtime only:
-after a SIGKILL of the runtime it is stale, so readers check `runtime_pid` and each pid's parent.
-Must not touch: HTTP routing of client requests (the gateway picks replicas through `pick`/`lease`),
-stack parsing, building, and any process it did not start.
+Owns: the deployed functions (`FunctionRuntime`: config, build context, desired and current
+replicas, round-robin `pick`), deploy, scaling, rolling updates (new replicas ready before old
+ones stop getting traffic; old ones drained, then stopped), restart after a crash with backoff,
+the health loop over every function's replicas, each function's private secrets folder
+(`<state>/run/secrets/<name>`, refreshed in place when a secret changes), and `lease` /
+`report_connection_failure` / `wait_ready` for the gateway.
+Must not touch: a replica process itself (`localfaas.replica` starts, probes and stops it and
+writes the replica state file), HTTP routing of client requests (the gateway picks replicas
+through `pick`/`lease`), stack parsing, building, and any process it did not start.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
-import json
 import logging
-import os
-import re
 import shutil
-import signal
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from localfaas.build import BuildContext, process_command
-from localfaas.stackfile import DEFAULT_NAMESPACE, FunctionSpec
+from localfaas.build import BuildContext
+from localfaas.functionconfig import (
+    SCALE_MIN_LABEL,
+    DeployError,
+    FunctionConfig,
+    FunctionNotFound,
+    MissingSecretError,
+)
+from localfaas.replica import Replica, ReplicaProcesses, write_atomic
 
 log = logging.getLogger("localfaas.supervisor")
-
-SCALE_MIN_LABEL = "com.openfaas.scale.min"
-REPLICAS_FILE = Path("run") / "localfaas-replicas.json"
-DEFAULT_EXEC_TIMEOUT = 30.0  # of-watchdog's default when a function sets no timeout
-# What a replica inherits from the runtime's own environment: enough to run a process, nothing
-# else, so a function only sees what its stack entry gives it (as in a container).
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "VIRTUAL_ENV")
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: replicas then outlive a SIGKILLed runtime
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    # If the runtime itself is SIGKILLed, its replicas get SIGTERM instead of living on orphaned.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class DeployError(RuntimeError):
-    """A deploy, update or scale that could not be carried out; the message says why."""
-
-
-class MissingSecretError(DeployError):
-    pass
-
-
-class FunctionNotFound(KeyError):
-    def __str__(self) -> str:
-        return f"function {self.args[0]} not found"
-
-
-def parse_duration(text: str) -> float:
-    """Go-style durations as of-watchdog reads them: "10s", "1m30s", "500ms"; a bare number is seconds."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 2m, 500ms)")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
-@dataclass(frozen=True)
-class FunctionConfig:
-    """What a deployment says about a function (the FunctionDeployment of the gateway API)."""
-
-    name: str
-    image: str = ""
-    namespace: str = DEFAULT_NAMESPACE
-    env_process: str = ""
-    env_vars: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    secrets: tuple[str, ...] = ()
-    limits: dict[str, str] = field(default_factory=dict)
-    requests: dict[str, str] = field(default_factory=dict)
-    constraints: tuple[str, ...] = ()
-    read_only_root_filesystem: bool = False
-
-    @classmethod
-    def from_spec(cls, spec: FunctionSpec) -> FunctionConfig:
-        return cls(
-            name=spec.name, image=spec.image, namespace=spec.namespace, env_process=spec.fprocess,
-            env_vars=dict(spec.environment), labels=dict(spec.labels), annotations=dict(spec.annotations),
-            secrets=tuple(spec.secrets), limits=dict(spec.limits), requests=dict(spec.requests),
-            constraints=tuple(spec.constraints), read_only_root_filesystem=spec.readonly_root_filesystem,
-        )
-
-    def min_replicas(self) -> int:
-        raw = self.labels.get(SCALE_MIN_LABEL, "1")
-        try:
-            return max(0, int(raw))
-        except ValueError:
-            raise DeployError(f"function {self.name}: label {SCALE_MIN_LABEL}={raw!r} is not a number") from None
-
-    def exec_timeout(self) -> float:
-        for key in ("exec_timeout", "write_timeout"):
-            if self.env_vars.get(key):
-                try:
-                    return parse_duration(self.env_vars[key])
-                except ValueError as exc:
-                    raise DeployError(f"function {self.name}: {key}: {exc}") from None
-        return DEFAULT_EXEC_TIMEOUT
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` so that a reader sees the old content or the new one, never a part."""
-    tmp = path.parent / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
-
-
-def read_replica_state(state_dir: str | Path) -> dict[str, Any]:
-    """The replica state file of the runtime using `state_dir` (see the module docstring);
-    no runtime and no functions when there is none (yet) or it cannot be read."""
-    try:
-        state = json.loads((Path(state_dir) / REPLICAS_FILE).read_text())
-    except (OSError, ValueError):
-        return {"runtime_pid": None, "functions": {}}
-    return state if isinstance(state, dict) and isinstance(state.get("functions"), dict) else {
-        "runtime_pid": None, "functions": {}}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Replica:
-    def __init__(self, function: str, generation: int, index: int, port: int,
-                 process: asyncio.subprocess.Process):
-        self.function = function
-        self.generation = generation
-        self.index = index
-        self.port = port
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.started_at = time.monotonic()
-        self.ready = False
-        self.stopping = False  # set before drain: no new traffic, never restarted
-        self.inflight = 0
-        self.health_failures = 0
-        self.awaiting_ready = False  # a readiness wait owns this replica
-        self.exited = asyncio.Event()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-    def __repr__(self) -> str:
-        return f"<replica {self.function} g{self.generation}#{self.index} pid={self.pid} :{self.port}>"
 
 
 class FunctionRuntime:
@@ -220,41 +73,28 @@ class Supervisor:
         self.stop_grace = stop_grace
         self.max_backoff = max_backoff
         self.functions: dict[str, FunctionRuntime] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.processes = ReplicaProcesses(self.state_dir, lambda: self.functions, ready_timeout=ready_timeout,
+                                          drain_timeout=drain_timeout, stop_grace=stop_grace)
         self._health_task: asyncio.Task[None] | None = None
-        self._draining: list[Replica] = []  # out of rotation, waiting for in-flight requests
-        self._live: dict[int, Replica] = {}  # pid -> every replica process that has not exited yet
         self._closing = False
 
     # ----- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         for sub in ("logs", "run", "secrets"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        self.processes.open()
         self._health_task = asyncio.create_task(self._health_loop())
-        self._write_replica_state()  # replaces a stale file a killed runtime left behind
 
     async def close(self) -> None:
         """Stop every replica this supervisor started (SIGTERM, then SIGKILL), then itself."""
         self._closing = True
         if self._health_task:
             self._health_task.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        current = [r for fn in self.functions.values() for r in fn.replicas]
-        replicas = {r.pid: r for r in [*current, *self._draining, *self._live.values()]}  # each once
-        await asyncio.gather(*(self._terminate(r, drain=False) for r in replicas.values()), return_exceptions=True)
-        self._live = {pid: r for pid, r in self._live.items() if r.alive}
-        self._write_replica_state()
-        if self._session:
-            await self._session.close()
+        self.processes.cancel_tasks()
+        await self.processes.stop_all([r for fn in self.functions.values() for r in fn.replicas])
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self.processes.spawn(coro)
 
     # ----- queries ---------------------------------------------------------------------------
     def get(self, name: str) -> FunctionRuntime:
@@ -276,7 +116,7 @@ class Supervisor:
         """The gateway could not reach a replica: take it out of rotation until a probe says ready."""
         if replica.ready:
             replica.ready = False
-            self._spawn_task(self._reprobe(replica))
+            self._spawn_task(self.processes.reprobe(replica))
 
     async def wait_ready(self, name: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -309,11 +149,11 @@ class Supervisor:
                 self._watch(runtime, replica)
         # The readiness wait runs outside the lock: with nothing old to keep serving, an update
         # that arrives meanwhile (e.g. the config that makes it ready) must not queue behind it.
-        ready = not starting or await self._all_ready(starting)
+        ready = not starting or await self.processes.all_ready(starting)
         if runtime.generation != 1 or self.functions.get(config.name) is not runtime:
             return  # superseded by an update or removed while starting: that call reports
         if not ready:
-            runtime.last_error = self._not_ready_message(runtime, starting)
+            runtime.last_error = self.processes.not_ready_message(config.name, starting)
             # Like a Deployment in CrashLoopBackOff: it stays, and crashed replicas keep restarting.
             raise DeployError(runtime.last_error)
         runtime.last_error = ""
@@ -331,9 +171,9 @@ class Supervisor:
             candidate = FunctionRuntime(config, context, desired)
             candidate.generation = generation
             new = [await self._start_replica(candidate, i) for i in range(desired)]
-            if new and not await self._all_ready(new):
-                message = self._not_ready_message(candidate, new)
-                await asyncio.gather(*(self._terminate(r, drain=False) for r in new))
+            if new and not await self.processes.all_ready(new):
+                message = self.processes.not_ready_message(config.name, new)
+                await asyncio.gather(*(self.processes.terminate(r, drain=False) for r in new))
                 runtime.last_error = f"{message}; still serving the previous version"
                 log.error("%s", runtime.last_error)
                 raise DeployError(runtime.last_error)
@@ -347,7 +187,7 @@ class Supervisor:
             log.info("function %s: generation %d ready on %s; draining %d old replica(s)",
                      config.name, generation, [r.port for r in new], len(old))
             for replica in old:
-                self._spawn_task(self._terminate(replica, drain=True))
+                self._spawn_task(self.processes.terminate(replica, drain=True))
 
     async def scale(self, name: str, replicas: int) -> None:
         if replicas < 0:
@@ -363,23 +203,24 @@ class Supervisor:
                     replica = await self._start_replica(runtime, next(free))
                     runtime.replicas.append(replica)
                     self._watch(runtime, replica)
-                    self._spawn_task(self._await_ready(replica))
+                    self._spawn_task(self.processes.await_ready(replica))
             elif len(current) > replicas:
                 # Shed replicas that are not serving first, then the newest.
                 victims = sorted(current, key=lambda r: (r.ready, r.index), reverse=False)[: len(current) - replicas]
                 for replica in victims:
                     runtime.replicas.remove(replica)
-                    self._spawn_task(self._terminate(replica, drain=True))
+                    self._spawn_task(self.processes.terminate(replica, drain=True))
 
     async def remove(self, name: str) -> None:
         runtime = self.get(name)
         async with runtime.lock:
             del self.functions[name]
             replicas, runtime.replicas, runtime.desired = runtime.replicas, [], 0
-            await asyncio.gather(*(self._terminate(r, drain=True) for r in replicas))
+            await asyncio.gather(*(self.processes.terminate(r, drain=True) for r in replicas))
             shutil.rmtree(self._secrets_dir(name), ignore_errors=True)
 
-    # ----- processes -------------------------------------------------------------------------
+
+    # ----- secrets and replicas -------------------------------------------------------------------------
     def _secrets_dir(self, name: str) -> Path:
         return self.state_dir / "run" / "secrets" / name
 
@@ -418,50 +259,11 @@ class Supervisor:
         return refreshed
 
     def log_path(self, name: str) -> Path:
-        return self.state_dir / "logs" / f"function-{name}.log"
+        return self.processes.log_path(name)
 
     async def _start_replica(self, runtime: FunctionRuntime, index: int) -> Replica:
-        config = runtime.config
-        fprocess = config.env_process or runtime.context.fprocess
-        argv = process_command(fprocess)
-        port = free_port()
-        env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
-        env.update({"PYTHONUNBUFFERED": "1", "mode": "http", "fprocess": fprocess})
-        env.update(config.env_vars)
-        env.update({
-            "PORT": str(port),
-            "SECRETS_DIR": str(self._secrets_dir(config.name)),
-            "HOSTNAME": f"{config.name}-{runtime.generation}-{index}",
-        })
-        with open(self.log_path(config.name), "ab") as logfile:  # noqa: ASYNC230 - a local append, instant
-            process = await asyncio.create_subprocess_exec(
-                *argv, cwd=runtime.context.path, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C on the runtime must not hit replicas before their drain
-                preexec_fn=_die_with_parent,
-            )
-        replica = Replica(config.name, runtime.generation, index, port, process)
-        log.info("function %s: started %r (%s)", config.name, replica, " ".join(argv))
-        self._live[replica.pid] = replica
-        self._write_replica_state()
-        self._spawn_task(self._forget_on_exit(replica))
-        return replica
-
-    async def _forget_on_exit(self, replica: Replica) -> None:
-        await replica.process.wait()
-        self._live.pop(replica.pid, None)
-        self._write_replica_state()
-
-    def _write_replica_state(self) -> None:
-        functions: dict[str, list[dict[str, int]]] = {name: [] for name in self.functions}
-        for r in sorted(self._live.values(), key=lambda r: (r.function, r.generation, r.index, r.pid)):
-            functions.setdefault(r.function, []).append(
-                {"pid": r.pid, "port": r.port, "generation": r.generation, "index": r.index})
-        state = {"runtime_pid": os.getpid(), "functions": functions}
-        try:
-            write_atomic(self.state_dir / REPLICAS_FILE, (json.dumps(state, indent=1) + "\n").encode(), 0o644)
-        except OSError as exc:  # the file informs operators; replicas run without it
-            log.warning("cannot write %s: %s", self.state_dir / REPLICAS_FILE, exc)
+        return await self.processes.start(runtime.config, runtime.context, runtime.generation, index,
+                                          self._secrets_dir(runtime.config.name))
 
     def _watch(self, runtime: FunctionRuntime, replica: Replica) -> None:
         self._spawn_task(self._watch_exit(runtime, replica))
@@ -486,98 +288,10 @@ class Supervisor:
             fresh = await self._start_replica(runtime, replica.index)
             runtime.replicas[runtime.replicas.index(replica)] = fresh
             self._watch(runtime, fresh)
-        await self._await_ready(fresh)
-
-    async def _probe(self, replica: Replica, path: str) -> int | None:
-        assert self._session is not None
-        try:
-            async with self._session.get(replica.url + path) as resp:
-                await resp.read()
-                return resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return None
-
-    async def _await_ready(self, replica: Replica, timeout: float | None = None) -> bool:
-        deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
-        delay = 0.05
-        replica.awaiting_ready = True
-        try:
-            while time.monotonic() < deadline and replica.alive and not replica.stopping:
-                if await self._probe(replica, "/_/ready") == 200:
-                    replica.ready = True
-                    log.info("function %s: %r ready", replica.function, replica)
-                    return True
-                await asyncio.sleep(delay)
-                delay = min(0.5, delay * 1.5)
-            return False
-        finally:
-            replica.awaiting_ready = False
-
-    async def _all_ready(self, replicas: list[Replica]) -> bool:
-        results = await asyncio.gather(*(self._await_ready(r) for r in replicas))
-        return all(results)
-
-    def _not_ready_message(self, runtime: FunctionRuntime, replicas: list[Replica]) -> str:
-        bad = [r for r in replicas if not r.ready]
-        exited = [r for r in bad if not r.alive]
-        why = (f"{len(exited)} exited (code {exited[0].process.returncode})" if exited
-               else f"not ready after {self.ready_timeout:g}s")
-        return (f"function {runtime.config.name}: {len(bad)} of {len(replicas)} new replica(s) failed: "
-                f"{why}; see {self.log_path(runtime.config.name)}")
-
-    async def _reprobe(self, replica: Replica) -> None:
-        await asyncio.sleep(0.2)
-        await self._await_ready(replica, timeout=self.ready_timeout)
-
-    async def _terminate(self, replica: Replica, drain: bool) -> None:
-        replica.stopping = True
-        replica.ready = False
-        if drain:
-            self._draining.append(replica)
-            deadline = time.monotonic() + self.drain_timeout
-            while replica.inflight > 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        try:
-            if replica.alive:
-                replica.process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(replica.process.wait(), self.stop_grace)
-                except TimeoutError:
-                    log.warning("function %s: %r ignored SIGTERM; SIGKILL", replica.function, replica)
-                    replica.process.kill()
-                    await replica.process.wait()
-        except ProcessLookupError:
-            pass
-        finally:
-            if replica in self._draining:
-                self._draining.remove(replica)
+        await self.processes.await_ready(fresh)
 
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_interval)
             replicas = [r for fn in self.functions.values() for r in fn.replicas if r.alive and not r.stopping]
-            await asyncio.gather(*(self._check(r) for r in replicas), return_exceptions=True)
-
-    async def _check(self, replica: Replica) -> None:
-        if not replica.ready:
-            if replica.awaiting_ready:
-                return  # still starting (or re-probing): its own readiness wait owns it
-            # Its readiness wait ran out (e.g. no model yet, loaded later by a retry): keep
-            # probing at the health interval so it joins the rotation once it can serve.
-            if await self._probe(replica, "/_/ready") == 200 and not replica.stopping:
-                replica.ready = True
-                log.info("function %s: %r ready (late)", replica.function, replica)
-            return
-        health = await self._probe(replica, "/_/health")
-        replica.health_failures = 0 if health == 200 else replica.health_failures + 1
-        if replica.health_failures >= 3:
-            log.error("function %s: %r failed 3 liveness checks; killing it", replica.function, replica)
-            replica.ready = False
-            with contextlib.suppress(ProcessLookupError):
-                replica.process.kill()  # its exit watcher restarts it
-            return
-        if health == 200 and await self._probe(replica, "/_/ready") not in (200, None):
-            log.warning("function %s: %r not ready any more; out of rotation", replica.function, replica)
-            replica.ready = False
-            self._spawn_task(self._reprobe(replica))
-
+            await asyncio.gather(*(self.processes.check(r) for r in replicas), return_exceptions=True)

@@ -48,7 +48,7 @@ from typing import Any
 
 import requests
 
-from localfaas.supervisor import read_replica_state
+from localfaas.replica import read_replica_state
 from movierec.adapters.gateway import FunctionError, GatewayClient, GatewayError
 from movierec.adapters.prometheus import PrometheusClient, PrometheusError
 from movierec.adapters.stores import open_store

@@ -121,7 +121,7 @@ def test_dashboard_has_the_views_operators_need():
 def test_metric_names_in_panels_are_the_ones_the_code_exports():
     """Catches a rename on either side: every gateway_*, ingest_*, train_* and release_* name a panel
     uses is written by localfaas or pushed by movierec, and the release ones are documented."""
-    sources = {"gateway_": ROOT / "localfaas" / "gateway.py", "ingest_": ROOT / "movierec" / "ingest.py",
+    sources = {"gateway_": ROOT / "localfaas" / "metrics.py", "ingest_": ROOT / "movierec" / "ingest.py",
                "train_": ROOT / "movierec" / "trainjob.py", "release_": ROOT / "movierec" / "release" / "controller.py"}
     readme = (GRAFANA / "README.md").read_text()
     used = {m for q in all_queries() for m in re.findall(r"\b((?:gateway|ingest|train|release)_\w+)\{", q.promql)}
@@ -185,7 +185,7 @@ def test_the_p99_ratio_panel_divides_the_release_analysis_p99_figures():
 def test_the_templates_use_the_metric_names_the_local_gateway_exports():
     from movierec.release import promql
 
-    code = (ROOT / "localfaas" / "gateway.py").read_text()
+    code = (ROOT / "localfaas" / "metrics.py").read_text()
     for name in promql.GATEWAY_METRICS:
         assert f'"{name}"' in code or f'"{name.removesuffix("_total")}"' in code, name
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from localfaas.supervisor import read_replica_state
+from localfaas.replica import read_replica_state
 from tests.localfaas_harness import pid_alive, start_stack
 
 HAMMER_THREADS = 4

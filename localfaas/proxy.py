@@ -1,0 +1,227 @@
+"""The gateway's invoke path: `/function/<name>` and `/async-function/<name>`.
+
+Owns: proxying a call to a ready replica over pooled keep-alive connections (one client session),
+round-robin, retry on another replica when a connection fails before any response, buffering or
+streaming of bodies, the `X-Call-Id`/`X-Start-Time`/`X-Duration-Seconds` headers, async calls (a
+bounded number in flight, like the queue-worker's max_inflight, and their `X-Callback-Url`), and
+reporting each call to the gateway metrics.
+Must not touch: processes (the supervisor picks, leases and re-probes replicas), the /system API,
+auth (the gateway's middleware runs before it).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from localfaas.metrics import GatewayMetrics
+from localfaas.replies import GatewayError, function_name, text_response
+from localfaas.supervisor import FunctionRuntime, Supervisor
+
+log = logging.getLogger("localfaas.proxy")
+
+# Requests with a body up to this size are buffered so they can be retried on another replica;
+# larger or chunked bodies are streamed through (and not retried once sent).
+MAX_BUFFERED_BODY = 4 * 1024 * 1024
+MAX_BUFFERED_RESPONSE = 1024 * 1024
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
+))
+
+
+class FunctionProxy:
+    def __init__(self, supervisor: Supervisor, metrics: GatewayMetrics, *, upstream_timeout: float,
+                 no_replica_wait: float, max_async_inflight: int):
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.upstream_timeout = upstream_timeout
+        self.no_replica_wait = no_replica_wait
+        self.session: aiohttp.ClientSession | None = None
+        self._async_slots = asyncio.Semaphore(max_async_inflight)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/function/{name}", self.call_function)
+        app.router.add_route("*", "/function/{name}/{path:.*}", self.call_function)
+        app.router.add_route("*", "/async-function/{name}", self.call_async)
+        app.router.add_route("*", "/async-function/{name}/{path:.*}", self.call_async)
+
+    async def open(self) -> None:
+        # One pooled session for all upstream calls: keep-alive connections to replicas are reused.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30,
+                                         enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self.session:
+            await self.session.close()
+
+    def _runtime(self, raw_name: str) -> tuple[FunctionRuntime, str]:
+        name, namespace = function_name(raw_name)
+        runtime = self.supervisor.functions.get(name)
+        if runtime is None or namespace != runtime.config.namespace:
+            raise GatewayError(404, f"error finding function {name}.{namespace}: not found")
+        return runtime, f"{name}.{namespace}"
+
+    @staticmethod
+    def _rest_of_path(request: web.Request) -> str:
+        # The raw (still percent-encoded) path after /function/<name>, plus the query string.
+        parts = request.raw_path.split("/", 3)
+        rest = parts[3] if len(parts) > 3 else ""
+        if len(parts) == 3 and "?" in parts[2]:
+            rest = "?" + parts[2].split("?", 1)[1]
+        return rest if rest.startswith("?") else "/" + rest
+
+    def _upstream_headers(self, request: web.Request, call_id: str, start_ns: int) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["X-Call-Id"] = call_id
+        headers["X-Start-Time"] = str(start_ns)
+        headers["X-Forwarded-Host"] = request.host
+        headers["X-Forwarded-For"] = request.remote or ""
+        return headers
+
+    @contextlib.asynccontextmanager
+    async def _upstream(self, runtime: FunctionRuntime, method: str, rest: str, headers: dict[str, str],
+                        body: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response of a ready replica. A connection refused (any method) or dropped before any
+        response (idempotent methods with a buffered body) is retried on another replica."""
+        assert self.session is not None
+        name = runtime.config.name
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=2,
+                                        sock_read=min(runtime.config.exec_timeout(), self.upstream_timeout))
+        retry_dropped = method in IDEMPOTENT and isinstance(body, bytes)
+        tried: set[int] = set()
+        for _attempt in range(6):
+            replica = runtime.pick(tried)
+            if replica is None:
+                if not await self.supervisor.wait_ready(name, self.no_replica_wait):
+                    raise GatewayError(503, f"no ready replicas for function {name}")
+                replica = runtime.pick(tried) or runtime.pick()
+                if replica is None:
+                    continue
+            with self.supervisor.lease(replica):
+                try:
+                    response = await self.session.request(
+                        method, URL(replica.url + rest, encoded=True), headers=headers, data=body,
+                        timeout=timeout, allow_redirects=False)
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                    log.info("function %s: %r unreachable (%s); trying another replica", name, replica, exc)
+                    tried.add(replica.pid)
+                    self.supervisor.report_connection_failure(replica)
+                    continue
+                except TimeoutError:
+                    raise GatewayError(504, f"function {name} did not answer within {timeout.sock_read:g}s")
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    tried.add(replica.pid)
+                    if not replica.alive:
+                        self.supervisor.report_connection_failure(replica)
+                    if retry_dropped:
+                        log.info("function %s: %r dropped the call (%s); retrying elsewhere", name, replica, exc)
+                        continue
+                    raise GatewayError(502, f"function {name}: replica dropped the connection: {exc}")
+                try:
+                    yield response
+                finally:
+                    response.release()
+                return
+        raise GatewayError(502, f"function {name}: no replica could be reached")
+
+    async def _request_body(self, request: web.Request) -> Any:
+        length = request.content_length
+        if request.body_exists and (length is None or length > MAX_BUFFERED_BODY):
+            return request.content  # streamed through
+        return await request.read() if request.body_exists else b""
+
+    async def call_function(self, request: web.Request) -> web.StreamResponse:
+        runtime, label = self._runtime(request.match_info["name"])
+        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        start_ns, started = time.time_ns(), time.perf_counter()
+        self.metrics.call_started(label)
+        code = 500
+        reply_headers = {"X-Call-Id": call_id, "X-Start-Time": str(start_ns)}
+        try:
+            body = await self._request_body(request)
+            headers = self._upstream_headers(request, call_id, start_ns)
+            async with self._upstream(runtime, request.method, self._rest_of_path(request), headers, body) as up:
+                code = up.status
+                out_headers = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
+                out_headers.update(reply_headers)
+                length = up.content_length
+                if length is not None and length <= MAX_BUFFERED_RESPONSE:
+                    data = await up.read()
+                    out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
+                    return web.Response(status=code, body=data, headers=out_headers)
+                out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
+                stream = web.StreamResponse(status=code, headers=out_headers)
+                if length is not None:
+                    stream.content_length = length
+                await stream.prepare(request)
+                async for chunk in up.content.iter_chunked(64 * 1024):
+                    await stream.write(chunk)
+                await stream.write_eof()
+                return stream
+        except GatewayError as exc:
+            code = exc.status
+            return text_response(exc.status, str(exc), **reply_headers)
+        finally:
+            runtime.invocation_count += 1
+            self.metrics.call_finished(label, code, time.perf_counter() - started)
+
+    async def call_async(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return text_response(405, "async-function only accepts POST", Allow="POST")
+        runtime, label = self._runtime(request.match_info["name"])
+        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        body = await request.read()
+        start_ns = time.time_ns()
+        headers = self._upstream_headers(request, call_id, start_ns)
+        rest = self._rest_of_path(request)
+        callback = request.headers.get("X-Callback-Url")
+        task = asyncio.create_task(self._run_async(runtime, label, rest, headers, body, call_id, callback))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return web.Response(status=202, headers={"X-Call-Id": call_id, "X-Start-Time": str(start_ns)})
+
+    async def _run_async(self, runtime: FunctionRuntime, label: str, rest: str, headers: dict[str, str],
+                         body: bytes, call_id: str, callback: str | None) -> None:
+        async with self._async_slots:  # like the queue-worker's max_inflight
+            started = time.perf_counter()
+            self.metrics.call_started(label)
+            code, result, content_type = 500, b"", "text/plain"
+            try:
+                async with self._upstream(runtime, "POST", rest, headers, body) as up:
+                    code, result = up.status, await up.read()
+                    content_type = up.headers.get("Content-Type", content_type)
+            except GatewayError as exc:
+                code, result = exc.status, (str(exc) + "\n").encode()
+            except Exception as exc:
+                log.exception("async call %s to %s failed", call_id, label)
+                result = f"{exc}\n".encode()
+            duration = time.perf_counter() - started
+            runtime.invocation_count += 1
+            self.metrics.call_finished(label, code, duration)
+            log.info("async call %s to %s finished with %s in %.3fs", call_id, label, code, duration)
+            if not callback:
+                return
+            assert self.session is not None
+            try:
+                async with self.session.post(callback, data=result, timeout=aiohttp.ClientTimeout(total=30), headers={
+                    "X-Call-Id": call_id, "X-Function-Name": label, "X-Function-Status": str(code),
+                    "X-Duration-Seconds": f"{duration:.6f}", "Content-Type": content_type,
+                }) as reply:
+                    await reply.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("async call %s: callback %s failed: %s", call_id, callback, exc)

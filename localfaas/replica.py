@@ -1,0 +1,289 @@
+"""Replica processes: starting one, knowing when it is ready or sick, and stopping it.
+
+Owns: the `Replica` (one process of a function, on its own free 127.0.0.1 port, with the function's
+environment and the path of its private secrets folder), `ReplicaProcesses`: starting a replica
+(its log `<state>/logs/function-<name>.log`, `PR_SET_PDEATHSIG` so it dies with the runtime),
+readiness (`/_/ready` must return 200 before a replica gets traffic), the liveness check of one
+replica (`/_/health`; three failures kill it), draining then SIGTERM then SIGKILL, stopping every
+process it started, by PID, and the replica state file `<state>/run/localfaas-replicas.json`
+(`REPLICAS_FILE`): `{"runtime_pid": N, "functions": {name: [{"pid", "port", "generation",
+"index"}, ...]}}`, every replica process that has not exited yet (draining ones too), rewritten
+atomically whenever a replica starts or exits, so operator tools find replica pids without reading
+logs (`read_replica_state`). Written by a live runtime only: after a SIGKILL of the runtime it is
+stale, so readers check `runtime_pid` and each pid's parent.
+Must not touch: which replicas a function should have (the supervisor decides: deploy, rolling
+update, scale, restart after a crash), HTTP routing of client requests, stack parsing, building,
+and any process it did not start.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from localfaas.build import BuildContext, process_command
+from localfaas.functionconfig import FunctionConfig
+
+log = logging.getLogger("localfaas.replica")
+
+REPLICAS_FILE = Path("run") / "localfaas-replicas.json"
+# What a replica inherits from the runtime's own environment: enough to run a process, nothing
+# else, so a function only sees what its stack entry gives it (as in a container).
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "VIRTUAL_ENV")
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: replicas then outlive a SIGKILLed runtime
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    # If the runtime itself is SIGKILLed, its replicas get SIGTERM instead of living on orphaned.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` so that a reader sees the old content or the new one, never a part."""
+    tmp = path.parent / f".{path.name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def read_replica_state(state_dir: str | Path) -> dict[str, Any]:
+    """The replica state file of the runtime using `state_dir` (see the module docstring);
+    no runtime and no functions when there is none (yet) or it cannot be read."""
+    try:
+        state = json.loads((Path(state_dir) / REPLICAS_FILE).read_text())
+    except (OSError, ValueError):
+        return {"runtime_pid": None, "functions": {}}
+    return state if isinstance(state, dict) and isinstance(state.get("functions"), dict) else {
+        "runtime_pid": None, "functions": {}}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Replica:
+    def __init__(self, function: str, generation: int, index: int, port: int,
+                 process: asyncio.subprocess.Process):
+        self.function = function
+        self.generation = generation
+        self.index = index
+        self.port = port
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.stopping = False  # set before drain: no new traffic, never restarted
+        self.inflight = 0
+        self.health_failures = 0
+        self.awaiting_ready = False  # a readiness wait owns this replica
+        self.exited = asyncio.Event()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def __repr__(self) -> str:
+        return f"<replica {self.function} g{self.generation}#{self.index} pid={self.pid} :{self.port}>"
+
+
+class ReplicaProcesses:
+    """Every replica process this runtime started, and the background tasks that watch them."""
+
+    def __init__(self, state_dir: Path, function_names: Callable[[], Iterable[str]], *,
+                 ready_timeout: float, drain_timeout: float, stop_grace: float):
+        self.state_dir = state_dir
+        self.function_names = function_names  # listed in the state file even with no replica
+        self.ready_timeout = ready_timeout
+        self.drain_timeout = drain_timeout
+        self.stop_grace = stop_grace
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._draining: list[Replica] = []  # out of rotation, waiting for in-flight requests
+        self._live: dict[int, Replica] = {}  # pid -> every replica process that has not exited yet
+
+    # ----- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        self.write_state()  # replaces a stale file a killed runtime left behind
+
+    def cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def stop_all(self, current: list[Replica]) -> None:
+        """Stop `current` and every other replica started here (SIGTERM, then SIGKILL), then the
+        probe session."""
+        replicas = {r.pid: r for r in [*current, *self._draining, *self._live.values()]}  # each once
+        await asyncio.gather(*(self.terminate(r, drain=False) for r in replicas.values()), return_exceptions=True)
+        self._live = {pid: r for pid, r in self._live.items() if r.alive}
+        self.write_state()
+        if self._session:
+            await self._session.close()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----- starting --------------------------------------------------------------------------
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"function-{name}.log"
+
+    async def start(self, config: FunctionConfig, context: BuildContext, generation: int, index: int,
+                    secrets_dir: Path) -> Replica:
+        fprocess = config.env_process or context.fprocess
+        argv = process_command(fprocess)
+        port = free_port()
+        env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+        env.update({"PYTHONUNBUFFERED": "1", "mode": "http", "fprocess": fprocess})
+        env.update(config.env_vars)
+        env.update({
+            "PORT": str(port),
+            "SECRETS_DIR": str(secrets_dir),
+            "HOSTNAME": f"{config.name}-{generation}-{index}",
+        })
+        with open(self.log_path(config.name), "ab") as logfile:  # noqa: ASYNC230 - a local append, instant
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=context.path, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C on the runtime must not hit replicas before their drain
+                preexec_fn=_die_with_parent,
+            )
+        replica = Replica(config.name, generation, index, port, process)
+        log.info("function %s: started %r (%s)", config.name, replica, " ".join(argv))
+        self._live[replica.pid] = replica
+        self.write_state()
+        self.spawn(self._forget_on_exit(replica))
+        return replica
+
+    async def _forget_on_exit(self, replica: Replica) -> None:
+        await replica.process.wait()
+        self._live.pop(replica.pid, None)
+        self.write_state()
+
+    def write_state(self) -> None:
+        functions: dict[str, list[dict[str, int]]] = {name: [] for name in self.function_names()}
+        for r in sorted(self._live.values(), key=lambda r: (r.function, r.generation, r.index, r.pid)):
+            functions.setdefault(r.function, []).append(
+                {"pid": r.pid, "port": r.port, "generation": r.generation, "index": r.index})
+        state = {"runtime_pid": os.getpid(), "functions": functions}
+        try:
+            write_atomic(self.state_dir / REPLICAS_FILE, (json.dumps(state, indent=1) + "\n").encode(), 0o644)
+        except OSError as exc:  # the file informs operators; replicas run without it
+            log.warning("cannot write %s: %s", self.state_dir / REPLICAS_FILE, exc)
+
+    # ----- readiness and health --------------------------------------------------------------
+    async def _probe(self, replica: Replica, path: str) -> int | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(replica.url + path) as resp:
+                await resp.read()
+                return resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+
+    async def await_ready(self, replica: Replica, timeout: float | None = None) -> bool:
+        deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
+        delay = 0.05
+        replica.awaiting_ready = True
+        try:
+            while time.monotonic() < deadline and replica.alive and not replica.stopping:
+                if await self._probe(replica, "/_/ready") == 200:
+                    replica.ready = True
+                    log.info("function %s: %r ready", replica.function, replica)
+                    return True
+                await asyncio.sleep(delay)
+                delay = min(0.5, delay * 1.5)
+            return False
+        finally:
+            replica.awaiting_ready = False
+
+    async def all_ready(self, replicas: list[Replica]) -> bool:
+        results = await asyncio.gather(*(self.await_ready(r) for r in replicas))
+        return all(results)
+
+    def not_ready_message(self, name: str, replicas: list[Replica]) -> str:
+        bad = [r for r in replicas if not r.ready]
+        exited = [r for r in bad if not r.alive]
+        why = (f"{len(exited)} exited (code {exited[0].process.returncode})" if exited
+               else f"not ready after {self.ready_timeout:g}s")
+        return (f"function {name}: {len(bad)} of {len(replicas)} new replica(s) failed: "
+                f"{why}; see {self.log_path(name)}")
+
+    async def reprobe(self, replica: Replica) -> None:
+        await asyncio.sleep(0.2)
+        await self.await_ready(replica, timeout=self.ready_timeout)
+
+    async def check(self, replica: Replica) -> None:
+        """One liveness/readiness round for a replica that is alive and not stopping."""
+        if not replica.ready:
+            if replica.awaiting_ready:
+                return  # still starting (or re-probing): its own readiness wait owns it
+            # Its readiness wait ran out (e.g. no model yet, loaded later by a retry): keep
+            # probing at the health interval so it joins the rotation once it can serve.
+            if await self._probe(replica, "/_/ready") == 200 and not replica.stopping:
+                replica.ready = True
+                log.info("function %s: %r ready (late)", replica.function, replica)
+            return
+        health = await self._probe(replica, "/_/health")
+        replica.health_failures = 0 if health == 200 else replica.health_failures + 1
+        if replica.health_failures >= 3:
+            log.error("function %s: %r failed 3 liveness checks; killing it", replica.function, replica)
+            replica.ready = False
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.kill()  # its exit watcher restarts it
+            return
+        if health == 200 and await self._probe(replica, "/_/ready") not in (200, None):
+            log.warning("function %s: %r not ready any more; out of rotation", replica.function, replica)
+            replica.ready = False
+            self.spawn(self.reprobe(replica))
+
+    # ----- stopping --------------------------------------------------------------------------
+    async def terminate(self, replica: Replica, drain: bool) -> None:
+        replica.stopping = True
+        replica.ready = False
+        if drain:
+            self._draining.append(replica)
+            deadline = time.monotonic() + self.drain_timeout
+            while replica.inflight > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        try:
+            if replica.alive:
+                replica.process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(replica.process.wait(), self.stop_grace)
+                except TimeoutError:
+                    log.warning("function %s: %r ignored SIGTERM; SIGKILL", replica.function, replica)
+                    replica.process.kill()
+                    await replica.process.wait()
+        except ProcessLookupError:
+            pass
+        finally:
+            if replica in self._draining:
+                self._draining.remove(replica)
+
