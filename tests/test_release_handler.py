@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from movierec.store import StoreError
+from movierec.store import StoreUnavailableError
 
 
 def _event(method, path, headers=None):
@@ -37,11 +37,11 @@ def test_a_bad_release_setting_is_a_400_naming_the_variable(handler, monkeypatch
 
 def test_an_unavailable_store_is_a_503(handler, monkeypatch):
     def down():
-        raise StoreError("store s3://movierec unreachable")
+        raise StoreUnavailableError("store s3://movierec unreachable")
 
     monkeypatch.setattr(handler, "open_store", down)
     reply = handler.handle(_event("GET", "/status"), None)
-    assert reply["statusCode"] == 503 and reply["body"] == {"error": "StoreError: store s3://movierec unreachable"}
+    assert reply["statusCode"] == 503 and reply["body"] == {"error": "StoreUnavailableError: store s3://movierec unreachable"}
 
 
 def test_other_methods_and_unknown_actions_are_refused(handler):

@@ -1,5 +1,8 @@
 """The canary release: a small package, its public API re-exported here.
 
+Owns: the release state machine, its policy (checks as data), the PromQL it reads, its state and
+history in the store, online quality, and the figures it reports.
+
 A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Where each part lives:
 | module | owns |
 | --- | --- |
