@@ -96,12 +96,11 @@ def test_a_missing_env_file_is_one_line_naming_it(tmp_path):
 
 
 def test_a_malformed_local_env_file_is_one_line_from_the_cli_not_a_traceback(tmp_path, monkeypatch, capsys):
-    import scripts.stack.config as config
     from scripts.stack import main
 
     bad = tmp_path / "local.yml"
     bad.write_text("environment:\n  INGEST_MAX_SECONDS: 15\n")
-    monkeypatch.setattr(config, "LOCAL_ENV_FILE", bad)
+    monkeypatch.setattr("scripts.stack.config.LOCAL_ENV_FILE", bad)
     monkeypatch.setattr("scripts.stack.cli.ensure_packages", lambda: None)
     monkeypatch.setattr("scripts.stack.cli.services", lambda config: [])  # whatever happens, start nothing
     assert main(["up", "--state-dir", str(tmp_path / "state")]) == 1
