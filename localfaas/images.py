@@ -247,16 +247,22 @@ class ImageStore:
 
 
 def link_tree(source: Path, target: Path) -> None:
-    """A replica's own copy of an image's files: hard links (read-only files, so the image cannot
-    be changed through them), in writable folders so the replica may add files of its own."""
+    """A replica's own copy of an image's files, in writable folders so the replica may add files of
+    its own without touching the image (like a container's writable layer): hard links to the
+    read-only files, or real copies where file modes do not protect them (running as root) or the
+    folders are on different file systems."""
+    copy = os.geteuid() == 0
     for folder, dirs, names in os.walk(source):
         rel = Path(folder).relative_to(source)
         (target / rel).mkdir(parents=True, exist_ok=True)
         for name in names:
             src, dest = Path(folder) / name, target / rel / name
-            try:
-                os.link(src, dest)
-            except OSError:  # another file system: copy instead
-                shutil.copy2(src, dest)
-                dest.chmod(stat.S_IMODE(src.stat().st_mode))
+            if not copy:
+                try:
+                    os.link(src, dest)
+                    continue
+                except OSError:
+                    pass
+            shutil.copyfile(src, dest)
+            dest.chmod(stat.S_IMODE(src.stat().st_mode) | 0o200)
         dirs.sort()

@@ -93,8 +93,11 @@ class FunctionProxy:
 
     @staticmethod
     def _rest_of_path(request: web.Request) -> str:
-        # The raw (still percent-encoded) path after /function/<name>, plus the query string.
-        parts = request.raw_path.split("/", 3)
+        # The raw (still percent-encoded) path after [/provider]/function/<name>, plus the query string.
+        raw = request.raw_path
+        if raw.startswith("/provider/"):
+            raw = raw[len("/provider"):]
+        parts = raw.split("/", 3)
         rest = parts[3] if len(parts) > 3 else ""
         if len(parts) == 3 and "?" in parts[2]:
             rest = "?" + parts[2].split("?", 1)[1]

@@ -171,7 +171,7 @@ class ReplicaProcesses:
 
     def in_use(self) -> set[str]:
         """Digests of the images of every replica process still alive (draining ones too)."""
-        return {r.image.digest for r in self._live.values()}
+        return {r.image.digest for r in self._live.values() if r.alive}
 
     # ----- starting --------------------------------------------------------------------------
     def log_path(self, name: str) -> Path:

@@ -197,9 +197,12 @@ class Supervisor:
         runtime.crash_streak, runtime.last_error = 0, ""
         log.info("function %s: generation %d serving on %s; draining %d old replica(s)",
                  runtime.config.name, generation, [r.port for r in new], len(old))
-        for replica in old:
-            self._spawn_task(self.processes.terminate(replica, drain=True))
-        self._spawn_task(self.collect_images())
+        self._spawn_task(self._retire(old))
+
+    async def _retire(self, old: list[Replica]) -> None:
+        await asyncio.gather(*(self.processes.terminate(r, drain=True) for r in old))
+        await asyncio.gather(*(r.process.wait() for r in old))
+        await self.collect_images()
 
     async def _roll_out(self, runtime: FunctionRuntime, generation: int) -> None:
         started, told = time.monotonic(), False
