@@ -57,6 +57,7 @@ class FunctionRuntime:
         self.created_at = datetime.now(UTC)
         self.invocation_count = 0.0
         self.crash_streak = 0
+        self.crashed_generation = 0  # the newest generation a replica of which exited on its own
         self.last_error = ""
         self.lock = asyncio.Lock()  # one deploy/update/scale/delete at a time
         self._rr = itertools.count()
@@ -168,26 +169,35 @@ class Supervisor:
         runtime = self.get(config.name)
         self._prepare_secrets(config)
         async with runtime.lock:
-            if runtime.pending:  # a newer deploy replaces a rollout still waiting
-                log.info("function %s: generation %d replaced before it was ready", config.name,
-                         runtime.pending_generation)
-                for replica in runtime.pending:
-                    self._spawn_task(self.processes.terminate(replica, drain=False))
-                runtime.pending = []
-            # A redeploy keeps a scale made through the API, but honours a raised minimum.
-            desired = max(runtime.desired, config.min_replicas()) if SCALE_MIN_LABEL in config.labels \
-                else runtime.desired
-            runtime.config, runtime.image, runtime.source = config, image, "api"
-            runtime.desired = min(desired, config.max_replicas()) if desired else 0
-            generation = runtime.pending_generation = max(runtime.generation, runtime.pending_generation) + 1
-            new = [await self._start(runtime, config, image, generation, i) for i in range(runtime.desired)]
-            if runtime.ready_replicas():
-                runtime.pending = new
-                self._spawn_task(self._roll_out(runtime, generation))
-            else:  # nothing serving that could be kept: the new generation takes over at once
-                self._switch(runtime, new, generation)
-            self._persist(runtime)
+            if runtime.pending and runtime.config == config and runtime.image.digest == image.digest:
+                generation = runtime.pending_generation  # the same deploy again (a retry): keep its rollout
+                self._persist(runtime)
+            else:
+                generation = await self._replace(runtime, config, image)
         await self._wait_serving(runtime, generation, wait)
+
+    async def _replace(self, runtime: FunctionRuntime, config: FunctionConfig, image: Image) -> int:
+        """Start the new generation; it serves at once when nothing serves now, else after a rollout."""
+        if runtime.pending:  # a newer deploy replaces a rollout still waiting
+            log.info("function %s: generation %d replaced before it was ready", config.name,
+                     runtime.pending_generation)
+            for replica in runtime.pending:
+                self._spawn_task(self.processes.terminate(replica, drain=False))
+            runtime.pending = []
+        # A redeploy keeps a scale made through the API, but honours a raised minimum.
+        desired = max(runtime.desired, config.min_replicas()) if SCALE_MIN_LABEL in config.labels \
+            else runtime.desired
+        runtime.config, runtime.image, runtime.source = config, image, "api"
+        runtime.desired = min(desired, config.max_replicas()) if desired else 0
+        generation = runtime.pending_generation = max(runtime.generation, runtime.pending_generation) + 1
+        new = [await self._start(runtime, config, image, generation, i) for i in range(runtime.desired)]
+        if runtime.ready_replicas():
+            runtime.pending = new
+            self._spawn_task(self._roll_out(runtime, generation))
+        else:  # nothing serving that could be kept: the new generation takes over at once
+            self._switch(runtime, new, generation)
+        self._persist(runtime)
+        return generation
 
     def _switch(self, runtime: FunctionRuntime, new: list[Replica], generation: int) -> None:
         """The switch: one assignment, so every request sees either the old set or the new one."""
@@ -225,8 +235,8 @@ class Supervisor:
     async def _wait_serving(self, runtime: FunctionRuntime, generation: int, wait: float) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and self.functions.get(runtime.config.name) is runtime:
-            if runtime.pending_generation > generation:
-                return  # replaced by a newer deploy
+            if runtime.pending_generation > generation or runtime.crashed_generation >= generation:
+                return  # replaced by a newer deploy, or its replicas crash: waiting would not help
             if runtime.generation == generation and all(r.ready for r in runtime.replicas):
                 return
             await asyncio.sleep(0.05)
@@ -362,6 +372,7 @@ class Supervisor:
                     replica.function, replica, code, uptime, self.log_path(replica.function))
         if replica not in runtime.every_replica() or self.functions.get(runtime.config.name) is not runtime:
             return
+        runtime.crashed_generation = max(runtime.crashed_generation, replica.generation)
         runtime.crash_streak = 0 if uptime > 30 else runtime.crash_streak + 1
         delay = min(self.max_backoff, 0.25 * (2 ** max(0, runtime.crash_streak - 1)))
         await asyncio.sleep(delay)
