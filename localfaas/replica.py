@@ -262,10 +262,10 @@ class ReplicaProcesses:
                     self._note_waiting(replica, status, body)
                 await asyncio.sleep(delay)
                 delay = min(0.5, delay * 1.5)
-            if replica.alive and not replica.stopping and timeout is None:
-                log.info("function %s: %r not ready after %gs%s; probing it every health interval until it is",
-                         replica.function, replica, self.ready_timeout,
-                         f" (still waiting for: {replica.waiting_for})" if replica.waiting_for else "")
+            if replica.alive and not replica.stopping and timeout is None and not replica.waiting_for:
+                # It never answered at all (a replica that answers "not yet" was logged as waiting).
+                log.warning("function %s: %r not answering its readiness probe after %gs; probing it every "
+                            "health interval until it is", replica.function, replica, self.ready_timeout)
             return False
         finally:
             replica.awaiting_ready = False

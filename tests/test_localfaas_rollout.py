@@ -11,9 +11,19 @@ import pytest
 import requests
 
 from localfaas.replica import read_replica_state
-from tests.localfaas_harness import pid_alive, start_stack
+from tests.localfaas_harness import LocalFaas, pid_alive, start_stack, write_project
 
 HAMMER_THREADS = 4
+SLEEPY = """
+  sleepy:
+    lang: python3-http-debian
+    handler: ./functions/echo
+    image: test/sleepy:latest
+    environment:
+      NEVER_READY: "1"
+    labels:
+      com.openfaas.scale.min: "2"
+"""
 DEPLOY_WAIT = 8.0  # seconds a deploy call waits for its replicas to serve before answering anyway
 
 
@@ -237,3 +247,24 @@ def test_update_during_a_first_deploy_that_is_not_ready_yet_does_not_wait_behind
         creating.join(60)
     assert first["reply"].status_code in (200, 202)
     assert faas.functions()["echo"]["envVars"].get("NEVER_READY") is None
+
+
+def test_a_replica_that_is_up_but_not_ready_is_logged_once_as_waiting_never_as_an_error(tmp_path):
+    write_project(tmp_path)
+    with open(tmp_path / "stack.yml", "a") as stack:
+        stack.write(SLEEPY)
+    faas = LocalFaas(tmp_path, {"LOCALFAAS_READY_TIMEOUT": "2"})
+    try:
+        faas.wait_available("echo", 2)
+        runtime_log = faas.state / "logs" / "localfaas.log"
+        faas.wait_until(lambda: runtime_log.read_text().count("is up, waiting for: told never to be ready") == 2,
+                        "both sleepy replicas to say what they wait for")
+        time.sleep(3)  # past the readiness timeout, and a few health rounds more
+        text = runtime_log.read_text()
+        waiting = [line for line in text.splitlines() if "sleepy" in line and "told never to be ready" in line]
+        assert len(waiting) == 2, waiting  # once per replica, with what its readiness answer said
+        assert " ERROR " not in text and "failed" not in text
+        status = faas.functions()["sleepy"]
+        assert status["replicas"] == 2 and "availableReplicas" not in status
+    finally:
+        faas.stop()
