@@ -101,6 +101,10 @@ SETTINGS: tuple[Setting, ...] = (
     _serve("MODEL_CACHE_DIR", "str", "", "local model cache; blank: $TMPDIR/movierec-model-cache"),
     _serve("MODEL_RETRY_SECONDS", "float", "5", "retry loading a missing model at most this often", minimum=0),
     _serve("RECOMMEND_K", "int", "20", "movies per answer (at most 100)", minimum=1, maximum=100),
+    _serve("POPULARITY_MAX_BATCHES", "int", "64", "before the first model: answer from the popularity of at "
+           "most this many newest batches", minimum=1),
+    _serve("POPULARITY_REFRESH_SECONDS", "float", "10", "before the first model: recompute that popularity at "
+           "most this often", minimum=0.1),
     # -- release -----------------------------------------------------------------------------------
     _release("RELEASE_WINDOW", "duration", "2h", "analysis window of a canary release"),
     _release("RELEASE_MIN_REQUESTS", "int", "200", "canary requests needed before any decision", minimum=1),
@@ -131,7 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     _notify("SMTP_TO", "list", "", "recipients of decision emails, comma-separated"),
     _notify("SMTP_STARTTLS", "bool", "0", "use STARTTLS"),
     # -- the function template ---------------------------------------------------------------------
-    _tmpl("BIND_HOST", "str", "127.0.0.1", "address the function server binds (the Dockerfile sets 0.0.0.0)"),
+    _tmpl("BIND_HOST", "str", "127.0.0.1", "address the function server binds (in a container too: the watchdog forwards to 127.0.0.1)"),
     _tmpl("PORT", "int", "5000", "port the function server listens on", minimum=1, maximum=65535),
     _tmpl("SERVER_THREADS", "int", "8", "function server threads", minimum=1),
     # -- the local stack (make up) and stack.yml substitutions ------------------------------------
