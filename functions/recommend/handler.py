@@ -12,12 +12,16 @@ Every body is one line of text/plain (movierec.adapters.replies, content type TE
 - `GET /health`: what the replica serves, 200 while it can answer usefully (a model, or warm-up
   popularity), else 503; `ready()` is the same check for the template's readiness and lock file.
 """
+import logging
+
 from movierec.adapters.replies import TEXT, error, reply
 from movierec.adapters.stores import open_store
 from movierec.drills import DrillFault
 from movierec.events import parse_user_id
 from movierec.serving import POPULARITY_VERSION, ModelHolder
 
+# State changes only (waiting / loaded / failed, each once), never a line per request.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 MODEL = ModelHolder(open_store=open_store)  # first load at import; retries in the background
 _RETRY_AFTER = str(max(1, round(MODEL.retry_seconds)))  # seconds, for 503 replies
 
