@@ -24,7 +24,7 @@ from localfaas.build import build_function, process_command
 from localfaas.stackfile import load_stack
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.store import LocalDirectoryStore
-from tests.test_recommend_function import _free_port
+from scripts._proc import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / "python3-http-debian"
@@ -43,7 +43,7 @@ class Container:
         self.tmpdir = tmp / "tmp"
         self.tmpdir.mkdir()
         self.lock = self.tmpdir / ".lock"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         child = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "TMPDIR": str(self.tmpdir),
                  "PORT": str(self.port), "suppress_lock": "true", "mode": "http", "PUSHGATEWAY_URL": "",
@@ -133,7 +133,7 @@ def test_a_loaded_model_gets_the_lock(container, context, tmp_path):
 def test_without_suppress_lock_index_py_never_touches_a_lock_file(context, tmp_path):
     """Locally (no watchdog) the host's /tmp/.lock is not ours: replicas must not write it."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
-           "PORT": str(_free_port()), "MODEL_PATH": str(tmp_path / "missing")}
+           "PORT": str(free_port()), "MODEL_PATH": str(tmp_path / "missing")}
     probe = subprocess.run([sys.executable, "-c", "import index; print(index.owns_lock_file())"],
                            cwd=context.path, env=env, capture_output=True, text=True, timeout=60, check=True)
     assert probe.stdout.strip().splitlines()[-1] == "False"
