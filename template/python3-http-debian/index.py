@@ -111,7 +111,11 @@ def owns_lock_file(env=os.environ):
 
 def sync_lock_file(path=LOCK_FILE):
     """Make the lock file say what `ready()` says (no hook: ready). Returns the state written."""
-    status, _ = _hook("ready")
+    try:
+        status, _ = _hook("ready")
+    except Exception as e:  # noqa: BLE001 (a failing hook means "not ready", never a dead lock thread)
+        print(f"index.py: ready() failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        status = 503
     try:
         if status == 200:
             if not os.path.exists(path):
