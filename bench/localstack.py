@@ -33,12 +33,13 @@ READY_TIMEOUT_S = 180.0
 
 def recommend_only_project(folder: Path) -> Path:
     """A project folder whose stack.yml holds only the recommend functions of the real stack.yml;
-    template/, functions/ and movierec/ link to the repo's, so the build contexts are the real ones."""
+    template/, functions/, movierec/ and env/ link to the repo's, so the build contexts (and the
+    functions' address overlay, env/localfaas.yml here) are the real ones."""
     folder.mkdir(parents=True, exist_ok=True)
     stack = yaml.safe_load((REPO / "stack.yml").read_text())  # ${VAR} stay text: localfaas substitutes
     stack["functions"] = {name: stack["functions"][name] for name in RECOMMEND_FUNCTIONS}
     (folder / "stack.yml").write_text(yaml.safe_dump(stack, sort_keys=False))
-    for name in ("template", "functions", "movierec"):
+    for name in ("template", "functions", "movierec", "env"):
         link = folder / name
         if not link.exists():
             link.symlink_to(REPO / name, target_is_directory=True)
@@ -112,6 +113,7 @@ class RecommendStack:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self._model_env(),
                "TMPDIR": str(self.workdir / "tmp"),  # passed to replicas: their model cache stays ours
+               "DEPLOY_TARGET": "localfaas",  # stack.yml's local overlay: the addresses are these
                "CANARY_PERCENT": str(self.canary_percent),
                "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "60"}
         self.localfaas = self._spawn(

@@ -93,6 +93,8 @@ SETTINGS: tuple[Setting, ...] = (
     _train("RMSE_TOLERANCE", "float", "", "gate: not worse than stable's RMSE by more; blank: params.yaml's, "
            "else 0.02", deployed="0.02"),
     _train("TRAIN_TOPIC", "str", "", "train on this topic's batches only; blank: every topic"),
+    _train("TRAIN_MIN_INTERVAL", "duration", "0", "scheduled trainings skip while the newest model is younger "
+           "than this (the first model never waits)"),
     _train("AUTO_RELEASE", "bool", "1", "start a canary release when a model passes the gates"),
     _train("CODE_VERSION", "str", "", "recorded in each model version; blank: `git describe`, else unknown"),
     # -- recommend ---------------------------------------------------------------------------------
@@ -101,6 +103,10 @@ SETTINGS: tuple[Setting, ...] = (
     _serve("MODEL_CACHE_DIR", "str", "", "local model cache; blank: $TMPDIR/movierec-model-cache"),
     _serve("MODEL_RETRY_SECONDS", "float", "5", "retry loading a missing model at most this often", minimum=0),
     _serve("RECOMMEND_K", "int", "20", "movies per answer (at most 100)", minimum=1, maximum=100),
+    _serve("POPULARITY_MAX_BATCHES", "int", "64", "before the first model: answer from the popularity of at "
+           "most this many newest batches", minimum=1),
+    _serve("POPULARITY_REFRESH_SECONDS", "float", "10", "before the first model: recompute that popularity at "
+           "most this often", minimum=0.1),
     # -- release -----------------------------------------------------------------------------------
     _release("RELEASE_WINDOW", "duration", "2h", "analysis window of a canary release"),
     _release("RELEASE_MIN_REQUESTS", "int", "200", "canary requests needed before any decision", minimum=1),
@@ -119,7 +125,10 @@ SETTINGS: tuple[Setting, ...] = (
     _release("CANARY_FUNCTION", "str", "recommend-canary", "the function serving the candidate"),
     _release("FUNCTION_NAMESPACE", "str", "openfaas-fn", "namespace of the recommend functions"),
     # -- services ----------------------------------------------------------------------------------
-    _svc("OPENFAAS_URL", "str", "http://127.0.0.1:8080", "the OpenFaaS gateway the functions call"),
+    _svc("OPENFAAS_URL", "str", "http://127.0.0.1:8080", "the OpenFaaS gateway the functions (and the operator "
+         "CLIs) call; in a cluster env/<target>.yml sets the functions' own"),
+    _svc("OPENFAAS_GATEWAY", "str", "http://127.0.0.1:8080", "stack.yml: faas-cli's gateway (provider.gateway), "
+         "as seen from where faas-cli runs"),
     _svc("PROMETHEUS_URL", "str", "http://127.0.0.1:9090", "Prometheus, for the release analysis"),
     _svc("PUSHGATEWAY_URL", "str", "", "Pushgateway for the batch functions' figures; blank: no push",
          deployed="http://127.0.0.1:9091"),
@@ -131,10 +140,12 @@ SETTINGS: tuple[Setting, ...] = (
     _notify("SMTP_TO", "list", "", "recipients of decision emails, comma-separated"),
     _notify("SMTP_STARTTLS", "bool", "0", "use STARTTLS"),
     # -- the function template ---------------------------------------------------------------------
-    _tmpl("BIND_HOST", "str", "127.0.0.1", "address the function server binds (the Dockerfile sets 0.0.0.0)"),
+    _tmpl("BIND_HOST", "str", "127.0.0.1", "address the function server binds (in a container too: the watchdog forwards to 127.0.0.1)"),
     _tmpl("PORT", "int", "5000", "port the function server listens on", minimum=1, maximum=65535),
     _tmpl("SERVER_THREADS", "int", "8", "function server threads", minimum=1),
     # -- the local stack (make up) and stack.yml substitutions ------------------------------------
+    _stack("DEPLOY_TARGET", "str", "kubernetes", "stack.yml: the functions' address overlay env/<target>.yml: "
+           "kubernetes, faasd, localfaas (make up)"),
     _stack("STACK_STATE_DIR", "str", "var", "the local stack's state folder (store, logs, pids, secrets)"),
     _stack("STACK_FILE", "str", "stack.yml", "the stack file `make up` deploys"),
     _stack("STACK_SIMULATOR", "bool", "1", "start the stream simulator with `make up`"),

@@ -132,6 +132,30 @@ def test_other_paths_are_404_and_other_methods_405(served):
     assert reply.status_code == 405 and "GET" in reply.headers["Allow"]
 
 
+def test_the_user_id_may_come_as_a_query_or_a_post_body_as_faas_cli_invoke_sends_it(served, model_dir):
+    model = load_model(model_dir)
+    user_id = int(model.user_ids[5])
+    by_path = requests.get(f"{served.url}/{user_id}", timeout=5).text
+    assert requests.get(f"{served.url}/", params={"user": user_id}, timeout=5).text == by_path
+    posted = requests.post(f"{served.url}/", data=f"{user_id}\n", timeout=5)  # `echo 42 | faas-cli invoke`
+    assert posted.status_code == 200 and posted.text == by_path
+    assert requests.post(f"{served.url}/", data=b"nope", timeout=5).status_code == 400
+
+
+def test_before_any_model_exists_it_answers_at_once_from_popularity(build_context, tmp_path):
+    fn = FunctionProcess(build_context, {"STORE_URL": str(tmp_path / "empty-store"), "MODEL_VERSION": "stable",
+                                         "MODEL_CACHE_DIR": str(tmp_path / "cache")}, tmp_path / "log")
+    try:
+        ready = requests.get(f"{fn.url}/_/ready", timeout=5)
+        assert ready.status_code == 200 and ready.text.startswith("waiting for a model (")
+        reply = requests.get(f"{fn.url}/42", timeout=5)
+        assert reply.status_code == 200 and reply.headers["X-Model-Version"] == "popularity"
+        assert reply.text == ""  # nothing ingested yet: an empty list, not a wait
+        assert "ERROR" not in fn.log.read_text()
+    finally:
+        fn.stop()
+
+
 def test_health_and_readiness_name_the_loaded_model(served):
     for path in ("/health", "/_/ready"):
         reply = requests.get(served.url + path, timeout=5)

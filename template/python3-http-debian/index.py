@@ -4,6 +4,18 @@ Serves `function/handler.py`'s `handle(event, context)` over HTTP with Flask und
 In a container of-watchdog (mode=http) sits in front on :8080 and forwards to 127.0.0.1:5000;
 without a container the local runtime starts this file directly and sets PORT.
 
+Health, as the real platforms see it (see README.md):
+- `/_/ready` answers the handler's optional `ready()` hook: (ok, one line), 200 or 503. The
+  local runtime probes it directly; in a container the watchdog forwards its own `/_/ready` here
+  (the Dockerfile sets `ready_path`).
+- `/_/health` answers the optional `alive()` hook (200 "ok" without one).
+- The lock file. Kubernetes (faas-netes CE) probes only the watchdog's `/_/health`, for readiness
+  AND liveness, and the watchdog answers it from `$TMPDIR/.lock` (a stat). With `suppress_lock`
+  set (the Dockerfile does) the watchdog never writes that file, and this server keeps it in step
+  with `ready()` instead: written once the server listens and the handler is ready, removed when
+  it is not. So "ready" on Kubernetes means what `ready()` says, and a handler that can always
+  answer usefully (e.g. recommend's warm-up popularity) is never restarted for waiting.
+
 `function/` is put on sys.path so a handler imports the code that `configuration.copy`
 placed beside it (e.g. `import movierec`) the same way in a container, a local build
 context and the tests.
@@ -12,9 +24,10 @@ import json
 import os
 import socket
 import sys
+import threading
 
 from flask import Flask, Response, request
-from waitress import serve
+from waitress import create_server
 
 FUNCTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "function")
 sys.path.insert(0, FUNCTION_DIR)
@@ -22,6 +35,9 @@ sys.path.insert(0, FUNCTION_DIR)
 import handler  # needs the path above
 
 app = Flask(__name__)
+# Where of-watchdog looks: Go's os.TempDir() is $TMPDIR, else /tmp.
+LOCK_FILE = os.path.join(os.environ.get("TMPDIR") or "/tmp", ".lock")
+LOCK_INTERVAL_S = 1.0
 
 
 class Event:
@@ -34,8 +50,12 @@ class Event:
 
 
 class Context:
-    def __init__(self):
-        self.hostname = os.getenv("HOSTNAME", socket.gethostname())
+    def __init__(self, hostname):
+        self.hostname = hostname
+
+
+# The same for every request of this process: computed once, not per call.
+CONTEXT = Context(os.getenv("HOSTNAME") or socket.gethostname())
 
 
 def _format(result):
@@ -65,7 +85,8 @@ def _hook(name):
 
 @app.route("/_/health", methods=["GET"])
 def health():
-    # Liveness: the process is up and the handler imported (of-watchdog's /_/health in a container).
+    # Liveness: the process is up and the handler imported (the watchdog answers its own
+    # /_/health from the lock file in a container; see the module docstring).
     status, message = _hook("alive")
     return Response(message + "\n", status=status, mimetype="text/plain")
 
@@ -80,14 +101,49 @@ def ready():
 @app.route("/", defaults={"path": ""}, methods=["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 @app.route("/<path:path>", methods=["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 def call_handler(path):
-    return _format(handler.handle(Event("/" + path), Context()))
+    return _format(handler.handle(Event("/" + path), CONTEXT))
+
+
+def owns_lock_file(env=os.environ):
+    """True when the watchdog was told not to write the lock (`suppress_lock`), so this server must."""
+    return (env.get("suppress_lock") or "").strip().lower() in ("1", "true")
+
+
+def sync_lock_file(path=LOCK_FILE):
+    """Make the lock file say what `ready()` says (no hook: ready). Returns the state written."""
+    try:
+        status, _ = _hook("ready")
+    except Exception as e:  # noqa: BLE001 (a failing hook means "not ready", never a dead lock thread)
+        print(f"index.py: ready() failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        status = 503
+    try:
+        if status == 200:
+            if not os.path.exists(path):
+                with open(path, "w"):
+                    pass
+        elif os.path.exists(path):
+            os.remove(path)
+    except OSError as e:  # a read-only /tmp: say so once per state, keep serving
+        print(f"index.py: cannot update {path}: {e}", file=sys.stderr, flush=True)
+    return status == 200
+
+
+def _keep_lock_in_step(stop):
+    while True:
+        sync_lock_file()
+        if stop.wait(LOCK_INTERVAL_S):
+            return
 
 
 if __name__ == "__main__":
-    serve(
+    server = create_server(  # binds now: the lock is written only once calls can be answered
         app,
         host=os.getenv("BIND_HOST", "127.0.0.1"),
         port=int(os.getenv("PORT", "5000")),
         threads=int(os.getenv("SERVER_THREADS", "8")),
         ident=None,
     )
+    if owns_lock_file():
+        threading.Thread(target=_keep_lock_in_step, args=(threading.Event(),), name="lock-file",
+                         daemon=True).start()
+    server.run()
