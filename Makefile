@@ -42,7 +42,7 @@ release-token:
 	@echo "release-admin-token in var/secrets/release-admin-token"
 
 # The local stack on 127.0.0.1 (broker, localfaas gateway :8080, nginx :8082, Prometheus :9090,
-# Pushgateway :9091): started in the background by PID, logs in var/logs/. See scripts/stack.py.
+# Pushgateway :9091): started in the background by PID, logs in var/logs/. See scripts/stack/ and env/local.yml.
 up: $(STAMP) release-token
 	$(PY) -m scripts.stack up
 

@@ -6,7 +6,7 @@ Kubernetes, logs to stdout), and the nginx command line that runs it unprivilege
 The canary membership comes from `movierec.canary` (never re-implemented here), so the proxy and
 the release analysis cannot disagree.
 
-Must not touch: starting or stopping nginx (scripts/stack.py does that), anything about models.
+Must not touch: starting or stopping nginx (scripts/stack does that), anything about models.
 
 CLI:
     python -m gateway.render [--profile local|container] [--canary-percent N]
@@ -48,7 +48,7 @@ class NginxSettings:
     temp_dir: str
     access_log: str
     error_log: str
-    daemon: bool = False  # off: the supervisor (scripts/stack.py, a container runtime) owns the process
+    daemon: bool = False  # off: the supervisor (scripts/stack, a container runtime) owns the process
     read_timeout: str = "5s"
     # The callers give up after 600-800 ms: a canary silent for longer is treated as down and its
     # user gets stable's answer while the caller still waits.

@@ -48,7 +48,7 @@ def _setup_logging(state: Path) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     # The log file, plus stderr only when it is a terminal: a supervisor that redirects stderr
-    # into the same file (scripts/stack.py) would otherwise get every line twice.
+    # into the same file (scripts/stack/) would otherwise get every line twice.
     handlers: list[logging.Handler] = [logging.FileHandler(state / "logs" / "localfaas.log")]
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler(sys.stderr))

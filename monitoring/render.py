@@ -5,7 +5,7 @@ honor_labels so batch functions keep their own job/instance labels, Prometheus i
 scrape/evaluation intervals, and the path of the alert rules (monitoring/alerts.yml). Also the
 command lines of Prometheus and the Pushgateway run as our own unprivileged processes.
 
-Must not touch: starting or stopping processes (scripts/stack.py), the alert rules' content.
+Must not touch: starting or stopping processes (scripts/stack), the alert rules' content.
 
 CLI:
     python -m monitoring.render [--profile local|faasd] [-o FILE]

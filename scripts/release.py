@@ -14,7 +14,7 @@ Owns the command line an operator uses against a running stack (local or remote 
 Calls go through the OpenFaaS gateway (OPENFAAS_URL) with the one gateway API client
 (`movierec.adapters.gateway`); the drill also writes to the object store (STORE_URL) and redeploys
 with the gateway's basic-auth secrets. Secrets and the store default to the
-local stack's state dir (STACK_STATE_DIR, `var/`), as scripts/stack.py sets them for the functions.
+local stack's state dir (STACK_STATE_DIR, `var/`), as scripts/stack sets them for the functions.
 
 Must not touch: release policy and state transitions (movierec.release, run by the release
 function), how models are trained; it never sets a drill on anything but the copy it makes.

@@ -1,6 +1,6 @@
-"""The whole local stack, end to end, driven by the same driver as `make demo` (scripts/demo.py).
+"""The whole local stack, end to end, driven by the same driver as `make demo` (scripts/demo).
 
-One lifecycle runs once for the module on a fresh stack (scripts/stack.py on free ports, a temp
+One lifecycle runs once for the module on a fresh stack (scripts/stack on free ports, a temp
 state dir, fast release settings): simulator backfill, ingest, a first model -> stable, a second
 -> canary -> judged by the release controller from Prometheus -> promoted; then a drill model
 (`scripts.release drill-bad-model`, delay only) -> rolled back by the controller; then one

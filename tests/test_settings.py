@@ -45,6 +45,16 @@ def test_every_stack_yml_default_is_the_tables():
         assert default == expected, f"stack.yml: ${{{name}:-{default}}} but the table says {expected!r}"
 
 
+def test_every_variable_of_the_env_files_is_in_the_table():
+    from scripts.envfile import ENV_DIR, read_env_file
+
+    files = sorted(ENV_DIR.glob("*.yml"))
+    assert {p.name for p in files} >= {"local.yml", "demo.yml"}, "env/ lost its files: this test reads the wrong folder"
+    for path in files:
+        for name in read_env_file(path):
+            assert name in BY_NAME, f"env/{path.name} sets {name}, which movierec/settings.py does not list"
+
+
 def _env_names_read(path: Path) -> set[str]:
     """Names passed as string literals to env lookups: os.environ.get/[], os.getenv, env.get,
     Settings(...).get/raw/is_set."""

@@ -1,4 +1,4 @@
-"""The local stack (scripts/stack.py, `make up` / `make status` / `make down`), end to end.
+"""The local stack (scripts/stack, `make up` / `make status` / `make down`), end to end.
 
 Runs the real CLI against real services on free ports in a temporary state dir: the Tansu broker,
 localfaas serving the real recommend function (recommend and recommend-canary, a small model via

@@ -1,6 +1,6 @@
 """The PromQL templates over the OpenFaaS gateway's metrics: the one source of these expressions.
 
-The release analysis (`variant_queries`), the demo's report (scripts/demo.py), the Grafana
+The release analysis (`variant_queries`), the demo's report (scripts/demo/report.py), the Grafana
 dashboard (monitoring/grafana/dashboards/*.json) and the alert rules (monitoring/alerts.yml) all
 say "requests", "5xx share", "mean latency", "p99", "p99 ratio" in these words: the analysis and
 the demo render them from here; tests/test_grafana_panels.py and tests/test_monitoring.py assert

@@ -1,0 +1,71 @@
+"""The replica killer: `kill -9` one replica of a function under load, and time its restoration.
+
+Owns: `replica_pids` (live replicas of a function from the runtime's state file
+`<state>/run/localfaas-replicas.json`, only children of the runtime process this driver started, so
+a pid reused by anything else is never chosen) and `kill_one_replica` (refused on a stack the
+driver did not start).
+
+Must not touch: processes of a stack it did not start; the runtime's internals (it reads the state
+file the runtime publishes and the gateway's /system API).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from localfaas.replica import read_replica_state
+from scripts.demo.handle import StackHandle
+from scripts.demo.progress import DemoError, Progress, wait_for
+
+
+def _ppid_and_state(pid: int) -> tuple[int, str] | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[0]
+
+
+def replica_pids(handle: StackHandle, function: str) -> list[int]:
+    """Live replica processes of `function`, from the runtime's replica state file
+    (`<state>/run/localfaas-replicas.json`), that are children of the runtime process this driver
+    started (so a pid reused by anything else is never chosen)."""
+    runtime = handle.runtime_pid()
+    state = read_replica_state(handle.state_dir)
+    if runtime is None or state.get("runtime_pid") != runtime:
+        return []
+    found = []
+    for replica in state["functions"].get(function, []):
+        pid = int(replica["pid"])
+        info = _ppid_and_state(pid)
+        if info is not None and info[0] == runtime and info[1] != "Z" and pid not in found:
+            found.append(pid)
+    return found
+
+
+def kill_one_replica(handle: StackHandle, function: str, progress: Progress, timeout_s: float = 90) -> dict[str, Any]:
+    if not handle.started_by_us:
+        raise DemoError("refusing to kill a replica of a stack this driver did not start")
+    before = replica_pids(handle, function)
+    wanted = int(handle.functions().get(function, {}).get("replicas", 0))
+    if not before:
+        raise DemoError(f"no live replica of {function} in the runtime's state file (see "
+                        f"{handle.state_dir / 'logs' / 'localfaas.log'})")
+    victim = before[-1]
+    progress.log(f"   kill -9 {function} replica pid {victim} (live replicas {before})")
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+
+    def restored() -> list[int] | None:
+        pids = [p for p in replica_pids(handle, function) if p != victim]
+        available = int(handle.functions().get(function, {}).get("availableReplicas", 0))
+        return pids if len(pids) >= wanted and available >= wanted else None
+
+    after = wait_for(restored, f"{function} back to {wanted} ready replicas after the kill", timeout_s, 0.2)
+    seconds = round(time.monotonic() - t0, 2)
+    progress.log(f"   {function} back to {wanted} ready replicas in {seconds}s (replicas now {after})")
+    return {"function": function, "killed_pid": victim, "replicas_before": before, "replicas_after": after,
+            "restored_s": seconds}

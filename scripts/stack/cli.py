@@ -1,0 +1,166 @@
+"""The local stack on one machine: `make up`, `make status`, `make down`.
+
+Owns: the commands `up` (Debian packages present, the release token made, every service not
+already running started in order and, when one fails, what this run started stopped again),
+`down` (in reverse, by verified PID), `status` (one line per service; the functions' replicas
+through the one gateway API client `movierec.adapters.gateway`), `ensure_packages`,
+`ensure_release_token`, and `main` (the argument parser).
+
+Must not touch: processes it did not start (scripts/stack/processes.py signals only verified
+pids); the services' definitions (scripts/stack/services.py); anything about movies.
+
+CLI:
+    python -m scripts.stack up|down|status [--state-dir var]
+Ports/URLs from env: OPENFAAS_URL (:8080), PUBLIC_URL (nginx, :8082), PROMETHEUS_URL (:9090),
+PUSHGATEWAY_URL (:9091), KAFKA_BOOTSTRAP_SERVERS (:9092; a non-local address means "use theirs"),
+STACK_FILE (stack.yml), STACK_SIMULATOR=0 to leave the simulator out, SIMULATOR_ARGS (extra options).
+Local defaults: env/local.yml, each only when the user has not set the variable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from movierec.adapters.gateway import GatewayClient
+from movierec.errors import ConfigError, MovierecError
+from scripts.stack.config import StackConfig, StackError, local_defaults
+from scripts.stack.processes import log_file, pid_file, running_pid, start_service, stop_pid
+from scripts.stack.services import PACKAGES, Service, services
+
+
+def ensure_packages(install: bool = True) -> None:
+    missing = [pkg for pkg, binary in PACKAGES.items() if not (Path(binary).exists() or shutil.which(Path(binary).name))]
+    if not missing:
+        return
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError(f"missing Debian packages {', '.join(missing)}: run `sudo {' '.join(command)}`")
+    print(f"installing Debian packages: {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(command, check=False, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        if subprocess.run(command, check=False, env=env).returncode != 0:
+            raise StackError(f"`{' '.join(command)}` failed: install them and run `make up` again")
+
+
+def ensure_release_token(secrets_dir: Path) -> Path:
+    """The release function's admin token (stack.yml lists it as a secret): generated once, random,
+    mode 0600, in whichever state dir this stack uses; never a default."""
+    import secrets as random_tokens
+
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    secrets_dir.chmod(0o700)
+    path = secrets_dir / "release-admin-token"
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(random_tokens.token_urlsafe(32) + "\n")
+    return path
+
+
+def up(config: StackConfig) -> int:
+    """Start every service that is not already running (so a second `up` starts nothing)."""
+    ensure_packages()
+    local_defaults()  # a malformed env/local.yml is one line now, before anything starts
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_release_token(config.state_dir / "secrets")
+    started_now: list[tuple[Service, int]] = []
+    for service in services(config):
+        try:
+            pid, started = start_service(config, service)
+        except StackError as e:
+            print(f"error: {e}", file=sys.stderr)
+            for earlier, earlier_pid in reversed(started_now):  # leave things as they were before `up`
+                stop_pid(earlier_pid, earlier.stop_grace_s, earlier.stop_signal)
+                pid_file(config, earlier.name).unlink(missing_ok=True)
+            if started_now:
+                print(f"stopped what this run had started: {', '.join(s.name for s, _ in started_now)}",
+                      file=sys.stderr)
+            return 1
+        if started:
+            started_now.append((service, pid))
+        where = f"127.0.0.1:{service.port}" if service.port else "-"
+        print(f"{service.name:<12} {'started' if started else 'already running'}, pid {pid}, {where}")
+    if not config.own_broker:
+        print(f"broker       not started: using KAFKA_BOOTSTRAP_SERVERS={config.kafka_bootstrap}")
+    secrets = config.state_dir / "secrets"
+    print(f"""
+public entry     {config.url(config.public_port)}/recommend/<userid>
+OpenFaaS gateway {config.url(config.gateway_port)}  (faas-cli login -g {config.url(config.gateway_port)} -u "$(cat {secrets}/basic-auth-user)" --password-stdin < {secrets}/basic-auth-password)
+Prometheus       {config.url(config.prometheus_port)}
+Pushgateway      {config.url(config.pushgateway_port)}
+Kafka            {config.kafka_bootstrap}  topic {config.kafka_topic}
+credentials      {secrets}/basic-auth-user, {secrets}/basic-auth-password
+logs             {config.state_dir / 'logs'}/<service>.log      stop with: make down""")
+    return 0
+
+
+def down(config: StackConfig) -> int:
+    for service in reversed(services(config)):
+        path = pid_file(config, service.name)
+        pid = running_pid(config, service)
+        if pid is None:
+            if path.exists():
+                print(f"{service.name:<12} not running (removed stale {path.name})")
+                path.unlink(missing_ok=True)
+            continue
+        t0 = time.monotonic()
+        how = stop_pid(pid, service.stop_grace_s, service.stop_signal)
+        path.unlink(missing_ok=True)
+        print(f"{service.name:<12} {how}, pid {pid} ({time.monotonic() - t0:.1f}s)")
+    return 0
+
+
+def status(config: StackConfig) -> int:
+    """One line per service; exit 0 only when every service runs and is healthy."""
+    all_ok = True
+    print(f"{'service':<12} {'pid':>8}  {'port':<6} {'state':<10} health")
+    for service in services(config):
+        pid = running_pid(config, service)
+        healthy = pid is not None and service.health()
+        all_ok &= healthy
+        state = "running" if pid is not None else "stopped"
+        health = "ok" if healthy else ("-" if pid is None else f"UNHEALTHY (see {log_file(config, service.name)})")
+        print(f"{service.name:<12} {pid or '-':>8}  {service.port or '-':<6} {state:<10} {health}")
+    if not config.own_broker:
+        print(f"{'broker':<12} {'-':>8}  {'-':<6} {'external':<10} {config.kafka_bootstrap}")
+    functions = _function_replicas(config)
+    if functions:
+        print("\nfunction             replicas  available")
+        for name, wanted, available in functions:
+            print(f"{name:<20} {wanted:>8}  {available:>9}")
+    return 0 if all_ok else 3
+
+
+def _function_replicas(config: StackConfig) -> list[tuple[str, int, int]]:
+    """(name, replicas, availableReplicas) from the runtime's /system/functions, [] if unreachable.
+    A function with 0 available is up but not ready (e.g. recommend before any model is trained)."""
+    gateway = GatewayClient.from_env({"OPENFAAS_URL": config.url(config.gateway_port),
+                                      "SECRETS_DIR": str(config.state_dir / "secrets")}, timeout_s=3, attempts=1)
+    try:
+        return sorted((f["name"], int(f.get("replicas", 0)), int(f.get("availableReplicas", 0)))
+                      for f in gateway.list_functions())
+    except (MovierecError, ValueError, TypeError):
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--state-dir", default=None, help="default: STACK_STATE_DIR or var/")
+    args = parser.parse_args(argv)
+    config = StackConfig.from_env(args.state_dir)
+    try:
+        return {"up": up, "down": down, "status": status}[args.action](config)
+    except (StackError, ConfigError) as e:  # ConfigError: env/local.yml is malformed
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
