@@ -116,7 +116,7 @@ def test_a_faas_cli_redeploy_of_the_canary_is_seen_reapplied_and_restarts_the_wi
 
 
 def test_a_drill_whose_canary_was_redeployed_to_stable_is_rolled_back_never_promoted(release):
-    store, registry, deployer, v1, v2 = release
+    store, registry, deployer, v1, _v2 = release
     deployer.deploy_behind("recommend-canary", "stable")
     # Stable's healthy figures on the canary, past the window: not evidence for the drill.
     first, _ = step(store, deployer, T0 + timedelta(minutes=11), canary=GOOD)

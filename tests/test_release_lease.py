@@ -214,7 +214,7 @@ def test_a_step_whose_lease_was_taken_over_writes_nothing(store, tmp_path):
 
 def test_a_release_cannot_start_while_a_step_or_action_holds_the_lease(store, tmp_path):
     config = ReleaseConfig()
-    registry, (v1, v2) = published(store, tmp_path)
+    _registry, (v1, v2) = published(store, tmp_path)
     deployer = FakeDeployer()
     bootstrap_stable(config, store, deployer, v1, now=T0)
     held = acquire_lease(store, "step", 180, holder="a step")
