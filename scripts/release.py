@@ -178,9 +178,17 @@ def _running_lines(r: dict[str, Any], now: datetime) -> list[str]:
             success = f"{100 * (1 - errors / requests):.2f}%" if requests else "-"
             lines.append(f"  {variant:<8}{requests:>10d}{errors:>8d}{success:>10}{_ms(m.get('mean_latency_s')):>9}"
                          f"{_ms(m.get('p99_latency_s')):>9}")
+    own = analysis.get("probes_subtracted")
+    if metrics and own:
+        lines.append(f"  the controller's own health probes, not counted: canary {own.get('canary', 0)}, "
+                     f"stable {own.get('stable', 0)}")
     decision = analysis.get("decision") or {}
     if decision:
         lines.append(f"decision  {decision.get('action')}: {decision.get('reason')}")
+    discarded = analysis.get("discarded")
+    if discarded:
+        lines.append(f"  not counted: over {discarded.get('range')} it would have been "
+                     f"{(discarded.get('decision') or {}).get('action')}")
     checks = decision.get("checks") or []
     lines.append("checks" + ("" if checks else "    not judged yet (too few canary requests in the window)"))
     lines += [f"  {'ok  ' if c['passed'] else 'FAIL'}  {c['name']:<24}{c['detail']}" for c in checks]

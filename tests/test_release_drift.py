@@ -39,6 +39,7 @@ class DriftingDeployer:
     def __init__(self, resolve):
         self.env: dict[str, dict[str, str]] = {"recommend": {}, "recommend-canary": {}}
         self.answers: dict[str, str | None] = {}  # forced probe answers (None: "no model")
+        self.never_loads: set[str] = set()  # functions whose replicas never load a model
         self.resolve = resolve
         self.puts: list[tuple[str, str]] = []
         self.probes = 0
@@ -57,6 +58,8 @@ class DriftingDeployer:
 
     def served_version(self, name):
         self.probes += 1
+        if name in self.never_loads:
+            return None
         if name in self.answers:
             return self.answers[name]
         return self.resolve(self.env[name].get("MODEL_VERSION", ""))
@@ -97,7 +100,7 @@ def test_a_faas_cli_redeploy_of_the_canary_is_seen_reapplied_and_restarts_the_wi
     deployer.deploy_behind("recommend-canary", "stable")  # stack.yml's ${CANARY_MODEL_VERSION:-stable}
     # Eleven minutes in, the canary's figures are stable's and healthy: the old controller promoted here.
     result, prometheus = step(store, deployer, T0 + timedelta(minutes=11))
-    assert result.action == WAIT and "not counting evidence" not in result.reason
+    assert result.action == WAIT and "drift seen after the measurement: not counted" in result.reason
     assert deployer.puts == [("recommend-canary", v2)]  # the candidate re-applied, nothing else
     [drift] = events(store, "drift_seen")
     assert drift["function"] == "recommend-canary" and drift["deployed"] == "stable"
@@ -108,9 +111,13 @@ def test_a_faas_cli_redeploy_of_the_canary_is_seen_reapplied_and_restarts_the_wi
                                                           "serving_verified"]
     current = ReleaseStore(store).running()
     assert current.serving_since == "2026-11-28T01:11:00Z"  # the window starts again, after the re-apply
-    assert current.analysis["range"] == "1s" and all("[1s]" in q for q in prometheus.queries)
-    assert current.analysis["window"]["ends"] == "2026-11-28T01:21:00Z"
+    assert current.analysis["window"]["ends"] == "2026-11-28T01:21:00Z" and current.analysis["metrics"] is None
+    # What was measured would have promoted: it is kept, marked as not counted.
+    discarded = current.analysis["discarded"]
+    assert discarded["decision"]["action"] == PROMOTE and discarded["range"] == "600s"
+    assert all("[600s]" in q for q in prometheus.queries)
     # The minimum sample and the whole window are needed again before a promotion.
+    assert step(store, deployer, T0 + timedelta(minutes=12))[1].queries[0].endswith("[60s]))")
     assert step(store, deployer, T0 + timedelta(minutes=20))[0].action == WAIT
     assert step(store, deployer, T0 + timedelta(minutes=21))[0].action == PROMOTE
 
@@ -148,19 +155,34 @@ def test_a_canary_deployed_right_but_answering_another_version_is_drift(release)
     assert deployer.puts == [("recommend-canary", v2)]
 
 
-def test_a_probe_that_cannot_tell_neither_verifies_nor_restarts_and_nothing_is_decided(release):
+def test_a_probe_that_cannot_tell_neither_verifies_nor_restarts_and_can_only_roll_back(release):
     store, _registry, deployer, _v1, _v2 = release
     deployer.answers["recommend-canary"] = None  # "no model" from its health
-    result, prometheus = step(store, deployer, T0 + timedelta(minutes=11), canary=FAILING)
+    result, _ = step(store, deployer, T0 + timedelta(minutes=11))  # healthy figures past the window
     assert result.action == WAIT and "not verified serving" in result.reason
-    assert prometheus.queries == [] and deployer.puts == []
-    assert events(store, "window_restarted") == [] and len(events(store, "unverified")) == 1
+    assert deployer.puts == [] and events(store, "window_restarted") == []
+    assert len(events(store, "unverified")) == 1
     current = ReleaseStore(store).running()
     assert current.serving_since == "2026-11-28T01:00:00Z" and current.analysis["metrics"] is None
+    assert current.analysis["discarded"]["decision"]["action"] == PROMOTE  # never on unverified evidence
     step(store, deployer, T0 + timedelta(minutes=12))
     assert len(events(store, "unverified")) == 1  # recorded once per stretch, not every step
-    deployer.answers.pop("recommend-canary")
-    assert step(store, deployer, T0 + timedelta(minutes=13))[0].action == PROMOTE
+    # A canary deployed with the candidate that fails is rolled back even while it cannot be verified.
+    result, _ = step(store, deployer, T0 + timedelta(minutes=13), canary=FAILING)
+    assert result.action == ROLLBACK and "canary success 0.0000" in result.reason
+
+
+def test_a_candidate_never_verified_serving_is_still_rolled_back_on_its_errors(tmp_path):
+    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
+    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
+    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
+    deployer.never_loads.add("recommend-canary")  # the candidate never loads: health says "no model"
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    assert ReleaseStore(store).running().serving_since is None
+    result, prometheus = step(store, deployer, T0 + timedelta(minutes=11), canary=GOOD)
+    assert result.action == WAIT and all("[600s]" in q for q in prometheus.queries)
+    result, _ = step(store, deployer, T0 + timedelta(minutes=12), canary=FAILING)
+    assert result.action == ROLLBACK
 
 
 def test_the_timeout_counts_from_the_start_even_while_the_window_restarts(release):
@@ -174,21 +196,38 @@ def test_the_timeout_counts_from_the_start_even_while_the_window_restarts(releas
     assert len([e for e in ReleaseStore(store).history()[0].events if e["event"] == "window_restarted"]) == 3
 
 
-def test_a_drift_found_just_before_a_promotion_stops_it(release):
+def test_a_drift_during_the_measurement_discards_it_and_stops_the_promotion(release):
     store, _registry, deployer, _v1, v2 = release
 
-    # The first verification of the step passes; the canary is redeployed while the step measures.
-    original = deployer.served_version
-    calls = {"n": 0}
+    class RedeployedWhileMeasuring(FakePrometheus):
+        def query_value(self, promql, at=None):
+            if not self.queries:  # faas-cli deploy lands while the step reads the metrics
+                deployer.deploy_behind("recommend-canary", "stable")
+            return super().query_value(promql, at)
 
-    def served(name):
-        calls["n"] += 1
-        if calls["n"] == 7:  # after the step's first round of probes (3 per variant)
-            deployer.deploy_behind("recommend-canary", "stable")
-        return original(name)
-
-    deployer.served_version = served
-    result, _ = step(store, deployer, T0 + timedelta(minutes=11))
-    assert result.action == WAIT and "not promoted" in result.reason
+    prometheus = RedeployedWhileMeasuring({"recommend": GOOD, "recommend-canary": GOOD})
+    result = run_release_step(CONFIG, store, prometheus, deployer, None, now=T0 + timedelta(minutes=11))
+    assert result.action == WAIT and "drift seen after the measurement" in result.reason
     assert ReleaseStore(store).running().state != PROMOTED
     assert deployer.puts == [("recommend-canary", v2)] and len(events(store, "drift_seen")) == 1
+
+
+def test_the_controllers_own_probes_are_not_evidence(release):
+    """A canary nobody calls: the gateway counts only the controller's health probes (200s)."""
+    store, _registry, deployer, _v1, _v2 = release
+    probed = VariantMetrics(requests=0, errors=0, mean_latency_s=0.001, p99_latency_s=0.005)
+
+    class CountingProbes(FakePrometheus):
+        def query_value(self, promql, at=None):
+            value = super().query_value(promql, at)
+            if "increase(" in promql and "5.." not in promql and "recommend-canary." in promql:
+                return value + 2 * self.rounds  # every earlier probe round's 2 answered probes
+            return value
+
+    for minutes in range(1, 10):
+        prometheus = CountingProbes({"recommend": GOOD, "recommend-canary": probed})
+        prometheus.rounds = minutes - 1  # one round per earlier step is inside (T0, now]
+        result = run_release_step(CONFIG, store, prometheus, deployer, None, now=T0 + timedelta(minutes=minutes))
+        assert result.action == WAIT and result.reason == "0 of 100 canary requests so far", result.reason
+    analysis = ReleaseStore(store).running().analysis
+    assert analysis["metrics"]["canary"]["requests"] == 0 and analysis["probes_subtracted"]["canary"] == 16

@@ -9,9 +9,10 @@ Owns the calls `faas-cli` and an operator make, as the real gateway (and localfa
 - `invoke(...)` / `call(...)`: a request to `/function/<name><path>` (no gateway credentials are
   sent there: functions see the caller's headers);
 - `served_version(name)`: which model version the replica that answers serves, from one
-  `GET /function/<name>/health` (its `X-Model-Version` header when it sends one, else the
-  recommend handler's "loaded model <version>, sha256 ok"); None when the answer names no model
-  ("no model", not deployed, another kind of function). The gateway's own metrics carry no model
+  `GET /function/<name>/health` answered 200 (its `X-Model-Version` header when it sends one, else
+  the recommend handler's "loaded model <version>, sha256 ok"); None for any other answer ("no
+  model" 503, not deployed, another kind of function). A version named is always a 200, which the
+  gateway counts as a call of the function (the release analysis subtracts its own probes). The gateway's own metrics carry no model
   label, so this probe is how the release controller sees what a variant answers with.
 `/system/*` calls carry basic auth from the secret files `basic-auth-user` / `basic-auth-password`.
 Connection errors, 5xx and 429 are retried through the one retry helper; what is left is one line
@@ -186,11 +187,11 @@ class GatewayClient:
         """The model version one replica of `name` answers with (None: it names none); a
         GatewayError when the gateway cannot be reached or does not answer in time."""
         response = self.invoke("GET", name, "/health", timeout_s=min(self.timeout_s, PROBE_TIMEOUT_S))
+        if response.status_code != 200:
+            return None
         header = (response.headers.get("X-Model-Version") or "").strip()
-        if header:
-            return header
-        found = _LOADED.search(response.text[:500]) if response.status_code == 200 else None
-        return found.group(1) if found else None
+        found = _LOADED.search(response.text[:500])
+        return header or (found.group(1) if found else None)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _auth(self) -> tuple[str, str] | None:

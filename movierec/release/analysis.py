@@ -8,19 +8,23 @@
   count, mean latency and p99 latency (promql.py's templates). The counts are `increase()` over
   the range, which extrapolates to the range's edges (2.571 of 20.569 requests): they are ROUNDED
   to whole requests here (COUNTS says so wherever they are shown), so the evidence, the checks and
-  the operator's screen all show the same integers.
-- `analyse`: measure and decide (checks.py's `decide`), recording `release.analysis` (window,
-  range, figures, queries, decision). A step that could not verify what the variants serve
-  measures nothing and does not decide: only the timeout, counted from the start, still rolls
-  back (never a promotion without evidence from the candidate).
+  the operator's screen all show the same integers; the controller's own health probes in the
+  range (drift.py keeps them) are subtracted, so they never count as evidence.
+- `analyse`: measure from `evidence_start` and decide (checks.py's `decide`), recording
+  `release.analysis` (window, range, figures, queries, decision). Before the canary is verified
+  serving the candidate, the range starts when the release's versions were last applied and its
+  decision can only be a rollback (a candidate that never loads must not serve 20% of users until
+  the timeout; a promotion needs the window). `not_counted`: a measurement that does not count
+  (drift seen after it, or not verified and not a rollback) waits, its figures kept under
+  "discarded"; only the timeout, counted from the start, still rolls back.
 
-Owns: `measure`, `window_of`, `analyse`, COUNTS. Must not touch: the lease, deployments or state
+Owns: `measure`, `window_of`, `evidence_start`, `analyse`, `not_counted`, COUNTS. Must not touch: the lease, deployments or state
 writes (controller.py), the policy (checks.py), service clients (the MetricsSource is injected).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,11 +33,12 @@ from movierec.ports import MetricsSource
 from movierec.registry import iso
 from movierec.release.checks import WAIT, Decision, VariantMetrics, decide
 from movierec.release.config import ReleaseConfig
+from movierec.release.drift import probes_between
 from movierec.release.promql import prom_range, variant_queries
 from movierec.release.quality import QualitySource
 from movierec.release.state import Release, parse_iso
 
-COUNTS = "increase() over the window, rounded to whole requests"
+COUNTS = "increase() over the window, rounded to whole requests, less the controller's own probes"
 
 
 def measure(
@@ -71,32 +76,63 @@ def window_of(release: Release, config: ReleaseConfig) -> dict[str, Any]:
     }
 
 
-def analyse(config: ReleaseConfig, release: Release, prometheus: MetricsSource, at: datetime, verified: bool,
-            quality_source: QualitySource | None = None) -> Decision:
-    """Measure the window (when `verified`) and decide; records `release.analysis`."""
-    age_s = (at - parse_iso(release.started)).total_seconds()
+def evidence_start(release: Release, config: ReleaseConfig) -> tuple[datetime, bool]:
+    """Where this step's measurement starts, and whether it can count in full: the window's start
+    when the canary was verified serving the candidate (True); else the latest time the release's
+    versions were applied (its start, or the latest re-apply), which can only ever roll back (False)."""
     window = window_of(release, config)
-    if not verified or window["start"] is None:
-        decision = decide(VariantMetrics(), VariantMetrics(), config, 0.0, release_age_s=age_s)
-        if decision.action == WAIT:
-            decision = Decision(WAIT, f"not counting evidence: {config.canary_function} is not verified serving "
-                                      f"{release.candidate} (see the events); the window starts when it is")
-        release.analysis = {"at": iso(at), "window": window, "metrics": None, "decision": decision.as_dict()}
-        return decision
-    start = parse_iso(window["start"])
+    if window["start"] is not None:
+        return parse_iso(window["start"]), True
+    applied = [parse_iso(e["at"]) for e in release.events if e.get("event") == "reapplied"]
+    return max([parse_iso(release.started), *applied]), False
+
+
+def analyse(config: ReleaseConfig, release: Release, prometheus: MetricsSource, at: datetime,
+            quality_source: QualitySource | None = None) -> Decision:
+    """Measure from `evidence_start` to `at` and decide, recording `release.analysis` (the
+    controller then keeps the decision or only a rollback of it, as the verification allows).
+    The controller's own probes inside the range are subtracted (`probes_subtracted`)."""
+    start, full = evidence_start(release, config)
     elapsed = max((at - start).total_seconds(), 0.0)
     range_s = min(max(elapsed, 1.0), config.window_s)
     metrics, queries = measure(prometheus, config, range_s, at)
+    own = probes_between(release, at - timedelta(seconds=range_s), at)
+    metrics = {v: _less(m, own[v]) for v, m in metrics.items()}
     quality = quality_source(start, at) if quality_source is not None else None
-    decision = decide(metrics[CANARY], metrics[STABLE], config, elapsed, quality, release_age_s=age_s)
+    decision = decide(metrics[CANARY], metrics[STABLE], config, elapsed, quality,
+                      release_age_s=(at - parse_iso(release.started)).total_seconds())
     release.analysis = {
         "at": iso(at),
         "range": prom_range(range_s),
-        "window": window,
+        "window": window_of(release, config),
+        "evidence": "window" if full else "rollback only (the canary was not verified serving the candidate)",
         "counts": COUNTS,
+        "probes_subtracted": own,
         "metrics": {v: m.as_dict() for v, m in metrics.items()},
         "queries": queries,
         "decision": decision.as_dict(),
         **({"quality": {v: asdict(q) for v, q in quality.items()}} if quality else {}),
     }
+    return decision
+
+
+def _less(m: VariantMetrics, probes: int) -> VariantMetrics:
+    """`m` without `probes` successful calls (the controller's own)."""
+    requests = max(m.requests - probes, 0)
+    return replace(m, requests=requests, errors=min(m.errors, requests))
+
+
+def not_counted(config: ReleaseConfig, release: Release, at: datetime, reason: str) -> Decision:
+    """The measurement does not count (`reason` says why): wait, or roll back once the release,
+    counted from its start, has timed out. What was measured stays in `release.analysis`
+    under "discarded" (its figures and the decision they would have made)."""
+    decision = decide(VariantMetrics(), VariantMetrics(), config, 0.0,
+                      release_age_s=(at - parse_iso(release.started)).total_seconds())
+    if decision.action == WAIT:
+        decision = Decision(WAIT, reason)
+    measured = release.analysis if (release.analysis or {}).get("at") == iso(at) else None
+    release.analysis = {"at": iso(at), "window": window_of(release, config), "metrics": None,
+                        "decision": decision.as_dict(),
+                        **({"discarded": {k: measured[k] for k in ("range", "metrics", "decision")}}
+                           if measured and measured.get("metrics") else {})}
     return decision

@@ -5,7 +5,9 @@
   check), then makes the deployments match the release record (drift.py: re-applies drift,
   restarts the window, records events), and only then measures.
 - Analysis: analysis.py measures the window (from max(started, serving_since), counts rounded to
-  whole requests) and decides; a promotion is verified once more just before it is applied.
+  whole requests, the controller's own probes subtracted) and decides. The step measures first
+  and verifies after: the evidence counts only when the variants were verified both when the
+  window started and after the measurement; otherwise it waits (only the timeout rolls back).
 - Actions: promote redeploys `recommend` with the candidate's MODEL_VERSION (a rolling update
   through the gateway) and moves the `stable` alias; rollback and abort redeploy
   `recommend-canary` with the stable version. Each one sends a notification and is archived.
@@ -41,8 +43,8 @@ from movierec.metrics import Family
 from movierec.ports import Deployer, MetricsSource, Notifier, ReleaseDeployer
 from movierec.registry import CANDIDATE, ModelNotFoundError, Registry, iso
 from movierec.registry import STABLE as STABLE_ALIAS
-from movierec.release.analysis import analyse, window_of
-from movierec.release.checks import PROMOTE, ROLLBACK, WAIT, Decision
+from movierec.release.analysis import analyse, not_counted
+from movierec.release.checks import PROMOTE, ROLLBACK, WAIT
 from movierec.release.config import ReleaseConfig
 from movierec.release.drift import observe, reconcile
 from movierec.release.lease import Clock, Lease, LeaseHeld, acquire_lease, clock_from, holding, read_lease
@@ -142,7 +144,7 @@ def _verify_started(config: ReleaseConfig, registry: Registry, deployer: Any, re
     """Start the window now when both variants already answer with their versions (the redeploy
     returned once the new replicas were ready); otherwise the first step verifies them."""
     try:
-        seen = observe(config, registry, deployer, release)
+        seen = observe(config, registry, deployer, release, clock)
     except Exception as e:  # noqa: BLE001 (a deployer that cannot read back or probe: the step will)
         log.info("release %s: serving not verified at start (%s)", release.id, one_line(e))
         return
@@ -263,20 +265,30 @@ def run_release_step(
             p = release.pending
             _finish(config, store, deployer, notifier, release, p["state"], p["reason"], p["actor"], now, lease)
             return StepResult(PROMOTE if p["state"] == PROMOTED else ROLLBACK, p["reason"], release)
-        registry = Registry(store)
-        events = len(release.events)
-        verified = reconcile(config, registry, deployer, release, clock, lease.check)
-        if len(release.events) != events:  # what was seen and re-applied is recorded before measuring
-            release.updated = iso(clock())
-            releases.save(release)
-        decision = analyse(config, release, prometheus, clock(), verified, quality_source)
-        if decision.action == PROMOTE and not _still_serving(config, registry, deployer, release, clock, lease):
-            decision = Decision(WAIT, "not promoted: the variants no longer serve the release's versions "
-                                      "(see the events); the window starts again", decision.checks)
-            release.analysis = {**(release.analysis or {}), "decision": decision.as_dict(),
-                                "window": window_of(release, config)}
+        # Measure first, then verify: the evidence counts in full only when the variants were
+        # verified at the window's start (a previous step) and again after the measurement.
+        since, drifts, failure = release.serving_since, _drifts(release), None
+        try:
+            decision = analyse(config, release, prometheus, clock(), quality_source)
+        except Exception as e:  # noqa: BLE001 (re-raised below, once drift is dealt with)
+            failure = e
+        verified = reconcile(config, Registry(store), deployer, release, clock, lease.check)
+        release.updated = iso(clock())
+        if failure is not None:
+            releases.save(release)  # what was seen and re-applied stays recorded
+            raise failure
+        full = verified and since is not None and release.serving_since == since
+        if _drifts(release) > drifts:
+            decision = not_counted(config, release, clock(), "drift seen after the measurement: not counted; the "
+                                   f"window starts again when {config.canary_function} serves {release.candidate}"
+                                   " (see the events)")
+        elif not full and decision.action != ROLLBACK:  # unverified evidence may only roll back
+            decision = not_counted(config, release, clock(), (
+                f"the analysis window starts at {release.serving_since}: {config.canary_function} serves "
+                f"{release.candidate}") if verified else (
+                f"not counting evidence: {config.canary_function} is not verified serving {release.candidate}"
+                " (see the events)"))
         if decision.action == WAIT:
-            release.updated = iso(clock())
             releases.save(release)
             return StepResult(WAIT, decision.reason, release)
         state = PROMOTED if decision.action == PROMOTE else ROLLED_BACK
@@ -284,11 +296,8 @@ def run_release_step(
         return StepResult(decision.action, decision.reason, release)
 
 
-def _still_serving(config: ReleaseConfig, registry: Registry, deployer: ReleaseDeployer, release: Release,
-                   clock: Clock, lease: Lease) -> bool:
-    """Verified once more before a promotion is applied, with the window unbroken."""
-    since = release.serving_since
-    return reconcile(config, registry, deployer, release, clock, lease.check) and release.serving_since == since
+def _drifts(release: Release) -> int:
+    return sum(1 for e in release.events if e.get("event") == "drift_seen")
 
 
 def manual_action(

@@ -19,16 +19,22 @@ stack.yml's defaults, a stray hand edit. So each step, before anything is measur
 Each of these is an event of the release, with its time (`Release.events`): `drift_seen`,
 `reapplied`, `window_restarted`, `serving_verified`, `unverified`.
 
+The probes are calls of the functions, so the gateway counts them (each one named a version, so
+it was answered 200). Every round is kept in `Release.probes` ({"at", "canary", "stable"}: probes
+answered per variant, for as long as a window lasts) and the analysis subtracts the ones inside its
+range: the controller's own calls are never evidence, and they never make up a minimum sample.
+
 Times come from the step's clock (lease.clock_from): a window restarted after a redeploy starts
 once the redeploy has returned and the new replicas answer with the right version.
 
-Owns: `Observation`, `observe`, `reconcile`, PROBES. Must not touch: the decision (checks.py), the
+Owns: `Observation`, `observe`, `reconcile`, `probes_between`, PROBES. Must not touch: the decision (checks.py), the
 lease (the caller holds it and passes its check as `fence`), service clients (ports only).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from movierec.canary import CANARY, STABLE
 from movierec.errors import one_line
@@ -38,7 +44,8 @@ from movierec.release.config import ReleaseConfig
 from movierec.release.lease import Clock
 from movierec.release.state import Release
 
-PROBES = 3  # health probes per variant and step: with round-robin replicas, more than one is asked
+KEEP_PROBES_S = 600  # probe rounds are kept this long past a window's length
+PROBES = 2  # health probes per variant and round: with round-robin replicas, more than one is asked
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Observation:
     resolved: str | None  # `deployed` through the registry (None: it names no registered model)
     served: tuple[str, ...]  # the distinct versions the probes were answered with
     unknown: str | None  # why a probe could not tell, if one could not
+    answered: int = 0  # probes that named a version: calls the gateway counted as 200s
 
     @property
     def deployed_ok(self) -> bool:
@@ -81,9 +89,9 @@ def _resolve(registry: Registry, spec: str) -> str | None:
         return None
 
 
-def _probe(deployer: ReleaseDeployer, function: str) -> tuple[tuple[str, ...], str | None]:
+def _probe(deployer: ReleaseDeployer, function: str) -> tuple[tuple[str, ...], str | None, int]:
     served: list[str] = []
-    unknown = None
+    unknown, answered = None, 0
     for _ in range(PROBES):
         try:
             version = deployer.served_version(function)
@@ -92,23 +100,45 @@ def _probe(deployer: ReleaseDeployer, function: str) -> tuple[tuple[str, ...], s
             continue
         if version is None:
             unknown = "its health names no model"
-        elif version not in served:
+            continue
+        answered += 1
+        if version not in served:
             served.append(version)
-    return tuple(served), unknown
+    return tuple(served), unknown, answered
 
 
-def observe(config: ReleaseConfig, registry: Registry, deployer: ReleaseDeployer,
-            release: Release) -> dict[str, Observation]:
+def observe(config: ReleaseConfig, registry: Registry, deployer: ReleaseDeployer, release: Release,
+            clock: Clock | None = None) -> dict[str, Observation]:
     """Both variants: deployed MODEL_VERSION (a gateway error propagates: nothing is known) and
-    the versions their replicas answer with."""
+    the versions their replicas answer with; with `clock`, the probes are kept in `release.probes`."""
     found = {}
     for variant, function, expected in ((CANARY, config.canary_function, release.candidate),
                                         (STABLE, config.stable_function, release.stable)):
         deployed = str(deployer.env_of(function).get("MODEL_VERSION") or "").strip()
-        served, unknown = _probe(deployer, function)
+        served, unknown, answered = _probe(deployer, function)
         found[variant] = Observation(variant, function, expected, deployed, _resolve(registry, deployed),
-                                     served, unknown)
+                                     served, unknown, answered)
+    if clock is not None:
+        now = clock()
+        keep_after = now - timedelta(seconds=config.window_s + KEEP_PROBES_S)
+        release.probes = [p for p in release.probes if datetime.fromisoformat(p["at"]) > keep_after]
+        release.probes.append({"at": probe_time(now), **{v: o.answered for v, o in found.items()}})
     return found
+
+
+def probe_time(at: datetime) -> str:
+    """Probe times to the millisecond: the analysis compares them with its range's start."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def probes_between(release: Release, start: datetime, end: datetime) -> dict[str, int]:
+    """Probes answered per variant in (start, end]: the controller's own calls in a range."""
+    sent = {CANARY: 0, STABLE: 0}
+    for entry in release.probes:
+        if start < datetime.fromisoformat(entry["at"]) <= end:
+            for variant in sent:
+                sent[variant] += int(entry.get(variant, 0))
+    return sent
 
 
 def reconcile(config: ReleaseConfig, registry: Registry, deployer: ReleaseDeployer, release: Release,
@@ -117,7 +147,7 @@ def reconcile(config: ReleaseConfig, registry: Registry, deployer: ReleaseDeploy
     True when both are verified serving their versions now (the window runs from
     `release.serving_since`). Changes only `release` (events, serving_since, verified_at) and
     the deployments; the caller saves the record."""
-    seen = observe(config, registry, deployer, release)
+    seen = observe(config, registry, deployer, release, clock)
     drifted = [o for o in seen.values() if o.drifted]
     if drifted:
         for o in drifted:
@@ -129,7 +159,7 @@ def reconcile(config: ReleaseConfig, registry: Registry, deployer: ReleaseDeploy
         release.add_event(clock(), "window_restarted", evidence_from=release.serving_since,
                           reason="drift: " + "; ".join(f"{o.function} {_what(o)}" for o in drifted))
         release.serving_since = None
-        seen = observe(config, registry, deployer, release)  # the redeploy returned: what now?
+        seen = observe(config, registry, deployer, release, clock)  # the redeploy returned: what now?
     if all(o.verified for o in seen.values()):
         now = clock()
         release.verified_at = iso(now)

@@ -10,7 +10,8 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand), no
   serving the candidate after a start or a drift (the analysis window starts there, never before
   `started`), `verified_at` the latest verification, and `events` the release's own history (drift
   seen, re-applied, window restarted, serving verified: each with its time), the latest
-  `MAX_EVENTS` kept.
+  `MAX_EVENTS` kept; `probes` the controller's own health calls of each variant (drift.py), which
+  the analysis subtracts from the gateway's counts.
 - `ReleaseStore(store, fence)`: `fence()` (the lease's check, lease.py) runs before every write, so
   a step whose lease was taken over cannot write.
 
@@ -75,6 +76,7 @@ class Release:
     serving_since: str | None = None  # the analysis window starts here (None: not verified yet)
     verified_at: str | None = None  # the latest time both variants were verified serving
     events: list[dict[str, Any]] = field(default_factory=list)  # [{"at", "event", ...details}]
+    probes: list[dict[str, Any]] = field(default_factory=list)  # the controller's own calls (drift.py)
 
     @property
     def running(self) -> bool:
