@@ -122,15 +122,15 @@ def _less(m: VariantMetrics, probes: int) -> VariantMetrics:
     return replace(m, requests=requests, errors=min(m.errors, requests))
 
 
-def not_counted(config: ReleaseConfig, release: Release, at: datetime, reason: str) -> Decision:
+def not_counted(config: ReleaseConfig, release: Release, at: datetime, reason: str,
+                measured: dict[str, Any] | None = None) -> Decision:
     """The measurement does not count (`reason` says why): wait, or roll back once the release,
-    counted from its start, has timed out. What was measured stays in `release.analysis`
+    counted from its start, has timed out. What was `measured` stays in `release.analysis`
     under "discarded" (its figures and the decision they would have made)."""
     decision = decide(VariantMetrics(), VariantMetrics(), config, 0.0,
                       release_age_s=(at - parse_iso(release.started)).total_seconds())
     if decision.action == WAIT:
         decision = Decision(WAIT, reason)
-    measured = release.analysis if (release.analysis or {}).get("at") == iso(at) else None
     release.analysis = {"at": iso(at), "window": window_of(release, config), "metrics": None,
                         "decision": decision.as_dict(),
                         **({"discarded": {k: measured[k] for k in ("range", "metrics", "decision")}}

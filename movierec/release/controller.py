@@ -272,6 +272,7 @@ def run_release_step(
             decision = analyse(config, release, prometheus, clock(), quality_source)
         except Exception as e:  # noqa: BLE001 (re-raised below, once drift is dealt with)
             failure = e
+        measured = release.analysis
         verified = reconcile(config, Registry(store), deployer, release, clock, lease.check)
         release.updated = iso(clock())
         if failure is not None:
@@ -281,13 +282,13 @@ def run_release_step(
         if _drifts(release) > drifts:
             decision = not_counted(config, release, clock(), "drift seen after the measurement: not counted; the "
                                    f"window starts again when {config.canary_function} serves {release.candidate}"
-                                   " (see the events)")
+                                   " (see the events)", measured)
         elif not full and decision.action != ROLLBACK:  # unverified evidence may only roll back
             decision = not_counted(config, release, clock(), (
                 f"the analysis window starts at {release.serving_since}: {config.canary_function} serves "
                 f"{release.candidate}") if verified else (
                 f"not counting evidence: {config.canary_function} is not verified serving {release.candidate}"
-                " (see the events)"))
+                " (see the events)"), measured)
         if decision.action == WAIT:
             releases.save(release)
             return StepResult(WAIT, decision.reason, release)
