@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ import yaml
 
 from gateway.render import NginxSettings, RenderError, canary_map_entries, nginx_argv, render, write_config
 from movierec.canary import CANARY, STABLE, variant_for_user
+from scripts._proc import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                                 reason="nginx (Debian package) is not installed")
@@ -28,10 +28,6 @@ pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr
 BIG_IDS = [10**18, 10**18 + 7, 2**63 - 1, 9_223_372_036_854_775_719, 1_000_000_000_000_000_099]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def variant_from_rendered_map(config: str, user_id_text: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts._proc import pid_alive as _alive
 from scripts.demo import (
     DemoError,
     DrillWindow,
@@ -46,14 +47,6 @@ def on_stack(test):
     skip = pytest.mark.skipif(PACKAGES_MISSING, reason="nginx, prometheus, prometheus-pushgateway not installed")
     return pytest.mark.stack(skip(test))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
 
 
 class Lifecycle:

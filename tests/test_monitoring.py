@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -29,6 +28,7 @@ from monitoring.render import (
     render,
     write_config,
 )
+from scripts._proc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_prometheus = pytest.mark.skipif(
@@ -37,10 +37,6 @@ needs_prometheus = pytest.mark.skipif(
     reason="prometheus, promtool, prometheus-pushgateway (Debian packages) are not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_rendered_config_scrapes_gateway_pushgateway_and_itself_on_the_configured_ports():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,11 @@ from localfaas.stackfile import load_stack
 from movierec.artifact import load_model, save_model
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
+from scripts._proc import free_port
 from tests.fitting import train_model
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "v-test-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def build_context(tmp_path_factory) -> Path:
 
 class FunctionProcess:
     def __init__(self, ctx, env: dict[str, str], log: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         child_env = {"PATH": os.environ.get("PATH", ""), "PORT": str(self.port), "HOME": str(log.parent),
                      "MODEL_RETRY_SECONDS": "3600", **env}

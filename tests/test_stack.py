@@ -23,6 +23,7 @@ from bench.localstack import free_port, recommend_only_project
 from bench.recommend import build_bench_model
 from movierec.artifact import save_model
 from movierec.canary import CANARY, STABLE, variant_for_user
+from scripts._proc import pid_alive as alive
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("broker", "localfaas", "pushgateway", "prometheus", "nginx")
@@ -44,14 +45,6 @@ def stack_cli(env: dict[str, str], action: str, timeout: float = 300) -> subproc
 def pids_in(state: Path) -> dict[str, int]:
     return {p.stem: int(p.read_text().split()[0]) for p in (state / "run").glob("*.pid")}
 
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture(scope="module")
