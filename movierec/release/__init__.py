@@ -12,7 +12,7 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Wh
 | `state.py` | states, `Release` (with `serving_since` and its `events`), `ReleaseStore` (`releases/current.json`, `releases/history/`, fenced writes), the release errors |
 | `lease.py` | one step at a time: `acquire_lease`, `holding`, `Lease.check` (the fencing token), `LeaseHeld` (409), `LeaseLost`, `releases/lease.json` |
 | `drift.py` | the record as desired state: `observe`, `reconcile` (re-apply drift, restart the window, record events) |
-| `analysis.py` | `measure` (counts rounded to whole requests), `window_of`, `analyse` |
+| `analysis.py` | `measure` (counts rounded to whole requests), `window_of`, `evidence_start`, `analyse` (the controller's own probes subtracted), `not_counted` |
 | `quality.py` | online quality: `QualityCounts`, `online_quality`, `stored_quality_source` |
 | `controller.py` | `bootstrap_stable`, `start_release`, `finish_release`, `run_release_step`, `manual_action`, `status`, `serving_versions`, `release_families` |
 

@@ -2,12 +2,12 @@
 
 - A step (`run_release_step`) holds the release lease (lease.py: one step acts at a time, a second
   gets LeaseHeld, 409, naming the holder and its expiry; every write is fenced by the lease's
-  check), then makes the deployments match the release record (drift.py: re-applies drift,
-  restarts the window, records events), and only then measures.
-- Analysis: analysis.py measures the window (from max(started, serving_since), counts rounded to
-  whole requests, the controller's own probes subtracted) and decides. The step measures first
-  and verifies after: the evidence counts only when the variants were verified both when the
-  window started and after the measurement; otherwise it waits (only the timeout rolls back).
+  check). It measures (analysis.py: the window from max(started, serving_since), counts rounded
+  to whole requests, the controller's own probes subtracted), THEN makes the deployments match
+  the release record (drift.py: re-applies drift, restarts the window, records events). The
+  measurement counts in full only when the variants were verified both when the window started
+  and after it; drift seen after it discards it; unverified evidence can only roll back;
+  otherwise the step waits (and only the timeout, counted from the start, rolls back).
 - Actions: promote redeploys `recommend` with the candidate's MODEL_VERSION (a rolling update
   through the gateway) and moves the `stable` alias; rollback and abort redeploy
   `recommend-canary` with the stable version. Each one sends a notification and is archived.
@@ -314,8 +314,10 @@ def manual_action(
     if action not in MANUAL_ACTIONS:
         raise Rejected(f"unknown action {action!r}: use one of {', '.join(MANUAL_ACTIONS)}")
     now = utc_now(now)
+    if ReleaseStore(store).running() is None:  # said at once, without taking the lease
+        raise InvalidTransition(f"no release is running: nothing to {action}")
     with holding(store, f"{action} ({actor})", config.lease_ttl_s, now) as lease:
-        release = ReleaseStore(store).running()
+        release = ReleaseStore(store).running()  # again, under the lease
         if release is None:
             raise InvalidTransition(f"no release is running: nothing to {action}")
         return _finish(config, store, deployer, notifier, release, MANUAL_ACTIONS[action],
