@@ -4,14 +4,21 @@ It runs whatever an OpenFaaS stack.yml holds, the way OpenFaaS would, so the sam
 deployed unchanged with faas-cli later:
 - `stackfile`: reads stack.yml like faas-cli (env substitution, validation);
 - `build`: makes each function's build context like `faas-cli build --shrinkwrap`;
-- `functionconfig`: a deployment's settings (`FunctionConfig`, durations) and the deploy errors;
-- `replica`: one replica process (start, readiness, liveness, drain and stop) and the replica
-  state file;
-- `supervisor`: each deployed function's replicas (deploy, scaling, rolling updates, restarts,
-  the secrets folder each function mounts);
-- `gateway`: the gateway's HTTP app, basic auth and the upstream session, wiring together
-  `proxy` (`/function/*`, `/async-function/*`), `system_api` (`/system/*`), `metrics`
-  (`gateway_*`), `credentials` (the basic-auth files) and `replies` (errors as HTTP statuses);
+- `images`: immutable, content-addressed snapshots of build contexts ("images" with a sha256
+  digest) that replicas run from, and their garbage collection;
+- `functionconfig`: a deployment's settings (`FunctionConfig`, FunctionDeployment JSON, scaling
+  labels, durations) and the deploy errors;
+- `records`: what was deployed, one record per function in the state folder, restored on restart;
+- `replica`: one replica process (start from its image, readiness, liveness, drain and stop) and
+  the replica state file;
+- `logs`: the replicas' output (one timestamped line per output line, per instance) and
+  `/system/logs` (NDJSON, as faas-provider serves it);
+- `supervisor`: each deployed function's replicas (deploy, scaling and scale from zero, rolling
+  updates, restarts, the secrets folder each function mounts, records and image collection);
+- `gateway`: the gateway's HTTP app, basic auth and the upstream sessions, wiring together
+  `proxy` (`/function/*`, `/async-function/*`), `system_api` (`/system/*`), `secrets_api`
+  (`/system/secrets`), `logs`, `metrics` (`gateway_*`), `credentials` (the basic-auth files) and
+  `replies` (errors as HTTP statuses); the same API as a provider under `/provider/`;
 - `secretstore`: the secrets behind `/system/secrets` (private files, name rules);
 - `cron`: cron-connector, scheduling functions from their annotations.
 

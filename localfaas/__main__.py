@@ -1,12 +1,17 @@
 """The localfaas command line.
 
   python -m localfaas up --stack stack.yml [--port 8080] [--state-dir var] [--host 127.0.0.1]
+                          [--redeploy-stack]
       builds every function, runs gateway + replicas + cron in the foreground until SIGTERM/SIGINT,
-      then stops every replica it started and exits 0.
+      then stops every replica it started and exits 0. What was deployed before (the records in
+      `<state>/deployments/`: env, labels, image snapshot, replicas, deletes) is restored instead of
+      stack.yml's entries; stack.yml is deployed only for functions with no record, or for every
+      function with `--redeploy-stack` (or LOCALFAAS_REDEPLOY_STACK=1).
   python -m localfaas build --stack stack.yml [--out build]
       writes the build contexts only (`faas-cli build --shrinkwrap`).
 
-Owns: argument parsing, wiring the parts together, the pid file and the runtime's own log.
+Owns: argument parsing, wiring the parts together, what `up` deploys (restored records or
+stack.yml's entries), the pid file and the runtime's own log.
 Must not touch: anything outside the state dir and the build dir.
 """
 from __future__ import annotations
@@ -23,12 +28,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from localfaas.build import BuildError, shrinkwrap
+from localfaas.build import BuildContext, BuildError, shrinkwrap
 from localfaas.credentials import ensure_credentials
 from localfaas.cron import CronConnector
 from localfaas.functionconfig import DeployError, FunctionConfig
 from localfaas.gateway import Gateway
-from localfaas.stackfile import StackError, load_stack
+from localfaas.images import Image, ImageStore
+from localfaas.records import DeploymentRecord
+from localfaas.stackfile import Stack, StackError, load_stack
 from localfaas.supervisor import Supervisor
 
 log = logging.getLogger("localfaas")
@@ -58,11 +65,80 @@ def _setup_logging(state: Path) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def _deploy(supervisor: Supervisor, config: FunctionConfig, context: object) -> None:
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _builds(stack: Stack, contexts: dict[str, BuildContext]) -> dict[str, BuildContext]:
+    """The image tags this runtime builds (stack.yml's `image` of each function it built)."""
+    builds: dict[str, BuildContext] = {}
+    for name, context in contexts.items():
+        ref = stack.functions[name].image
+        if not ref:
+            log.warning("function %s has no image in the stack file: it cannot be deployed", name)
+        elif ref not in builds:
+            builds[ref] = context
+    return builds
+
+
+def _differences(old: FunctionConfig, new: FunctionConfig) -> list[str]:
+    fields = (("image", old.image, new.image), ("envProcess", old.env_process, new.env_process),
+              ("secrets", old.secrets, new.secrets))
+    diffs = [name for name, a, b in fields if a != b]
+    for name, a, b in (("envVars", old.env_vars, new.env_vars), ("labels", old.labels, new.labels),
+                       ("annotations", old.annotations, new.annotations)):
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if keys:
+            diffs.append(f"{name} {', '.join(keys)}")
+    return diffs
+
+
+async def _restore_image(images: ImageStore, record: DeploymentRecord) -> Image | None:
+    image = images.get(record.digest)
+    if image is not None:
+        return image
+    log.warning("function %s: its image %s is gone; deploying %s as built now", record.config.name,
+                record.digest[:19], record.config.image)
     try:
-        await supervisor.deploy(config, context)  # type: ignore[arg-type]
+        return await asyncio.to_thread(images.resolve, record.config.image)
     except DeployError as exc:
-        log.error("%s", exc)
+        log.error("function %s: cannot restore it: %s", record.config.name, exc)
+        return None
+
+
+async def _deploy_all(supervisor: Supervisor, images: ImageStore, stack_configs: dict[str, FunctionConfig],
+                      redeploy_stack: bool) -> None:
+    """What `up` deploys: each recorded deployment as it was, stack.yml for the rest."""
+    records = supervisor.records.load()
+    for name, record in records.items():
+        if redeploy_stack and name in stack_configs:
+            continue
+        if record.deleted:
+            if name in stack_configs:
+                log.info("function %s: deleted through the API (%s): not deployed from the stack file "
+                         "(localfaas up --redeploy-stack deploys it)", name, record.updated_at)
+            continue
+        image = await _restore_image(images, record)
+        if image is None:
+            continue
+        differs = _differences(record.config, stack_configs[name]) if name in stack_configs else []
+        log.info("function %s: restored its last deployment (%s, %s, %d replica(s))%s", name, record.updated_at,
+                 image.digest[:19], record.replicas,
+                 f"; stack.yml differs in {'; '.join(differs)} (localfaas up --redeploy-stack deploys it)"
+                 if differs else "")
+        try:
+            await supervisor.deploy(record.config, image, source=record.source, replicas=record.replicas)
+        except DeployError as exc:
+            log.error("%s", exc)
+    for name, config in stack_configs.items():
+        if name in supervisor.functions or (name in records and not redeploy_stack):
+            continue
+        try:
+            image = await asyncio.to_thread(images.resolve, config.image)
+            await supervisor.deploy(config, image, source="stack")
+        except DeployError as exc:
+            log.error("%s", exc)
+    await supervisor.collect_images()
 
 
 async def up(args: argparse.Namespace) -> int:
@@ -74,16 +150,24 @@ async def up(args: argparse.Namespace) -> int:
             log.warning("function %s has no lang/handler to build (image %s): not run locally", name, fn.image)
     _setup_logging(state)
     credentials = ensure_credentials(state / "secrets")
+    images = ImageStore(state / "images", _builds(stack, contexts),
+                        keep=int(_env_float("LOCALFAAS_KEEP_IMAGES", 5)))
+    ready_timeout = _env_float("LOCALFAAS_READY_TIMEOUT", 60.0)
     supervisor = Supervisor(
-        state, ready_timeout=_env_float("LOCALFAAS_READY_TIMEOUT", 60.0),
+        state, ready_timeout=ready_timeout, images=images,
         health_interval=_env_float("LOCALFAAS_HEALTH_INTERVAL", 2.0),
         drain_timeout=_env_float("LOCALFAAS_DRAIN_TIMEOUT", 30.0),
     )
-    gateway = Gateway(supervisor, contexts, credentials,
-                      upstream_timeout=_env_float("LOCALFAAS_UPSTREAM_TIMEOUT", 65.0))
+    gateway = Gateway(supervisor, images, credentials,
+                      upstream_timeout=_env_float("LOCALFAAS_UPSTREAM_TIMEOUT", 65.0),
+                      deploy_wait=_env_float("LOCALFAAS_DEPLOY_WAIT", 30.0), scale_from_zero_wait=ready_timeout)
+    redeploy = args.redeploy_stack or _env_bool("LOCALFAAS_REDEPLOY_STACK")
+    stack_configs = {name: FunctionConfig.from_spec(stack.functions[name]) for name in contexts}
+    recorded = supervisor.records.load()
     # Checked before any replica starts, so a missing secret is one clear line and exit code 2.
-    configs = [FunctionConfig.from_spec(stack.functions[name]) for name in contexts]
-    for config in configs:
+    for config in stack_configs.values():
+        if config.name in recorded and not redeploy:
+            continue  # restored as recorded, not from the stack file
         missing = [s for s in config.secrets if not (state / "secrets" / s).is_file()]
         if missing:
             path = state / "secrets" / missing[0]
@@ -91,6 +175,7 @@ async def up(args: argparse.Namespace) -> int:
                              f"(e.g. printf '%s' VALUE > {path} && chmod 600 {path})")
 
     await supervisor.start()
+    await asyncio.to_thread(images.refresh_tags)
     runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
@@ -111,7 +196,7 @@ async def up(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    deploys = [asyncio.create_task(_deploy(supervisor, c, contexts[c.name])) for c in configs]
+    deploys = asyncio.create_task(_deploy_all(supervisor, images, stack_configs, redeploy))
     cron = CronConnector(url, credentials.user, credentials.password,
                          rebuild_interval=_env_float("LOCALFAAS_CRON_INTERVAL", 10.0))
     cron_task = asyncio.create_task(cron.run())
@@ -120,8 +205,7 @@ async def up(args: argparse.Namespace) -> int:
     finally:
         log.info("stopping: cron, gateway, then every replica")
         cron_task.cancel()
-        for task in deploys:
-            task.cancel()
+        deploys.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cron_task
         await runner.cleanup()
@@ -140,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--state-dir", default=os.environ.get("STACK_STATE_DIR", "var"))
     run.add_argument("--build-dir", default=None, help="where build contexts go (default: build/ beside the stack)")
+    run.add_argument("--redeploy-stack", action="store_true",
+                     help="deploy every function from the stack file, not what was deployed before")
     build = sub.add_parser("build", help="write build contexts like faas-cli build --shrinkwrap")
     build.add_argument("--stack", "-f", default="stack.yml")
     build.add_argument("--out", default=None, help="default: build/ beside the stack file")

@@ -1,24 +1,37 @@
 """What a deployment says about a function, and the errors of deploying one.
 
 Owns: `FunctionConfig` (the FunctionDeployment of the gateway API, or a stack.yml entry), reading
-its settings (`com.openfaas.scale.min`, `exec_timeout`/`write_timeout` as Go-style durations via
-`parse_duration`), and the deploy errors (`DeployError`, `MissingSecretError`, `FunctionNotFound`)
-that the supervisor raises and the gateway maps to HTTP.
+one from a FunctionDeployment JSON object (`from_deployment`, refusing a malformed one with
+`InvalidDeployment`) and writing one back (`to_deployment`), its settings
+(`com.openfaas.scale.min` / `.max` as the gateway reads them: a bad number means the default;
+`exec_timeout`/`write_timeout` as Go-style durations via `parse_duration`), and the deploy errors
+(`DeployError`, `InvalidDeployment`, `MissingSecretError`, `FunctionNotFound`) that the supervisor
+raises and the gateway maps to HTTP.
 Must not touch: processes, files, HTTP; it only parses and validates values.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from localfaas.stackfile import DEFAULT_NAMESPACE, FunctionSpec
 
 SCALE_MIN_LABEL = "com.openfaas.scale.min"
+SCALE_MAX_LABEL = "com.openfaas.scale.max"
+DEFAULT_MIN_REPLICAS = 1  # the gateway's defaults when a label is absent or not a number
+DEFAULT_MAX_REPLICAS = 5
 DEFAULT_EXEC_TIMEOUT = 30.0  # of-watchdog's default when a function sets no timeout
+# faas-netes refuses names that are not DNS-1123 labels; a dot would also be read as `name.namespace`.
+_FUNCTION_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 class DeployError(RuntimeError):
     """A deploy, update or scale that could not be carried out; the message says why."""
+
+
+class InvalidDeployment(DeployError):
+    """A FunctionDeployment body that cannot describe a function (answered 400)."""
 
 
 class MissingSecretError(DeployError):
@@ -40,6 +53,44 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 2m, 500ms)")
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     return sum(float(n) * scale[u] for n, u in parts)
+
+
+def check_function_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidDeployment("service is required: the function's name")
+    if len(name) > 63 or not _FUNCTION_NAME.fullmatch(name):
+        raise InvalidDeployment(f"invalid function name {name!r}: use lower-case letters, digits and '-', "
+                                f"starting and ending with a letter or digit (at most 63)")
+    return name
+
+
+def _str_map(body: dict[str, Any], key: str) -> dict[str, str]:
+    value = body.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidDeployment(f"{key} must be an object of strings")
+    return dict(value)
+
+
+def _str_list(body: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidDeployment(f"{key} must be an array of strings")
+    return tuple(value)
+
+
+def _resources(body: dict[str, Any], key: str) -> dict[str, str]:
+    value = body.get(key) or {}
+    if not isinstance(value, dict):
+        raise InvalidDeployment(f"{key} must be an object like {{\"memory\": \"128Mi\"}}")
+    return {k: str(v) for k, v in value.items() if v not in (None, "")}
+
+
+def _label_int(labels: dict[str, str], key: str, default: int, minimum: int) -> int:
+    try:
+        value = int(labels.get(key, ""))
+    except ValueError:
+        return default  # as the gateway reads scaling labels: not a number means the default
+    return value if value >= minimum else default
 
 
 @dataclass(frozen=True)
@@ -68,12 +119,44 @@ class FunctionConfig:
             constraints=tuple(spec.constraints), read_only_root_filesystem=spec.readonly_root_filesystem,
         )
 
+    @classmethod
+    def from_deployment(cls, body: object) -> FunctionConfig:
+        """A FunctionDeployment as faas-cli sends it; the namespace is left for the caller to check."""
+        if not isinstance(body, dict):
+            raise InvalidDeployment("request body must be a JSON object")
+        return cls(
+            name=check_function_name(body.get("service")), image=str(body.get("image") or ""),
+            namespace=str(body.get("namespace") or DEFAULT_NAMESPACE),
+            env_process=str(body.get("envProcess") or ""), env_vars=_str_map(body, "envVars"),
+            labels=_str_map(body, "labels"), annotations=_str_map(body, "annotations"),
+            secrets=_str_list(body, "secrets"), limits=_resources(body, "limits"),
+            requests=_resources(body, "requests"), constraints=_str_list(body, "constraints"),
+            read_only_root_filesystem=bool(body.get("readOnlyRootFilesystem", False)),
+        )
+
+    def to_deployment(self) -> dict[str, Any]:
+        """The FunctionDeployment that deploys this config again (what `faas-cli deploy` sends)."""
+        body: dict[str, Any] = {
+            "service": self.name, "image": self.image, "namespace": self.namespace,
+            "envProcess": self.env_process, "envVars": dict(self.env_vars), "labels": dict(self.labels),
+            "annotations": dict(self.annotations), "secrets": list(self.secrets),
+            "constraints": list(self.constraints),
+        }
+        if self.limits:
+            body["limits"] = dict(self.limits)
+        if self.requests:
+            body["requests"] = dict(self.requests)
+        if self.read_only_root_filesystem:
+            body["readOnlyRootFilesystem"] = True
+        return body
+
     def min_replicas(self) -> int:
-        raw = self.labels.get(SCALE_MIN_LABEL, "1")
-        try:
-            return max(0, int(raw))
-        except ValueError:
-            raise DeployError(f"function {self.name}: label {SCALE_MIN_LABEL}={raw!r} is not a number") from None
+        """`com.openfaas.scale.min`: 0 (start none until the first call) or more; default 1."""
+        return _label_int(self.labels, SCALE_MIN_LABEL, DEFAULT_MIN_REPLICAS, 0)
+
+    def max_replicas(self) -> int:
+        """`com.openfaas.scale.max`, the most replicas a scale request gets; default 5 (the gateway's)."""
+        return max(self.min_replicas(), _label_int(self.labels, SCALE_MAX_LABEL, DEFAULT_MAX_REPLICAS, 1))
 
     def exec_timeout(self) -> float:
         for key in ("exec_timeout", "write_timeout"):

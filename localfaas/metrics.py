@@ -3,11 +3,14 @@
 Owns: the `gateway_*` series (`gateway_function_invocation_total` and
 `gateway_function_invocation_started` by function, `gateway_functions_seconds` with the gateway's
 buckets, `gateway_service_count` read from the supervisor at scrape time) in a private registry,
-and their text exposition for `/metrics`.
+and their text exposition for `/metrics`, with bucket bounds printed as the Go client prints them
+(`le="1"`, `le="5"`, `le="10"`, where Python's client prints `1.0`).
 Must not touch: processes, HTTP routing; it only counts what the proxy reports and reads replica
 counts.
 """
 from __future__ import annotations
+
+import re
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,6 +21,8 @@ from localfaas.supervisor import Supervisor
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 prometheus_client.disable_created_metrics()  # the Go gateway exposes no *_created series
+# Go formats a float64 bound with strconv 'g': a whole number has no ".0".
+_WHOLE_LE = re.compile(rb'le="(\d+)\.0"')
 
 
 class GatewayMetrics:
@@ -50,7 +55,8 @@ class GatewayMetrics:
                  "# TYPE gateway_function_invocation_started counter"]
         lines += [f'gateway_function_invocation_started{{function_name="{name}"}} {value!r}'
                   for name, value in sorted(self.started.items())]
-        return prometheus_client.generate_latest(self.registry) + ("\n".join(lines) + "\n").encode()
+        text = _WHOLE_LE.sub(rb'le="\1"', prometheus_client.generate_latest(self.registry))
+        return text + ("\n".join(lines) + "\n").encode()
 
     def call_started(self, function_name: str) -> None:
         self.started[function_name] = self.started.get(function_name, 0.0) + 1

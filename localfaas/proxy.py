@@ -2,9 +2,13 @@
 
 Owns: proxying a call to a ready replica over pooled keep-alive connections (one client session),
 round-robin, retry on another replica when a connection fails before any response, buffering or
-streaming of bodies, the `X-Call-Id`/`X-Start-Time`/`X-Duration-Seconds` headers, async calls (a
-bounded number in flight, like the queue-worker's max_inflight, and their `X-Callback-Url`), and
-reporting each call to the gateway metrics.
+streaming of bodies, the `X-Call-Id`/`X-Start-Time`/`X-Duration-Seconds` headers, scale from zero
+(a call to a function at 0 replicas starts one and waits for it, bounded, as the gateway's
+scale_from_zero does), async calls (a bounded number in flight, like the queue-worker's
+max_inflight, and their `X-Callback-Url`), and reporting each call to the gateway metrics, calls
+to unknown functions included (code 404). Under `/provider/` (for a real gateway in front) it
+answers as faas-provider's proxy does: an unknown function is 503 `No endpoints available for:
+<name>.`, and nothing is counted (the gateway in front counts).
 Must not touch: processes (the supervisor picks, leases and re-probes replicas), the /system API,
 auth (the gateway's middleware runs before it).
 """
@@ -41,20 +45,24 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 
 class FunctionProxy:
     def __init__(self, supervisor: Supervisor, metrics: GatewayMetrics, *, upstream_timeout: float,
-                 no_replica_wait: float, max_async_inflight: int):
+                 no_replica_wait: float, max_async_inflight: int, scale_from_zero_wait: float = 60.0,
+                 provider: bool = False):
         self.supervisor = supervisor
         self.metrics = metrics
         self.upstream_timeout = upstream_timeout
         self.no_replica_wait = no_replica_wait
+        self.scale_from_zero_wait = scale_from_zero_wait
+        self.provider = provider  # faas-provider's proxy (behind a real gateway), not the gateway's
         self.session: aiohttp.ClientSession | None = None
         self._async_slots = asyncio.Semaphore(max_async_inflight)
         self._background: set[asyncio.Task[Any]] = set()
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_route("*", "/function/{name}", self.call_function)
-        app.router.add_route("*", "/function/{name}/{path:.*}", self.call_function)
-        app.router.add_route("*", "/async-function/{name}", self.call_async)
-        app.router.add_route("*", "/async-function/{name}/{path:.*}", self.call_async)
+    def add_routes(self, app: web.Application, prefix: str = "") -> None:
+        app.router.add_route("*", prefix + "/function/{name}", self.call_function)
+        app.router.add_route("*", prefix + "/function/{name}/{path:.*}", self.call_function)
+        if not prefix:
+            app.router.add_route("*", "/async-function/{name}", self.call_async)
+            app.router.add_route("*", "/async-function/{name}/{path:.*}", self.call_async)
 
     async def open(self) -> None:
         # One pooled session for all upstream calls: keep-alive connections to replicas are reused.
@@ -69,17 +77,27 @@ class FunctionProxy:
         if self.session:
             await self.session.close()
 
-    def _runtime(self, raw_name: str) -> tuple[FunctionRuntime, str]:
+    @staticmethod
+    def _label(raw_name: str) -> str:
+        name, namespace = function_name(raw_name)
+        return f"{name}.{namespace}"
+
+    def _runtime(self, raw_name: str) -> FunctionRuntime:
         name, namespace = function_name(raw_name)
         runtime = self.supervisor.functions.get(name)
         if runtime is None or namespace != runtime.config.namespace:
+            if self.provider:
+                raise GatewayError(503, f"No endpoints available for: {name}.")
             raise GatewayError(404, f"error finding function {name}.{namespace}: not found")
-        return runtime, f"{name}.{namespace}"
+        return runtime
 
     @staticmethod
     def _rest_of_path(request: web.Request) -> str:
-        # The raw (still percent-encoded) path after /function/<name>, plus the query string.
-        parts = request.raw_path.split("/", 3)
+        # The raw (still percent-encoded) path after [/provider]/function/<name>, plus the query string.
+        raw = request.raw_path
+        if raw.startswith("/provider/"):
+            raw = raw[len("/provider"):]
+        parts = raw.split("/", 3)
         rest = parts[3] if len(parts) > 3 else ""
         if len(parts) == 3 and "?" in parts[2]:
             rest = "?" + parts[2].split("?", 1)[1]
@@ -107,7 +125,11 @@ class FunctionProxy:
         for _attempt in range(6):
             replica = runtime.pick(tried)
             if replica is None:
-                if not await self.supervisor.wait_ready(name, self.no_replica_wait):
+                if runtime.desired == 0:
+                    if not await self.supervisor.scale_from_zero(name, self.scale_from_zero_wait):
+                        raise GatewayError(503, f"function {name}: scaled from zero, but no replica was ready "
+                                                f"within {self.scale_from_zero_wait:g}s")
+                elif not await self.supervisor.wait_ready(name, self.no_replica_wait):
                     raise GatewayError(503, f"no ready replicas for function {name}")
                 replica = runtime.pick(tried) or runtime.pick()
                 if replica is None:
@@ -146,13 +168,16 @@ class FunctionProxy:
         return await request.read() if request.body_exists else b""
 
     async def call_function(self, request: web.Request) -> web.StreamResponse:
-        runtime, label = self._runtime(request.match_info["name"])
+        label = self._label(request.match_info["name"])
         call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
         start_ns, started = time.time_ns(), time.perf_counter()
-        self.metrics.call_started(label)
+        if not self.provider:
+            self.metrics.call_started(label)
         code = 500
         reply_headers = {"X-Call-Id": call_id, "X-Start-Time": str(start_ns)}
+        runtime: FunctionRuntime | None = None
         try:
+            runtime = self._runtime(request.match_info["name"])
             body = await self._request_body(request)
             headers = self._upstream_headers(request, call_id, start_ns)
             async with self._upstream(runtime, request.method, self._rest_of_path(request), headers, body) as up:
@@ -177,13 +202,15 @@ class FunctionProxy:
             code = exc.status
             return text_response(exc.status, str(exc), **reply_headers)
         finally:
-            runtime.invocation_count += 1
-            self.metrics.call_finished(label, code, time.perf_counter() - started)
+            if runtime is not None:
+                runtime.invocation_count += 1
+            if not self.provider:
+                self.metrics.call_finished(label, code, time.perf_counter() - started)
 
     async def call_async(self, request: web.Request) -> web.Response:
         if request.method != "POST":
             return text_response(405, "async-function only accepts POST", Allow="POST")
-        runtime, label = self._runtime(request.match_info["name"])
+        runtime, label = self._runtime(request.match_info["name"]), self._label(request.match_info["name"])
         call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
         body = await request.read()
         start_ns = time.time_ns()

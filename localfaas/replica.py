@@ -1,11 +1,13 @@
 """Replica processes: starting one, knowing when it is ready or sick, and stopping it.
 
 Owns: the `Replica` (one process of a function, on its own free 127.0.0.1 port, with the function's
-environment and the path of its private secrets folder), `ReplicaProcesses`: starting a replica
-(its log `<state>/logs/function-<name>.log`, `PR_SET_PDEATHSIG` so it dies with the runtime),
-readiness (`/_/ready` must return 200 before a replica gets traffic), the liveness check of one
-replica (`/_/health`; three failures kill it), draining then SIGTERM then SIGKILL, stopping every
-process it started, by PID, and the replica state file `<state>/run/localfaas-replicas.json`
+environment, the path of its private secrets folder, and its own folder `<state>/run/rootfs/<instance>.<id>`:
+hard links to its image's read-only files, removed when it exits, like a container's writable
+layer), `ReplicaProcesses`: starting a replica (its output piped to `localfaas.logs.LogBook`,
+`PR_SET_PDEATHSIG` so it dies with the runtime), readiness (`/_/ready` must return 200 before a
+replica gets traffic; a replica that answers something else is "waiting for" what it says, logged
+once, never an error), the liveness check of one replica (`/_/health`; three failures kill it),
+draining then SIGTERM then SIGKILL, stopping every process it started, by PID, and the replica state file `<state>/run/localfaas-replicas.json`
 (`REPLICAS_FILE`): `{"runtime_pid": N, "functions": {name: [{"pid", "port", "generation",
 "index"}, ...]}}`, every replica process that has not exited yet (draining ones too), rewritten
 atomically whenever a replica starts or exits, so operator tools find replica pids without reading
@@ -23,6 +25,7 @@ import ctypes
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -32,8 +35,10 @@ from typing import Any
 
 import aiohttp
 
-from localfaas.build import BuildContext, process_command
+from localfaas.build import process_command
 from localfaas.functionconfig import FunctionConfig
+from localfaas.images import Image, link_tree, remove_tree
+from localfaas.logs import LogBook
 
 log = logging.getLogger("localfaas.replica")
 
@@ -82,9 +87,13 @@ def free_port() -> int:
 
 
 class Replica:
-    def __init__(self, function: str, generation: int, index: int, port: int,
-                 process: asyncio.subprocess.Process):
-        self.function = function
+    def __init__(self, config: FunctionConfig, image: Image, generation: int, index: int, port: int,
+                 process: asyncio.subprocess.Process, rootfs: Path):
+        self.config = config  # what it was started with (a rollout may already want another)
+        self.image = image
+        self.function = config.name
+        self.instance = f"{config.name}-{generation}-{index}"
+        self.rootfs = rootfs
         self.generation = generation
         self.index = index
         self.port = port
@@ -96,6 +105,7 @@ class Replica:
         self.inflight = 0
         self.health_failures = 0
         self.awaiting_ready = False  # a readiness wait owns this replica
+        self.waiting_for = ""  # what its readiness answer said while not ready (logged once)
         self.exited = asyncio.Event()
 
     @property
@@ -120,14 +130,19 @@ class ReplicaProcesses:
         self.ready_timeout = ready_timeout
         self.drain_timeout = drain_timeout
         self.stop_grace = stop_grace
+        self.logbook = LogBook(state_dir / "logs")
+        self.rootfs_dir = state_dir / "run" / "rootfs"
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pumps: set[asyncio.Task[Any]] = set()  # never cancelled: they end when the output does
         self._draining: list[Replica] = []  # out of rotation, waiting for in-flight requests
         self._live: dict[int, Replica] = {}  # pid -> every replica process that has not exited yet
 
     # ----- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        remove_tree(self.rootfs_dir)  # folders of replicas that died with a killed runtime
+        self.rootfs_dir.mkdir(parents=True, exist_ok=True)
         self.write_state()  # replaces a stale file a killed runtime left behind
 
     def cancel_tasks(self) -> None:
@@ -140,6 +155,10 @@ class ReplicaProcesses:
         replicas = {r.pid: r for r in [*current, *self._draining, *self._live.values()]}  # each once
         await asyncio.gather(*(self.terminate(r, drain=False) for r in replicas.values()), return_exceptions=True)
         self._live = {pid: r for pid, r in self._live.items() if r.alive}
+        if self._pumps:  # the last lines the replicas wrote
+            await asyncio.wait(list(self._pumps), timeout=self.stop_grace)
+        for replica in replicas.values():
+            remove_tree(replica.rootfs)
         self.write_state()
         if self._session:
             await self._session.close()
@@ -150,40 +169,56 @@ class ReplicaProcesses:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def in_use(self) -> set[str]:
+        """Digests of the images of every replica process still alive (draining ones too)."""
+        return {r.image.digest for r in self._live.values() if r.alive}
+
     # ----- starting --------------------------------------------------------------------------
     def log_path(self, name: str) -> Path:
-        return self.state_dir / "logs" / f"function-{name}.log"
+        return self.logbook.path(name)
 
-    async def start(self, config: FunctionConfig, context: BuildContext, generation: int, index: int,
+    async def start(self, config: FunctionConfig, image: Image, generation: int, index: int,
                     secrets_dir: Path) -> Replica:
-        fprocess = config.env_process or context.fprocess
+        fprocess = config.env_process or image.fprocess
         argv = process_command(fprocess)
         port = free_port()
+        instance = f"{config.name}-{generation}-{index}"
+        rootfs = self.rootfs_dir / f"{instance}.{secrets.token_hex(4)}"
+        await asyncio.to_thread(link_tree, image.root, rootfs)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
         env.update({"PYTHONUNBUFFERED": "1", "mode": "http", "fprocess": fprocess})
         env.update(config.env_vars)
         env.update({
             "PORT": str(port),
             "SECRETS_DIR": str(secrets_dir),
-            "HOSTNAME": f"{config.name}-{generation}-{index}",
+            "HOSTNAME": instance,
         })
-        with open(self.log_path(config.name), "ab") as logfile:  # noqa: ASYNC230 - a local append, instant
+        try:
             process = await asyncio.create_subprocess_exec(
-                *argv, cwd=context.path, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                *argv, cwd=rootfs, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C on the runtime must not hit replicas before their drain
                 preexec_fn=_die_with_parent,
             )
-        replica = Replica(config.name, generation, index, port, process)
-        log.info("function %s: started %r (%s)", config.name, replica, " ".join(argv))
+        except OSError:
+            remove_tree(rootfs)
+            raise
+        replica = Replica(config, image, generation, index, port, process, rootfs)
+        log.info("function %s: started %r from image %s (%s)", config.name, replica, image.digest[:19],
+                 " ".join(argv))
         self._live[replica.pid] = replica
         self.write_state()
+        assert process.stdout is not None
+        pump = asyncio.create_task(self.logbook.pump(config.name, instance, process.stdout))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
         self.spawn(self._forget_on_exit(replica))
         return replica
 
     async def _forget_on_exit(self, replica: Replica) -> None:
         await replica.process.wait()
         self._live.pop(replica.pid, None)
+        await asyncio.to_thread(remove_tree, replica.rootfs)
         self.write_state()
 
     def write_state(self) -> None:
@@ -198,14 +233,20 @@ class ReplicaProcesses:
             log.warning("cannot write %s: %s", self.state_dir / REPLICAS_FILE, exc)
 
     # ----- readiness and health --------------------------------------------------------------
-    async def _probe(self, replica: Replica, path: str) -> int | None:
+    async def _probe(self, replica: Replica, path: str) -> tuple[int | None, str]:
+        """(status, first line of the body) of a probe; (None, why) when the replica did not answer."""
         assert self._session is not None
         try:
             async with self._session.get(replica.url + path) as resp:
-                await resp.read()
-                return resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return None
+                body = (await resp.read())[:300].decode("utf-8", errors="replace")
+                return resp.status, (body.strip().splitlines() or [""])[0]
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return None, type(exc).__name__
+
+    def _note_waiting(self, replica: Replica, status: int, body: str) -> None:
+        if not replica.waiting_for:  # once per replica: it is up, just not able to serve yet
+            replica.waiting_for = body or f"HTTP {status}"
+            log.info("function %s: %r is up, waiting for: %s", replica.function, replica, replica.waiting_for)
 
     async def await_ready(self, replica: Replica, timeout: float | None = None) -> bool:
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
@@ -213,27 +254,39 @@ class ReplicaProcesses:
         replica.awaiting_ready = True
         try:
             while time.monotonic() < deadline and replica.alive and not replica.stopping:
-                if await self._probe(replica, "/_/ready") == 200:
-                    replica.ready = True
-                    log.info("function %s: %r ready", replica.function, replica)
+                status, body = await self._probe(replica, "/_/ready")
+                if status == 200:
+                    self._mark_ready(replica)
                     return True
+                if status is not None:
+                    self._note_waiting(replica, status, body)
                 await asyncio.sleep(delay)
                 delay = min(0.5, delay * 1.5)
+            if replica.alive and not replica.stopping and timeout is None and not replica.waiting_for:
+                # It never answered at all (a replica that answers "not yet" was logged as waiting).
+                log.warning("function %s: %r not answering its readiness probe after %gs; probing it every "
+                            "health interval until it is", replica.function, replica, self.ready_timeout)
             return False
         finally:
             replica.awaiting_ready = False
 
-    async def all_ready(self, replicas: list[Replica]) -> bool:
-        results = await asyncio.gather(*(self.await_ready(r) for r in replicas))
-        return all(results)
+    def _mark_ready(self, replica: Replica) -> None:
+        replica.ready = True
+        waited = f" (after waiting for: {replica.waiting_for})" if replica.waiting_for else ""
+        replica.waiting_for = ""
+        log.info("function %s: %r ready%s", replica.function, replica, waited)
 
-    def not_ready_message(self, name: str, replicas: list[Replica]) -> str:
+    def failure_message(self, name: str, replicas: list[Replica]) -> str:
+        """Why replicas of a new generation are not serving: the exited ones, or what they wait for."""
         bad = [r for r in replicas if not r.ready]
         exited = [r for r in bad if not r.alive]
-        why = (f"{len(exited)} exited (code {exited[0].process.returncode})" if exited
-               else f"not ready after {self.ready_timeout:g}s")
-        return (f"function {name}: {len(bad)} of {len(replicas)} new replica(s) failed: "
-                f"{why}; see {self.log_path(name)}")
+        if exited:
+            why = f"{len(exited)} exited (code {exited[0].process.returncode})"
+        else:
+            waiting = next((r.waiting_for for r in bad if r.waiting_for), "")
+            why = f"waiting for: {waiting}" if waiting else f"not ready after {self.ready_timeout:g}s"
+        return f"function {name}: {len(bad)} of {len(replicas)} new replica(s) not serving: {why}; " \
+               f"see {self.log_path(name)}"
 
     async def reprobe(self, replica: Replica) -> None:
         await asyncio.sleep(0.2)
@@ -244,13 +297,15 @@ class ReplicaProcesses:
         if not replica.ready:
             if replica.awaiting_ready:
                 return  # still starting (or re-probing): its own readiness wait owns it
-            # Its readiness wait ran out (e.g. no model yet, loaded later by a retry): keep
-            # probing at the health interval so it joins the rotation once it can serve.
-            if await self._probe(replica, "/_/ready") == 200 and not replica.stopping:
-                replica.ready = True
-                log.info("function %s: %r ready (late)", replica.function, replica)
+            # Its readiness wait ran out (e.g. still warming up): keep probing at the health
+            # interval so it joins the rotation once it can serve.
+            status, body = await self._probe(replica, "/_/ready")
+            if status == 200 and not replica.stopping:
+                self._mark_ready(replica)
+            elif status is not None:
+                self._note_waiting(replica, status, body)
             return
-        health = await self._probe(replica, "/_/health")
+        health, _ = await self._probe(replica, "/_/health")
         replica.health_failures = 0 if health == 200 else replica.health_failures + 1
         if replica.health_failures >= 3:
             log.error("function %s: %r failed 3 liveness checks; killing it", replica.function, replica)
@@ -258,10 +313,14 @@ class ReplicaProcesses:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.kill()  # its exit watcher restarts it
             return
-        if health == 200 and await self._probe(replica, "/_/ready") not in (200, None):
-            log.warning("function %s: %r not ready any more; out of rotation", replica.function, replica)
-            replica.ready = False
-            self.spawn(self.reprobe(replica))
+        if health == 200:
+            status, body = await self._probe(replica, "/_/ready")
+            if status not in (200, None):
+                log.warning("function %s: %r not ready any more (%s); out of rotation", replica.function,
+                            replica, body or f"HTTP {status}")
+                replica.ready = False
+                replica.waiting_for = body or f"HTTP {status}"
+                self.spawn(self.reprobe(replica))
 
     # ----- stopping --------------------------------------------------------------------------
     async def terminate(self, replica: Replica, drain: bool) -> None:
@@ -286,4 +345,3 @@ class ReplicaProcesses:
         finally:
             if replica in self._draining:
                 self._draining.remove(replica)
-

@@ -1,14 +1,19 @@
 """Running functions as local replica processes, the way OpenFaaS runs them as containers.
 
-Owns: the deployed functions (`FunctionRuntime`: config, build context, desired and current
-replicas, round-robin `pick`), deploy, scaling, rolling updates (new replicas ready before old
-ones stop getting traffic; old ones drained, then stopped), restart after a crash with backoff,
-the health loop over every function's replicas, each function's private secrets folder
-(`<state>/run/secrets/<name>`, refreshed in place when a secret changes), and `lease` /
-`report_connection_failure` / `wait_ready` for the gateway.
+Owns: the deployed functions (`FunctionRuntime`: the desired config and image, desired replicas,
+the serving generation and a rollout's pending one, round-robin `pick`), deploy, scaling (0
+allowed; at most `com.openfaas.scale.max`), scale from zero for a call, rolling updates as a
+Deployment does them (the call returns once the new replicas are started; they take traffic only
+when all are ready, then the old ones are drained and stopped; until then the old ones keep
+serving, however long the new ones wait or crash-loop; a newer deploy replaces a pending rollout),
+restart after a crash with backoff, the health loop over every replica, each function's private
+secrets folder (`<state>/run/secrets/<name>`, refreshed in place when a secret changes), keeping
+the deployment records (`localfaas.records`) and the image garbage collection (`localfaas.images`)
+in step with every deploy, update, scale and delete, and `lease` / `report_connection_failure` /
+`wait_ready` for the gateway.
 Must not touch: a replica process itself (`localfaas.replica` starts, probes and stops it and
-writes the replica state file), HTTP routing of client requests (the gateway picks replicas
-through `pick`/`lease`), stack parsing, building, and any process it did not start.
+writes the replica state file), resolving images, HTTP routing of client requests (the gateway
+picks replicas through `pick`/`lease`), stack parsing, building, and any process it did not start.
 """
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from localfaas.build import BuildContext
 from localfaas.functionconfig import (
     SCALE_MIN_LABEL,
     DeployError,
@@ -31,29 +35,38 @@ from localfaas.functionconfig import (
     FunctionNotFound,
     MissingSecretError,
 )
+from localfaas.images import Image, ImageStore
+from localfaas.records import DeploymentRecords
 from localfaas.replica import Replica, ReplicaProcesses, write_atomic
 
 log = logging.getLogger("localfaas.supervisor")
 
 
 class FunctionRuntime:
-    """One deployed function: its config, build context and current replicas."""
+    """One deployed function: what it should run, and the replicas that run it."""
 
-    def __init__(self, config: FunctionConfig, context: BuildContext, desired: int):
-        self.config = config
-        self.context = context
+    def __init__(self, config: FunctionConfig, image: Image, desired: int, source: str = "api"):
+        self.config, self.image = config, image  # the deployment as last asked for (its status)
+        self.live_config, self.live_image = config, image  # what `replicas` run
         self.desired = desired
-        self.generation = 0
-        self.replicas: list[Replica] = []  # the current generation (starting, ready or crashed-and-replacing)
+        self.source = source
+        self.generation = 0  # of `replicas`
+        self.replicas: list[Replica] = []  # the serving generation (starting, ready or being restarted)
+        self.pending: list[Replica] = []  # a rollout's new generation: no traffic until all are ready
+        self.pending_generation = 0
         self.created_at = datetime.now(UTC)
         self.invocation_count = 0.0
         self.crash_streak = 0
+        self.crashed_generation = 0  # the newest generation a replica of which exited on its own
         self.last_error = ""
         self.lock = asyncio.Lock()  # one deploy/update/scale/delete at a time
         self._rr = itertools.count()
 
     def ready_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.ready and not r.stopping and r.alive]
+
+    def every_replica(self) -> list[Replica]:
+        return [*self.replicas, *self.pending]
 
     def pick(self, exclude: set[int] = frozenset()) -> Replica | None:
         """Round-robin over ready replicas, skipping those (by pid) that just failed this request."""
@@ -65,7 +78,8 @@ class FunctionRuntime:
 
 class Supervisor:
     def __init__(self, state_dir: str | Path, *, ready_timeout: float = 60.0, health_interval: float = 2.0,
-                 drain_timeout: float = 30.0, stop_grace: float = 5.0, max_backoff: float = 10.0):
+                 drain_timeout: float = 30.0, stop_grace: float = 5.0, max_backoff: float = 10.0,
+                 images: ImageStore | None = None):
         self.state_dir = Path(state_dir).resolve()
         self.ready_timeout = ready_timeout
         self.health_interval = health_interval
@@ -73,6 +87,8 @@ class Supervisor:
         self.stop_grace = stop_grace
         self.max_backoff = max_backoff
         self.functions: dict[str, FunctionRuntime] = {}
+        self.images = images or ImageStore(self.state_dir / "images", {})
+        self.records = DeploymentRecords(self.state_dir / "deployments")
         self.processes = ReplicaProcesses(self.state_dir, lambda: self.functions, ready_timeout=ready_timeout,
                                           drain_timeout=drain_timeout, stop_grace=stop_grace)
         self._health_task: asyncio.Task[None] | None = None
@@ -82,6 +98,7 @@ class Supervisor:
     async def start(self) -> None:
         for sub in ("logs", "run", "secrets"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.images.open()
         self.processes.open()
         self._health_task = asyncio.create_task(self._health_loop())
 
@@ -91,7 +108,7 @@ class Supervisor:
         if self._health_task:
             self._health_task.cancel()
         self.processes.cancel_tasks()
-        await self.processes.stop_all([r for fn in self.functions.values() for r in fn.replicas])
+        await self.processes.stop_all([r for fn in self.functions.values() for r in fn.every_replica()])
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         return self.processes.spawn(coro)
@@ -130,97 +147,172 @@ class Supervisor:
         return False
 
     # ----- deploy / update / scale / remove --------------------------------------------------
-    async def deploy(self, config: FunctionConfig, context: BuildContext) -> None:
-        """Create the function, or roll it to the new config when it exists already.
-        Returns once the new replicas are ready; raises DeployError when they never are."""
-        existing = self.functions.get(config.name)
-        if existing is not None:
-            await self.update(config, context)
+    async def deploy(self, config: FunctionConfig, image: Image, *, source: str = "api",
+                     replicas: int | None = None, wait: float = 0.0) -> None:
+        """Create the function, or roll it to the new config when it exists already. Returns once
+        its replicas are started, or (with `wait`) once they serve or `wait` seconds have passed."""
+        if config.name in self.functions:
+            await self.update(config, image, wait=wait)
             return
-        desired = config.min_replicas()
-        runtime = FunctionRuntime(config, context, desired)
         self._prepare_secrets(config)
+        desired = config.min_replicas() if replicas is None else replicas
+        runtime = FunctionRuntime(config, image, desired, source)
         self.functions[config.name] = runtime
         async with runtime.lock:
-            runtime.generation = 1
-            starting = [await self._start_replica(runtime, i) for i in range(desired)]
-            runtime.replicas = starting
-            for replica in starting:
-                self._watch(runtime, replica)
-        # The readiness wait runs outside the lock: with nothing old to keep serving, an update
-        # that arrives meanwhile (e.g. the config that makes it ready) must not queue behind it.
-        ready = not starting or await self.processes.all_ready(starting)
-        if runtime.generation != 1 or self.functions.get(config.name) is not runtime:
-            return  # superseded by an update or removed while starting: that call reports
-        if not ready:
-            runtime.last_error = self.processes.not_ready_message(config.name, starting)
-            # Like a Deployment in CrashLoopBackOff: it stays, and crashed replicas keep restarting.
-            raise DeployError(runtime.last_error)
-        runtime.last_error = ""
+            runtime.generation = runtime.pending_generation = 1
+            runtime.replicas = [await self._start(runtime, config, image, 1, i) for i in range(desired)]
+            self._persist(runtime)
+        await self._wait_serving(runtime, 1, wait)
 
-    async def update(self, config: FunctionConfig, context: BuildContext | None = None) -> None:
-        """Rolling update: the new generation must be ready before the old one loses traffic."""
+    async def update(self, config: FunctionConfig, image: Image, *, wait: float = 0.0) -> None:
+        """Rolling update: the new generation takes traffic once all of it is ready."""
         runtime = self.get(config.name)
         self._prepare_secrets(config)
         async with runtime.lock:
-            context = context or runtime.context
-            # A redeploy keeps a scale-up made through the API, but honours a raised minimum.
-            desired = max(runtime.desired, config.min_replicas()) if SCALE_MIN_LABEL in config.labels \
-                else runtime.desired
-            generation = runtime.generation + 1
-            candidate = FunctionRuntime(config, context, desired)
-            candidate.generation = generation
-            new = [await self._start_replica(candidate, i) for i in range(desired)]
-            if new and not await self.processes.all_ready(new):
-                message = self.processes.not_ready_message(config.name, new)
-                await asyncio.gather(*(self.processes.terminate(r, drain=False) for r in new))
-                runtime.last_error = f"{message}; still serving the previous version"
-                log.error("%s", runtime.last_error)
-                raise DeployError(runtime.last_error)
-            old = runtime.replicas
-            # The switch: one assignment, so every request sees either the old set or the new one.
-            runtime.config, runtime.context, runtime.desired = config, context, desired
-            runtime.generation, runtime.replicas = generation, new
-            runtime.crash_streak, runtime.last_error = 0, ""
-            for replica in new:
-                self._watch(runtime, replica)
-            log.info("function %s: generation %d ready on %s; draining %d old replica(s)",
-                     config.name, generation, [r.port for r in new], len(old))
-            for replica in old:
-                self._spawn_task(self.processes.terminate(replica, drain=True))
+            if runtime.pending and runtime.config == config and runtime.image.digest == image.digest:
+                generation = runtime.pending_generation  # the same deploy again (a retry): keep its rollout
+                self._persist(runtime)
+            else:
+                generation = await self._replace(runtime, config, image)
+        await self._wait_serving(runtime, generation, wait)
 
-    async def scale(self, name: str, replicas: int) -> None:
+    async def _replace(self, runtime: FunctionRuntime, config: FunctionConfig, image: Image) -> int:
+        """Start the new generation; it serves at once when nothing serves now, else after a rollout."""
+        if runtime.pending:  # a newer deploy replaces a rollout still waiting
+            log.info("function %s: generation %d replaced before it was ready", config.name,
+                     runtime.pending_generation)
+            for replica in runtime.pending:
+                self._spawn_task(self.processes.terminate(replica, drain=False))
+            runtime.pending = []
+        # A redeploy keeps a scale made through the API, but honours a raised minimum.
+        desired = max(runtime.desired, config.min_replicas()) if SCALE_MIN_LABEL in config.labels \
+            else runtime.desired
+        runtime.config, runtime.image, runtime.source = config, image, "api"
+        runtime.desired = min(desired, config.max_replicas()) if desired else 0
+        generation = runtime.pending_generation = max(runtime.generation, runtime.pending_generation) + 1
+        new = [await self._start(runtime, config, image, generation, i) for i in range(runtime.desired)]
+        if runtime.ready_replicas():
+            runtime.pending = new
+            self._spawn_task(self._roll_out(runtime, generation))
+        else:  # nothing serving that could be kept: the new generation takes over at once
+            self._switch(runtime, new, generation)
+        self._persist(runtime)
+        return generation
+
+    def _switch(self, runtime: FunctionRuntime, new: list[Replica], generation: int) -> None:
+        """The switch: one assignment, so every request sees either the old set or the new one."""
+        old = runtime.replicas
+        runtime.replicas, runtime.pending, runtime.generation = new, [], generation
+        runtime.live_config, runtime.live_image = runtime.config, runtime.image
+        runtime.crash_streak, runtime.last_error = 0, ""
+        log.info("function %s: generation %d serving on %s; draining %d old replica(s)",
+                 runtime.config.name, generation, [r.port for r in new], len(old))
+        self._spawn_task(self._retire(old))
+
+    async def _retire(self, old: list[Replica]) -> None:
+        await asyncio.gather(*(self.processes.terminate(r, drain=True) for r in old))
+        await asyncio.gather(*(r.process.wait() for r in old))
+        await self.collect_images()
+
+    async def _roll_out(self, runtime: FunctionRuntime, generation: int) -> None:
+        started, told = time.monotonic(), False
+        while not self._closing and self.functions.get(runtime.config.name) is runtime:
+            if runtime.pending_generation != generation or runtime.generation >= generation:
+                return  # replaced by a newer deploy, or already switched
+            pending = runtime.pending
+            if len(pending) == runtime.desired and all(r.ready and r.alive for r in pending):
+                async with runtime.lock:
+                    if runtime.pending_generation == generation and runtime.pending is pending \
+                            and all(r.ready and r.alive for r in pending):
+                        self._switch(runtime, pending, generation)
+                        return
+            if not told and time.monotonic() - started > self.ready_timeout:
+                told = True  # not an error: like a Deployment whose new pods are not ready yet
+                runtime.last_error = self.processes.failure_message(runtime.config.name, pending)
+                log.info("%s; the previous version keeps serving until they are ready", runtime.last_error)
+            await asyncio.sleep(0.05)
+
+    async def _wait_serving(self, runtime: FunctionRuntime, generation: int, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and self.functions.get(runtime.config.name) is runtime:
+            if runtime.pending_generation > generation or runtime.crashed_generation >= generation:
+                return  # replaced by a newer deploy, or its replicas crash: waiting would not help
+            if runtime.generation == generation and all(r.ready for r in runtime.replicas):
+                return
+            await asyncio.sleep(0.05)
+
+    async def scale(self, name: str, replicas: int) -> int:
+        """Set the desired replicas (0 allowed; above `com.openfaas.scale.max` means that max);
+        returns the count set."""
         if replicas < 0:
             raise DeployError(f"function {name}: replicas must be >= 0, got {replicas}")
         runtime = self.get(name)
         async with runtime.lock:
-            runtime.desired = replicas
-            current = [r for r in runtime.replicas if not r.stopping]
-            if len(current) < replicas:
-                used = {r.index for r in current}
-                free = (i for i in itertools.count() if i not in used)
-                for _ in range(replicas - len(current)):
-                    replica = await self._start_replica(runtime, next(free))
-                    runtime.replicas.append(replica)
-                    self._watch(runtime, replica)
-                    self._spawn_task(self.processes.await_ready(replica))
-            elif len(current) > replicas:
-                # Shed replicas that are not serving first, then the newest.
-                victims = sorted(current, key=lambda r: (r.ready, r.index), reverse=False)[: len(current) - replicas]
-                for replica in victims:
-                    runtime.replicas.remove(replica)
-                    self._spawn_task(self.processes.terminate(replica, drain=True))
+            return await self._set_replicas(runtime, replicas)
+
+    async def _set_replicas(self, runtime: FunctionRuntime, replicas: int) -> int:
+        ceiling = runtime.config.max_replicas()
+        if replicas > ceiling:
+            log.info("function %s: %d replicas asked, %d at most (com.openfaas.scale.max)", runtime.config.name,
+                     replicas, ceiling)
+            replicas = ceiling
+        runtime.desired = replicas
+        await self._resize(runtime, runtime.replicas, runtime.live_config, runtime.live_image,
+                           runtime.generation, replicas)
+        if runtime.pending:
+            await self._resize(runtime, runtime.pending, runtime.config, runtime.image,
+                               runtime.pending_generation, replicas)
+        self._persist(runtime)
+        return replicas
+
+    async def _resize(self, runtime: FunctionRuntime, replicas: list[Replica], config: FunctionConfig,
+                      image: Image, generation: int, count: int) -> None:
+        current = [r for r in replicas if not r.stopping]
+        if len(current) < count:
+            used = {r.index for r in current}
+            free = (i for i in itertools.count() if i not in used)
+            for _ in range(count - len(current)):
+                replicas.append(await self._start(runtime, config, image, generation, next(free)))
+        elif len(current) > count:
+            # Shed replicas that are not serving first, then the newest.
+            for replica in sorted(current, key=lambda r: (r.ready, -r.index))[: len(current) - count]:
+                replicas.remove(replica)
+                self._spawn_task(self.processes.terminate(replica, drain=True))
+
+    async def scale_from_zero(self, name: str, timeout: float) -> bool:
+        """A call to a function scaled to zero: start max(min, 1) replicas and wait, bounded, for one
+        to be ready (the gateway's scale_from_zero)."""
+        runtime = self.functions.get(name)
+        if runtime is None:
+            return False
+        if runtime.desired == 0:
+            async with runtime.lock:
+                if runtime.desired == 0 and self.functions.get(name) is runtime:
+                    target = max(runtime.config.min_replicas(), 1)
+                    log.info("function %s: a call at 0 replicas; scaling from zero to %d", name, target)
+                    await self._set_replicas(runtime, target)
+        return await self.wait_ready(name, timeout)
 
     async def remove(self, name: str) -> None:
         runtime = self.get(name)
         async with runtime.lock:
             del self.functions[name]
-            replicas, runtime.replicas, runtime.desired = runtime.replicas, [], 0
+            replicas, runtime.replicas, runtime.pending, runtime.desired = runtime.every_replica(), [], [], 0
+            self.records.save(runtime.config, 0, runtime.image.digest, source=runtime.source, deleted=True)
             await asyncio.gather(*(self.processes.terminate(r, drain=True) for r in replicas))
             shutil.rmtree(self._secrets_dir(name), ignore_errors=True)
+        await self.collect_images()
 
+    def _persist(self, runtime: FunctionRuntime) -> None:
+        self.records.save(runtime.config, runtime.desired, runtime.image.digest, source=runtime.source)
 
-    # ----- secrets and replicas -------------------------------------------------------------------------
+    async def collect_images(self) -> None:
+        in_use = self.processes.in_use() | {d for fn in self.functions.values()
+                                            for d in (fn.image.digest, fn.live_image.digest)}
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.images.gc, in_use)
+
+    # ----- secrets ---------------------------------------------------------------------------
     def _secrets_dir(self, name: str) -> Path:
         return self.state_dir / "run" / "secrets" / name
 
@@ -258,15 +350,16 @@ class Supervisor:
                 refreshed.append(fn.config.name)
         return refreshed
 
+    # ----- replicas --------------------------------------------------------------------------
     def log_path(self, name: str) -> Path:
         return self.processes.log_path(name)
 
-    async def _start_replica(self, runtime: FunctionRuntime, index: int) -> Replica:
-        return await self.processes.start(runtime.config, runtime.context, runtime.generation, index,
-                                          self._secrets_dir(runtime.config.name))
-
-    def _watch(self, runtime: FunctionRuntime, replica: Replica) -> None:
+    async def _start(self, runtime: FunctionRuntime, config: FunctionConfig, image: Image, generation: int,
+                     index: int) -> Replica:
+        replica = await self.processes.start(config, image, generation, index, self._secrets_dir(config.name))
         self._spawn_task(self._watch_exit(runtime, replica))
+        self._spawn_task(self.processes.await_ready(replica))
+        return replica
 
     async def _watch_exit(self, runtime: FunctionRuntime, replica: Replica) -> None:
         code = await replica.process.wait()
@@ -277,21 +370,22 @@ class Supervisor:
         uptime = time.monotonic() - replica.started_at
         log.warning("function %s: %r exited with code %s after %.1fs; restarting (log: %s)",
                     replica.function, replica, code, uptime, self.log_path(replica.function))
-        if replica not in runtime.replicas or self.functions.get(runtime.config.name) is not runtime:
+        if replica not in runtime.every_replica() or self.functions.get(runtime.config.name) is not runtime:
             return
+        runtime.crashed_generation = max(runtime.crashed_generation, replica.generation)
         runtime.crash_streak = 0 if uptime > 30 else runtime.crash_streak + 1
         delay = min(self.max_backoff, 0.25 * (2 ** max(0, runtime.crash_streak - 1)))
         await asyncio.sleep(delay)
         async with runtime.lock:
-            if replica not in runtime.replicas or self._closing:
+            group = next((g for g in (runtime.replicas, runtime.pending) if replica in g), None)
+            if group is None or self._closing:
                 return  # scaled down, removed or replaced while we waited
-            fresh = await self._start_replica(runtime, replica.index)
-            runtime.replicas[runtime.replicas.index(replica)] = fresh
-            self._watch(runtime, fresh)
-        await self.processes.await_ready(fresh)
+            fresh = await self._start(runtime, replica.config, replica.image, replica.generation, replica.index)
+            group[group.index(replica)] = fresh
 
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_interval)
-            replicas = [r for fn in self.functions.values() for r in fn.replicas if r.alive and not r.stopping]
+            replicas = [r for fn in self.functions.values() for r in fn.every_replica()
+                        if r.alive and not r.stopping]
             await asyncio.gather(*(self.processes.check(r) for r in replicas), return_exceptions=True)

@@ -158,6 +158,11 @@ SETTINGS: tuple[Setting, ...] = (
     _lf("LOCALFAAS_HEALTH_INTERVAL", "float", "2", "seconds between replica health checks"),
     _lf("LOCALFAAS_CRON_INTERVAL", "float", "10", "seconds between the cron connector's re-reads of the functions"),
     _lf("LOCALFAAS_DRAIN_TIMEOUT", "float", "30", "seconds a stopping replica may finish its calls"),
+    _lf("LOCALFAAS_DEPLOY_WAIT", "float", "30",
+        "seconds a deploy call waits for its new replicas to serve before answering 202 anyway (0: at once)"),
+    _lf("LOCALFAAS_KEEP_IMAGES", "int", "5", "unused image snapshots kept besides those in use", minimum=0),
+    _lf("LOCALFAAS_REDEPLOY_STACK", "bool", "0",
+        "`up` deploys stack.yml for every function instead of restoring what was deployed"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -165,13 +165,18 @@ def test_metrics_expose_gateway_names_labels_and_buckets_after_calls(faas):
     text = requests.get(faas.url + "/metrics", timeout=5).text
     assert re.search(r'^gateway_function_invocation_total\{code="200",function_name="echo.openfaas-fn"\} \d',
                      text, re.MULTILINE)
-    for le in ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf"):
+    # The Go client prints whole bounds without ".0" (the real gateway's `le="1"`, not Python's "1.0").
+    for le in ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"):
         assert f'gateway_functions_seconds_bucket{{code="200",function_name="echo.openfaas-fn",le="{le}"}}' in text
     assert "gateway_functions_seconds_sum{" in text and "gateway_functions_seconds_count{" in text
     assert re.search(r'^gateway_function_invocation_started\{function_name="echo.openfaas-fn"\} \d', text, re.MULTILINE)
     assert 'gateway_service_count{function_name="echo.openfaas-fn"} 2.0' in text
     assert "# TYPE gateway_function_invocation_started counter" in text
     assert "_created" not in text
+    assert 'le="1.0"' not in text and 'le="10.0"' not in text
+    # A call to an unknown function is counted with the status it got.
+    assert re.search(r'^gateway_function_invocation_total\{code="404",function_name="nope.openfaas-fn"\} \d',
+                     text, re.MULTILINE)
 
 
 def test_invocation_count_grows_with_calls(faas):

@@ -5,19 +5,31 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 import requests
 
 from localfaas.replica import read_replica_state
-from tests.localfaas_harness import pid_alive, start_stack
+from tests.localfaas_harness import LocalFaas, pid_alive, start_stack, write_project
 
 HAMMER_THREADS = 4
+SLEEPY = """
+  sleepy:
+    lang: python3-http-debian
+    handler: ./functions/echo
+    image: test/sleepy:latest
+    environment:
+      NEVER_READY: "1"
+    labels:
+      com.openfaas.scale.min: "2"
+"""
+DEPLOY_WAIT = 8.0  # seconds a deploy call waits for its replicas to serve before answering anyway
 
 
 @pytest.fixture(scope="module")
 def faas(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("localfaas-rollout"))
+    stack = start_stack(tmp_path_factory.mktemp("localfaas-rollout"), {"LOCALFAAS_DEPLOY_WAIT": str(DEPLOY_WAIT)})
     yield stack
     stack.stop()
 
@@ -102,14 +114,28 @@ def test_rolling_update_switches_the_env_value_with_zero_failed_requests(faas):
 
 
 def test_update_whose_replicas_never_get_ready_keeps_the_old_ones_serving(faas):
-    env = dict(faas.functions()["spare"]["envVars"], NEVER_READY="1", GREETING="broken")
-    with Hammer(faas, "spare", threads=2) as load:
-        reply = faas_cli_deploy(faas, deployment(faas, "spare", envVars=env))
-        faas.wait_until(lambda: load.calls > 20, "calls during the failed update")
-    assert reply.status_code == 500
-    assert "not ready" in reply.text and "previous version" in reply.text
-    assert load.failures == []
-    assert set(load.greetings) == {"hello"}
+    # As faasd and faas-netes do, the deploy is accepted (202) and the rollout waits for the new
+    # replicas; until they are ready, the old ones keep serving (a Deployment's rolling update).
+    original = deployment(faas, "spare")
+    env = dict(original["envVars"], NEVER_READY="1", GREETING="broken")
+    runtime_log = faas.state / "logs" / "localfaas.log"
+    log_start = len(runtime_log.read_text())
+    try:
+        with Hammer(faas, "spare", threads=2) as load:
+            reply = faas_cli_deploy(faas, deployment(faas, "spare", envVars=env))
+            faas.wait_until(lambda: load.calls > 20, "calls during the stuck update")
+        assert reply.status_code == 202, reply.text
+        assert load.failures == []
+        assert set(load.greetings) == {"hello"}
+        status = faas.functions()["spare"]
+        assert status["envVars"]["NEVER_READY"] == "1"  # the deployment as asked for
+        assert status["availableReplicas"] == 1  # served by the previous version
+        log = runtime_log.read_text()[log_start:]
+        assert "waiting for: told never to be ready" in log
+        assert " ERROR " not in log  # waiting is not failing
+    finally:
+        assert faas_cli_deploy(faas, original).status_code == 202
+    faas.wait_until(lambda: faas.call("spare").json()["greeting"] == "hello", "the good version again")
     assert faas.functions()["spare"]["envVars"].get("NEVER_READY") is None
 
 
@@ -211,11 +237,34 @@ def test_update_during_a_first_deploy_that_is_not_ready_yet_does_not_wait_behind
     creating.start()
     try:
         faas.wait_until(lambda: "echo" in faas.functions(), "the first deploy to start")
+        started = time.monotonic()
         update = requests.put(faas.url + "/system/functions", json=original, auth=faas.auth, timeout=60)
         assert update.status_code == 202, update.text
-        assert creating.is_alive(), "the update should not have queued behind the first deploy's wait"
+        # It replaced the first deploy's replicas at once instead of waiting out that deploy's wait.
+        assert time.monotonic() - started < DEPLOY_WAIT, "the update queued behind the first deploy's wait"
         assert faas.call("echo").status_code == 200
     finally:
         creating.join(60)
     assert first["reply"].status_code in (200, 202)
     assert faas.functions()["echo"]["envVars"].get("NEVER_READY") is None
+
+
+def test_a_replica_that_is_up_but_not_ready_is_logged_once_as_waiting_never_as_an_error(tmp_path):
+    write_project(tmp_path)
+    with open(tmp_path / "stack.yml", "a") as stack:
+        stack.write(SLEEPY)
+    faas = LocalFaas(tmp_path, {"LOCALFAAS_READY_TIMEOUT": "2"})
+    try:
+        faas.wait_available("echo", 2)
+        runtime_log = faas.state / "logs" / "localfaas.log"
+        faas.wait_until(lambda: runtime_log.read_text().count("is up, waiting for: told never to be ready") == 2,
+                        "both sleepy replicas to say what they wait for")
+        time.sleep(3)  # past the readiness timeout, and a few health rounds more
+        text = runtime_log.read_text()
+        waiting = [line for line in text.splitlines() if "sleepy" in line and "told never to be ready" in line]
+        assert len(waiting) == 2, waiting  # once per replica, with what its readiness answer said
+        assert " ERROR " not in text and "failed" not in text
+        status = faas.functions()["sleepy"]
+        assert status["replicas"] == 2 and "availableReplicas" not in status
+    finally:
+        faas.stop()
