@@ -119,6 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
              minimum=0, maximum=1),
     _release("RELEASE_TIMEOUT", "duration", "24h", "roll back a release that never gathered enough evidence"),
     _release("RELEASE_ONLINE_QUALITY", "bool", "0", "also compare the share of recommendations watched"),
+    _release("RELEASE_LEASE_TTL", "duration", "3m", "one release step at a time: a lease held longer than this "
+             "is taken over (keep it above the release function's exec_timeout)", minimum=1),
     _release("CANARY_PERCENT", "int", "20", "users in the canary: user id mod 100 below this",
              minimum=0, maximum=100),
     _release("STABLE_FUNCTION", "str", "recommend", "the function serving the stable model"),

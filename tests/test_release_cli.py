@@ -135,8 +135,12 @@ def output_json(done: subprocess.CompletedProcess) -> dict:
 
 
 def test_status_reports_the_stable_alias_and_no_running_release(project):
-    status = output_json(project.cli("status"))
+    status = output_json(project.cli("status", "--json"))
     assert status["running"] is False and status["aliases"]["stable"] == project.stable
+    screen = project.cli("status")
+    assert screen.returncode == 0, screen.stderr
+    assert screen.stdout.splitlines()[0] == "no release yet"
+    assert f"aliases   stable {project.stable}, candidate -" in screen.stdout
 
 
 def test_a_manual_action_with_nothing_running_fails_in_one_line_naming_the_conflict(project):
@@ -157,9 +161,22 @@ def test_drill_bad_model_releases_a_failing_copy_of_stable_to_the_canary_and_rol
     assert answer.text == f"release drill: model {drill['drill_version']} fails 1 of requests on purpose"
     assert requests.get(f"{project.faas.url}/function/recommend/5", timeout=10).status_code == 200
 
-    status = output_json(project.cli("status"))
+    status = output_json(project.cli("status", "--json"))
     assert status["running"] and status["current"]["candidate"] == drill["drill_version"]
     assert status["current"]["actor"] == "drill" and status["aliases"]["candidate"] == drill["drill_version"]
+    # Verified serving the drill once the redeploy returned: the analysis window starts there.
+    assert status["current"]["serving_since"] >= status["current"]["started"]
+    screen = project.cli("status").stdout
+    assert f"versions  candidate {drill['drill_version']} on the canary, stable {project.stable}" in screen
+    assert "serving   verified since " in screen and "serving_verified" in screen
+
+    # A second drill while this canary runs: refused at once, before anything is registered.
+    before = Registry(LocalDirectoryStore(project.store_dir)).versions()
+    again = project.cli("drill-bad-model", "--error-rate", "1")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert (f"error: release {status['current']['id']} of {drill['drill_version']} is running" in again.stderr
+            and "abort the running release with `python -m scripts.release abort` or wait until " in again.stderr)
+    assert Registry(LocalDirectoryStore(project.store_dir)).versions() == before
 
     # A step needs Prometheus, which this stack does not run: one line naming it, the release untouched.
     step = project.cli("step")
@@ -177,7 +194,7 @@ def test_drill_bad_model_releases_a_failing_copy_of_stable_to_the_canary_and_rol
     assert rolled["release"]["state"] == "rolled_back" and rolled["release"]["reason"] == "drill over"
     back = project.canary_answer()
     assert back.status_code == 200 and back.headers["X-Model-Version"] == project.stable
-    assert output_json(project.cli("status"))["history"][0]["state"] == "rolled_back"
+    assert output_json(project.cli("status", "--json"))["history"][0]["state"] == "rolled_back"
 
 
 def test_drill_with_out_of_range_values_is_refused_before_anything_is_registered(project):

@@ -59,3 +59,22 @@ def test_an_unexpected_error_is_a_500_without_internals(handler, monkeypatch):
     reply = handler.handle(_event("GET", "/status"), None)
     assert reply["statusCode"] == 500 and "RuntimeError" in reply["body"]["error"]
     assert "internals" not in reply["body"]["error"]
+
+
+def test_a_step_while_another_holds_the_lease_is_a_409_naming_it(handler, tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from movierec.release import Release, ReleaseStore, acquire_lease
+    from movierec.store import LocalDirectoryStore
+
+    store = LocalDirectoryStore(tmp_path / "store")
+    ReleaseStore(store).save(Release(id="r1", candidate="v2", stable="v1", state="canary",
+                                     started="2026-11-28T01:00:00Z", updated="2026-11-28T01:00:00Z"))
+    held = acquire_lease(store, "step", 180, datetime.now(UTC), holder="step on release-abc pid 7")
+    monkeypatch.setenv("OPENFAAS_URL", "http://127.0.0.1:9")  # never reached: refused before any call
+    reply = handler.handle(_event("POST", "/step"), None)
+    assert reply["statusCode"] == 409
+    assert reply["body"]["error"].startswith("LeaseHeld: release lease held by step on release-abc pid 7 (token 1) "
+                                             "until ")
+    assert f"until {held.record['expires']}: one release step acts at a time" in reply["body"]["error"]
+    held.release()

@@ -270,6 +270,12 @@ class FakeDeployer:
         self.calls.append((name, dict(changes)))
         self.env[name].update(changes)
 
+    def env_of(self, name):  # a faithful deployment: read back what was deployed ...
+        return dict(self.env[name])
+
+    def served_version(self, name):  # ... and its replicas answer with it
+        return self.env[name].get("MODEL_VERSION")
+
 
 class FakeNotifier:
     def __init__(self):

@@ -125,9 +125,29 @@ def prometheus(tmp_path_factory):
         server.shutdown()
 
 
+class ServingGatewayDouble(GatewayDouble):
+    """The deployment API double, whose functions also answer `GET /function/<name>/health` the way
+    the recommend handler does ("loaded model <MODEL_VERSION>, sha256 ok"): what the release step
+    probes to verify what each variant serves."""
+
+    def _handler(self):
+        base, double = super()._handler(), self
+
+        class Handler(base):
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                name = path.removeprefix("/function/").removesuffix("/health")
+                if path.startswith("/function/") and path.endswith("/health") and name in double.functions:
+                    version = double.functions[name]["envVars"].get("MODEL_VERSION", "")
+                    return self._reply(200, f"loaded model {version}, sha256 ok (0123456789ab)".encode())
+                return super().do_GET()
+
+        return Handler
+
+
 @pytest.fixture
 def gateway():
-    with GatewayDouble("admin", "gw-password", ["recommend", "recommend-canary"]) as double:
+    with ServingGatewayDouble("admin", "gw-password", ["recommend", "recommend-canary"]) as double:
         yield double
 
 

@@ -12,6 +12,8 @@
   (movierec.adapters.release_metrics.push_release_metrics).
 - Errors answer with their taxonomy status (movierec.errors): a release state that excludes the
   action 409, a bad setting 400 (ConfigError), an unavailable dependency 503; JSON `{"error": ...}`.
+  One step acts at a time: a step or action while another holds the release lease answers 409 at
+  once, naming the holder and when its lease expires (movierec.release.lease).
 
 Thin on purpose: the state machine and policy are movierec.release; replies movierec.adapters.replies.
 """

@@ -7,7 +7,13 @@ Owns the calls `faas-cli` and an operator make, as the real gateway (and localfa
 - `update_env(name, changes)`: read the deployment, merge env vars, `PUT /system/functions` (a
   rolling update on the gateway), the same body `faas-cli deploy` sends;
 - `invoke(...)` / `call(...)`: a request to `/function/<name><path>` (no gateway credentials are
-  sent there: functions see the caller's headers).
+  sent there: functions see the caller's headers);
+- `served_version(name)`: which model version the replica that answers serves, from one
+  `GET /function/<name>/health` answered 200 (its `X-Model-Version` header when it sends one, else
+  the recommend handler's "loaded model <version>, sha256 ok"); None for any other answer ("no
+  model" 503, not deployed, another kind of function). A version named is always a 200, which the
+  gateway counts as a call of the function (the release analysis subtracts its own probes). The gateway's own metrics carry no model
+  label, so this probe is how the release controller sees what a variant answers with.
 `/system/*` calls carry basic auth from the secret files `basic-auth-user` / `basic-auth-password`.
 Connection errors, 5xx and 429 are retried through the one retry helper; what is left is one line
 naming the gateway: `GatewayError` (Unavailable, 503), `FunctionNotFoundError` (NotFound, 404) for
@@ -20,6 +26,7 @@ release controller decides *what* to deploy.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +39,9 @@ from movierec.settings import Settings
 from movierec.store import read_secret
 
 log = logging.getLogger("movierec.gateway")
+
+_LOADED = re.compile(r"loaded model ([^\s,]+), sha256 ok")
+PROBE_TIMEOUT_S = 5.0
 
 _DEFAULTS = Settings({})
 DEFAULT_GATEWAY = _DEFAULTS.get("OPENFAAS_URL")
@@ -172,6 +182,16 @@ class GatewayClient:
             detail = body.get("error", body) if isinstance(body, dict) else body
             raise FunctionError(function, path, response.status_code, str(detail))
         return body
+
+    def served_version(self, name: str) -> str | None:
+        """The model version one replica of `name` answers with (None: it names none); a
+        GatewayError when the gateway cannot be reached or does not answer in time."""
+        response = self.invoke("GET", name, "/health", timeout_s=min(self.timeout_s, PROBE_TIMEOUT_S))
+        if response.status_code != 200:
+            return None
+        header = (response.headers.get("X-Model-Version") or "").strip()
+        found = _LOADED.search(response.text[:500])
+        return header or (found.group(1) if found else None)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _auth(self) -> tuple[str, str] | None:

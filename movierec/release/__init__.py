@@ -9,9 +9,12 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Wh
 | `config.py` | `ReleaseConfig`, built from movierec.settings (RELEASE_*, CANARY_PERCENT, function names) |
 | `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable), the one loop `evaluate_checks`, `decide` (pure), the z-test |
 | `promql.py` | the PromQL templates over the gateway metrics (the analysis, demo, dashboards and alerts use them) |
-| `state.py` | states, `Release`, `ReleaseStore` (`releases/current.json`, `releases/history/`), the release errors |
+| `state.py` | states, `Release` (with `serving_since` and its `events`), `ReleaseStore` (`releases/current.json`, `releases/history/`, fenced writes), the release errors |
+| `lease.py` | one step at a time: `acquire_lease`, `holding`, `Lease.check` (the fencing token), `LeaseHeld` (409), `LeaseLost`, `releases/lease.json` |
+| `drift.py` | the record as desired state: `observe`, `reconcile` (re-apply drift, restart the window, record events) |
+| `analysis.py` | `measure` (counts rounded to whole requests), `window_of`, `evidence_start`, `analyse` (the controller's own probes subtracted), `not_counted` |
 | `quality.py` | online quality: `QualityCounts`, `online_quality`, `stored_quality_source` |
-| `controller.py` | `measure`, `bootstrap_stable`, `start_release`, `finish_release`, `run_release_step`, `manual_action`, `status`, `serving_versions`, `release_families` |
+| `controller.py` | `bootstrap_stable`, `start_release`, `finish_release`, `run_release_step`, `manual_action`, `status`, `serving_versions`, `release_families` |
 
 Collaborators are movierec.ports protocols, injected; the Pushgateway push of the dashboard figures
 is an adapter (movierec.adapters.release_metrics.push_release_metrics), drills are movierec.drills.
@@ -19,6 +22,7 @@ is an adapter (movierec.adapters.release_metrics.push_release_metrics), drills a
 Must not touch: HTTP, credentials and service clients (functions/release/handler.py composes).
 """
 from movierec.canary import CANARY, STABLE
+from movierec.release.analysis import COUNTS, measure, window_of
 from movierec.release.checks import (
     PROMOTE,
     RELEASE_CHECKS,
@@ -41,13 +45,14 @@ from movierec.release.controller import (
     bootstrap_stable,
     finish_release,
     manual_action,
-    measure,
     release_families,
     run_release_step,
     serving_versions,
     start_release,
     status,
 )
+from movierec.release.drift import Observation, observe, reconcile
+from movierec.release.lease import LEASE_KEY, Lease, LeaseHeld, LeaseLost, acquire_lease, holding, read_lease
 from movierec.release.promql import prom_range, variant_queries
 from movierec.release.quality import QualityCounts, online_quality, stored_quality_source
 from movierec.release.state import (
@@ -66,11 +71,13 @@ from movierec.release.state import (
 )
 
 __all__ = [
-    "ABORTED", "CANARY", "CURRENT_KEY", "FINAL_STATES", "HISTORY_PREFIX", "MANUAL_ACTIONS", "PROMOTE", "PROMOTED",
-    "RELEASE_CHECKS", "ROLLBACK", "ROLLED_BACK", "RUNNING", "STABLE", "WAIT",
-    "Bound", "Check", "Decision", "InvalidTransition", "NotWorse", "QualityCounts", "RatioToStable", "Release",
-    "ReleaseConfig", "ReleaseError", "ReleaseRunningError", "ReleaseStore", "StepResult", "VariantMetrics",
-    "bootstrap_stable", "decide", "evaluate_checks", "finish_release", "manual_action", "measure", "online_quality",
-    "prom_range", "release_families", "run_release_step", "serving_versions", "start_release", "status",
-    "stored_quality_source", "two_proportion_z_test", "variant_queries",
+    "ABORTED", "CANARY", "COUNTS", "CURRENT_KEY", "FINAL_STATES", "HISTORY_PREFIX", "LEASE_KEY",
+    "MANUAL_ACTIONS", "PROMOTE", "PROMOTED", "RELEASE_CHECKS", "ROLLBACK", "ROLLED_BACK", "RUNNING", "STABLE",
+    "WAIT", "Bound", "Check", "Decision", "InvalidTransition", "Lease", "LeaseHeld", "LeaseLost", "NotWorse",
+    "Observation", "QualityCounts", "RatioToStable", "Release", "ReleaseConfig", "ReleaseError",
+    "ReleaseRunningError", "ReleaseStore", "StepResult", "VariantMetrics", "acquire_lease",
+    "bootstrap_stable", "decide", "evaluate_checks", "finish_release", "holding", "manual_action", "measure",
+    "observe", "online_quality", "prom_range", "read_lease", "reconcile", "release_families",
+    "run_release_step", "serving_versions", "start_release", "status", "stored_quality_source",
+    "two_proportion_z_test", "variant_queries", "window_of",
 ]

@@ -10,10 +10,10 @@ tuple of named check specs, each one of three kinds, its thresholds named by Rel
 `evaluate_checks` runs them in order, one `Check` record (name, passed, one-line detail) each; a
 check with nothing to judge (no stable p99; no online quality asked for) is left out.
 
-`decide` (pure): wait while the canary has fewer than `min_requests` requests (roll back when the
-release times out without them); roll back as soon as any check fails (fail fast: a bad canary
-should not keep serving 20% of users for the whole window); promote when every check passes and
-the window has elapsed.
+`decide` (pure): wait while the canary has fewer than `min_requests` requests in the window (roll
+back when the release, counted from its start, times out without them); roll back as soon as any
+check fails (fail fast: a bad canary should not keep serving 20% of users for the whole window);
+promote when every check passes and the window has elapsed.
 
 Owns: the specs, the loop, the z-test, VariantMetrics, Check, Decision. Must not touch: where the
 figures come from (controller.py, promql.py), state, services.
@@ -214,12 +214,16 @@ def decide(
     config: ReleaseConfig,
     elapsed_s: float,
     quality: Quality = None,
+    release_age_s: float | None = None,
 ) -> Decision:
+    """`elapsed_s`: the analysis window so far; `release_age_s`: since the release started (what
+    the timeout counts; `elapsed_s` when not given)."""
+    age_s = elapsed_s if release_age_s is None else release_age_s
     if canary.requests < config.min_requests:
-        if elapsed_s >= config.timeout_s:
+        if age_s >= config.timeout_s:
             return Decision(
                 ROLLBACK,
-                f"timed out after {elapsed_s:.0f}s with {canary.requests:g} canary requests"
+                f"timed out after {age_s:.0f}s with {canary.requests:g} canary requests"
                 f" (< {config.min_requests}): not enough evidence to promote",
             )
         return Decision(WAIT, f"{canary.requests:g} of {config.min_requests} canary requests so far")

@@ -1,7 +1,8 @@
 """The release controller's configuration, built from the one settings table.
 
 Owns `ReleaseConfig`: the analysis window, the minimum sample, the bounds the checks read
-(checks.py names these fields), the timeout, the canary share and the function names. Its
+(checks.py names these fields), the timeout, the lease's TTL, the canary share and the function
+names. Its
 defaults are the table's (movierec.settings, group "release"; a test keeps the two equal), and
 `from_env` reads RELEASE_*, CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
 FUNCTION_NAMESPACE through `Settings`, so a bad value is a `ConfigError` naming the variable.
@@ -33,6 +34,7 @@ class ReleaseConfig:
     namespace: str = "openfaas-fn"
     canary_percent: int = 20
     online_quality: bool = False  # also compare the share of recommendations watched
+    lease_ttl_s: float = 180.0  # one step at a time (lease.py): longer than the function's exec_timeout
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -52,4 +54,5 @@ class ReleaseConfig:
             namespace=s.get("FUNCTION_NAMESPACE"),
             canary_percent=s.get("CANARY_PERCENT"),
             online_quality=s.get("RELEASE_ONLINE_QUALITY"),
+            lease_ttl_s=s.get("RELEASE_LEASE_TTL"),
         )

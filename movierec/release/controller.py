@@ -1,14 +1,19 @@
-"""The canary release controller: actions, the analysis step, status, and its dashboard figures.
+"""The canary release controller: actions, the step, status, and its dashboard figures.
 
-- Analysis (`measure`): per variant (the `recommend` and `recommend-canary` functions), from the
-  OpenFaaS gateway metrics in Prometheus over the time since the release started, capped at the
-  window: request count, 5xx count, mean latency and p99 latency (promql.py's templates); the
-  decision is checks.py's `decide`.
+- A step (`run_release_step`) holds the release lease (lease.py: one step acts at a time, a second
+  gets LeaseHeld, 409, naming the holder and its expiry; every write is fenced by the lease's
+  check). It measures (analysis.py: the window from max(started, serving_since), counts rounded
+  to whole requests, the controller's own probes subtracted), THEN makes the deployments match
+  the release record (drift.py: re-applies drift, restarts the window, records events). The
+  measurement counts in full only when the variants were verified both when the window started
+  and after it; drift seen after it discards it; unverified evidence can only roll back;
+  otherwise the step waits (and only the timeout, counted from the start, rolls back).
 - Actions: promote redeploys `recommend` with the candidate's MODEL_VERSION (a rolling update
   through the gateway) and moves the `stable` alias; rollback and abort redeploy
   `recommend-canary` with the stable version. Each one sends a notification and is archived.
   Deploy first, record after: a failed redeploy leaves the release running, and the next step
-  tries again (every action is idempotent).
+  tries again (every action is idempotent). Starting, finishing and manual actions hold the
+  lease too (their own, or the step's).
 - Dashboard figures (`release_families`, job="release"): `release_serving_model_info{variant,
   function_name,model_version}` 1, `release_decision_timestamp_seconds{release_id,decision,
   model_version}` of recent decisions, `release_online_recommended{variant}` /
@@ -16,9 +21,10 @@
   `release_last_push_timestamp_seconds`, as movierec.metrics families; the Pushgateway adapter
   sends them (movierec.adapters.release_metrics.push_release_metrics).
 
-Collaborators are injected (movierec.ports: MetricsSource, Deployer, Notifier) so the whole
+Collaborators are injected (movierec.ports: MetricsSource, ReleaseDeployer, Notifier) so the whole
 controller runs against real services or in-process fakes alike; the entry point for the cron
-trigger is `run_release_step(config, store, prometheus, deployer, notifier, now)`.
+trigger is `run_release_step(config, store, prometheus, deployer, notifier, now)`. `now` given
+fixes every time the call records (tests); None reads the wall clock as the step goes.
 
 Must not touch: HTTP parsing and credentials (the function handler), service clients (adapters),
 how models are trained.
@@ -26,7 +32,6 @@ how models are trained.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -35,12 +40,14 @@ from typing import Any
 from movierec.canary import CANARY, STABLE
 from movierec.errors import Rejected, one_line
 from movierec.metrics import Family
-from movierec.ports import Deployer, MetricsSource, Notifier
+from movierec.ports import Deployer, MetricsSource, Notifier, ReleaseDeployer
 from movierec.registry import CANDIDATE, ModelNotFoundError, Registry, iso
 from movierec.registry import STABLE as STABLE_ALIAS
-from movierec.release.checks import PROMOTE, ROLLBACK, WAIT, VariantMetrics, decide
+from movierec.release.analysis import analyse, not_counted
+from movierec.release.checks import PROMOTE, ROLLBACK, WAIT
 from movierec.release.config import ReleaseConfig
-from movierec.release.promql import prom_range, variant_queries
+from movierec.release.drift import observe, reconcile
+from movierec.release.lease import Clock, Lease, LeaseHeld, acquire_lease, clock_from, holding, read_lease
 from movierec.release.quality import QualitySource
 from movierec.release.state import (
     ABORTED,
@@ -63,29 +70,6 @@ log = logging.getLogger("movierec.release")
 MANUAL_ACTIONS = {"promote": PROMOTED, "rollback": ROLLED_BACK, "abort": ABORTED}
 
 
-# -- analysis ------------------------------------------------------------------------------------
-def measure(
-    prometheus: MetricsSource, config: ReleaseConfig, range_s: float, at: datetime
-) -> tuple[dict[str, VariantMetrics], dict[str, dict[str, str]]]:
-    """Metrics and the queries that produced them, for both variants."""
-    metrics, queries = {}, {}
-    for variant, function in ((CANARY, config.canary_function), (STABLE, config.stable_function)):
-        q = variant_queries(function, config.namespace, range_s)
-        values = {name: prometheus.query_value(promql, at.timestamp()) for name, promql in q.items()}
-        metrics[variant] = VariantMetrics(
-            requests=round(values["requests"] or 0.0, 3),
-            errors=round(values["errors"] or 0.0, 3),
-            mean_latency_s=_finite(values["mean_latency_s"]),
-            p99_latency_s=_finite(values["p99_latency_s"]),
-        )
-        queries[variant] = q
-    return metrics, queries
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or math.isinf(value) or math.isnan(value) else value
-
-
 # -- actions -------------------------------------------------------------------------------------
 def bootstrap_stable(
     config: ReleaseConfig, store: ObjectStore, deployer: Deployer, version: str, now: datetime | None = None
@@ -105,9 +89,23 @@ def start_release(
     notifier: Notifier | None = None,
     actor: str = "train",
 ) -> Release:
-    """Serve `candidate` on the canary deployment and record a running release."""
-    now = utc_now(now)
-    releases, registry = ReleaseStore(store), Registry(store)
+    """Serve `candidate` on the canary deployment and record a running release, under the lease
+    (ReleaseRunningError naming the holder while a step or another action holds it)."""
+    clock = clock_from(now)
+    try:
+        lease = acquire_lease(store, f"start ({actor})", config.lease_ttl_s, clock())
+    except LeaseHeld as e:  # a step or an action is at work on a release: as good as running
+        raise ReleaseRunningError(str(e)) from e
+    try:
+        return _start(config, store, deployer, candidate, clock, notifier, actor, lease)
+    finally:
+        lease.release()
+
+
+def _start(config: ReleaseConfig, store: ObjectStore, deployer: Deployer, candidate: str, clock: Clock,
+           notifier: Notifier | None, actor: str, lease: Lease) -> Release:
+    now = clock()
+    releases, registry = ReleaseStore(store, fence=lease.check), Registry(store)
     running = releases.running()
     if running is not None:
         raise ReleaseRunningError(f"release {running.id} ({running.candidate}) is still running")
@@ -117,7 +115,9 @@ def start_release(
     if stable == candidate:
         raise ReleaseError(f"{candidate} is already the stable model")
     registry.get(candidate)  # must exist before anything is deployed
+    lease.check()
     deployer.update_env(config.canary_function, {"MODEL_VERSION": candidate})
+    lease.check()
     registry.set_alias(CANDIDATE, candidate, reason="release started", now=now)
     release = Release(
         id=f"r{now:%Y%m%d-%H%M%S}-{candidate}",
@@ -129,6 +129,7 @@ def start_release(
         reason="canary started",
         actor=actor,
     )
+    _verify_started(config, registry, deployer, release, clock)
     releases.save(release)
     if notifier is not None:
         release.notifications = notifier.send(
@@ -136,6 +137,20 @@ def start_release(
         )
         releases.save(release)
     return release
+
+
+def _verify_started(config: ReleaseConfig, registry: Registry, deployer: Any, release: Release,
+                    clock: Clock) -> None:
+    """Start the window now when both variants already answer with their versions (the redeploy
+    returned once the new replicas were ready); otherwise the first step verifies them."""
+    try:
+        seen = observe(config, registry, deployer, release, clock)
+    except Exception as e:  # noqa: BLE001 (a deployer that cannot read back or probe: the step will)
+        log.info("release %s: serving not verified at start (%s)", release.id, one_line(e))
+        return
+    if all(o.verified for o in seen.values()):
+        release.serving_since = release.verified_at = iso(clock())
+        release.add_event(clock(), "serving_verified", canary=release.candidate, stable=release.stable)
 
 
 def finish_release(
@@ -148,34 +163,46 @@ def finish_release(
     reason: str,
     actor: str,
     now: datetime | None = None,
+    lease: Lease | None = None,
 ) -> Release:
-    """Promote, roll back or abort a running release: redeploy, move aliases, notify, archive."""
+    """Promote, roll back or abort a running release: redeploy, move aliases, notify, archive.
+    Under `lease` (the caller's), or a lease of its own."""
     now = utc_now(now)
+    with holding(store, f"{state} ({actor})", config.lease_ttl_s, now, lease) as held:
+        return _finish(config, store, deployer, notifier, release, state, reason, actor, now, held)
+
+
+def _finish(config: ReleaseConfig, store: ObjectStore, deployer: Deployer, notifier: Notifier | None,
+            release: Release, state: str, reason: str, actor: str, now: datetime, lease: Lease) -> Release:
     if not release.running:
         raise InvalidTransition(f"release {release.id} is already {release.state}; cannot move it to {state}")
     if state not in FINAL_STATES:
         raise InvalidTransition(f"{state!r} is not a final release state")
+    releases = ReleaseStore(store, fence=lease.check)
     if release.pending is None:
         release.pending = {"state": state, "reason": reason, "actor": actor}
-        ReleaseStore(store).save(release)
+        releases.save(release)
     elif release.pending["state"] != state:
         raise InvalidTransition(
             f"release {release.id} is already being moved to {release.pending['state']}; cannot move it to {state}"
         )
     registry = Registry(store)
+    lease.check()
     if state == PROMOTED:
         # The rolling update of `recommend` (never scaled to zero) keeps serving through the change.
         deployer.update_env(config.stable_function, {"MODEL_VERSION": release.candidate})
+        lease.check()
         registry.set_alias(STABLE_ALIAS, release.candidate, reason=f"promoted by {actor}: {reason}", now=now)
     else:
         deployer.update_env(config.canary_function, {"MODEL_VERSION": release.stable})
+    lease.check()
     registry.set_alias(CANDIDATE, None, reason=f"release {state}", now=now)
     release.finish(state, reason, actor, now)
     if notifier is not None:
         release.notifications = notifier.send(
             f"release {state}: {release.candidate}", {"event": f"release_{state}", **_summary(release)}
         )
-    ReleaseStore(store).save(release)
+    releases.save(release)
     return release
 
 
@@ -192,6 +219,8 @@ def _summary(release: Release) -> dict[str, Any]:
         "metrics": analysis.get("metrics"),
         "queries": analysis.get("queries"),
         "checks": (analysis.get("decision") or {}).get("checks"),
+        "serving_since": release.serving_since,
+        "drift_events": sum(1 for e in release.events if e.get("event") == "drift_seen"),
     }
 
 
@@ -213,7 +242,7 @@ def run_release_step(
     config: ReleaseConfig,
     store: ObjectStore,
     prometheus: MetricsSource,
-    deployer: Deployer,
+    deployer: ReleaseDeployer,
     notifier: Notifier | None,
     now: datetime | None = None,
     quality_source: QualitySource | None = None,
@@ -221,37 +250,55 @@ def run_release_step(
     """One analysis step of the running release (what the cron trigger runs every minute).
 
     `quality_source(start, end)`, when given, returns per-variant QualityCounts for the
-    release's period (from the stored recommendation and watch events)."""
-    now = utc_now(now)
-    releases = ReleaseStore(store)
-    release = releases.running()
-    if release is None:
+    analysis window (from the stored recommendation and watch events). LeaseHeld (409) at once
+    when another step or action holds the lease."""
+    clock = clock_from(now)
+    now = clock()
+    if ReleaseStore(store).running() is None:  # nothing to do: no lease taken, nothing written
         return StepResult("idle", "no release running")
-    if release.pending is not None:  # finish what an interrupted step or action decided
-        p = release.pending
-        finish_release(config, store, deployer, notifier, release, p["state"], p["reason"], p["actor"], now)
-        return StepResult(PROMOTE if p["state"] == PROMOTED else ROLLBACK, p["reason"], release)
-    started = parse_iso(release.started)
-    elapsed = (now - started).total_seconds()
-    range_s = min(max(elapsed, 1.0), config.window_s)  # only the release's own traffic
-    metrics, queries = measure(prometheus, config, range_s, now)
-    quality = quality_source(started, now) if quality_source is not None else None
-    decision = decide(metrics[CANARY], metrics[STABLE], config, elapsed, quality)
-    release.analysis = {
-        "at": iso(now),
-        "range": prom_range(range_s),
-        "metrics": {v: m.as_dict() for v, m in metrics.items()},
-        "queries": queries,
-        "decision": decision.as_dict(),
-        **({"quality": {v: asdict(q) for v, q in quality.items()}} if quality else {}),
-    }
-    if decision.action == WAIT:
-        release.updated = iso(now)
-        releases.save(release)
-        return StepResult(WAIT, decision.reason, release)
-    state = PROMOTED if decision.action == PROMOTE else ROLLED_BACK
-    finish_release(config, store, deployer, notifier, release, state, decision.reason, "controller", now)
-    return StepResult(decision.action, decision.reason, release)
+    with holding(store, "step", config.lease_ttl_s, now) as lease:
+        releases = ReleaseStore(store, fence=lease.check)
+        release = releases.running()  # again, under the lease
+        if release is None:
+            return StepResult("idle", "no release running")
+        if release.pending is not None:  # finish what an interrupted step or action decided
+            p = release.pending
+            _finish(config, store, deployer, notifier, release, p["state"], p["reason"], p["actor"], now, lease)
+            return StepResult(PROMOTE if p["state"] == PROMOTED else ROLLBACK, p["reason"], release)
+        # Measure first, then verify: the evidence counts in full only when the variants were
+        # verified at the window's start (a previous step) and again after the measurement.
+        since, drifts, failure = release.serving_since, _drifts(release), None
+        try:
+            decision = analyse(config, release, prometheus, clock(), quality_source)
+        except Exception as e:  # noqa: BLE001 (re-raised below, once drift is dealt with)
+            failure = e
+        measured = release.analysis
+        verified = reconcile(config, Registry(store), deployer, release, clock, lease.check)
+        release.updated = iso(clock())
+        if failure is not None:
+            releases.save(release)  # what was seen and re-applied stays recorded
+            raise failure
+        full = verified and since is not None and release.serving_since == since
+        if _drifts(release) > drifts:
+            decision = not_counted(config, release, clock(), "drift seen after the measurement: not counted; the "
+                                   f"window starts again when {config.canary_function} serves {release.candidate}"
+                                   " (see the events)", measured)
+        elif not full and decision.action != ROLLBACK:  # unverified evidence may only roll back
+            decision = not_counted(config, release, clock(), (
+                f"the analysis window starts at {release.serving_since}: {config.canary_function} serves "
+                f"{release.candidate}") if verified else (
+                f"not counting evidence: {config.canary_function} is not verified serving {release.candidate}"
+                " (see the events)"), measured)
+        if decision.action == WAIT:
+            releases.save(release)
+            return StepResult(WAIT, decision.reason, release)
+        state = PROMOTED if decision.action == PROMOTE else ROLLED_BACK
+        _finish(config, store, deployer, notifier, release, state, decision.reason, "controller", now, lease)
+        return StepResult(decision.action, decision.reason, release)
+
+
+def _drifts(release: Release) -> int:
+    return sum(1 for e in release.events if e.get("event") == "drift_seen")
 
 
 def manual_action(
@@ -266,12 +313,15 @@ def manual_action(
 ) -> Release:
     if action not in MANUAL_ACTIONS:
         raise Rejected(f"unknown action {action!r}: use one of {', '.join(MANUAL_ACTIONS)}")
-    release = ReleaseStore(store).running()
-    if release is None:
+    now = utc_now(now)
+    if ReleaseStore(store).running() is None:  # said at once, without taking the lease
         raise InvalidTransition(f"no release is running: nothing to {action}")
-    return finish_release(
-        config, store, deployer, notifier, release, MANUAL_ACTIONS[action], reason or f"{action} by hand", actor, now
-    )
+    with holding(store, f"{action} ({actor})", config.lease_ttl_s, now) as lease:
+        release = ReleaseStore(store).running()  # again, under the lease
+        if release is None:
+            raise InvalidTransition(f"no release is running: nothing to {action}")
+        return _finish(config, store, deployer, notifier, release, MANUAL_ACTIONS[action],
+                       reason or f"{action} by hand", actor, now, lease)
 
 
 def status(store: ObjectStore, history: int = 5) -> dict[str, Any]:
@@ -281,6 +331,7 @@ def status(store: ObjectStore, history: int = 5) -> dict[str, Any]:
         "running": bool(current and current.running),
         "current": asdict(current) if current else None,
         "aliases": {name: registry.alias_version(name) for name in (STABLE_ALIAS, CANDIDATE)},
+        "lease": read_lease(store),
         "history": [
             {"id": r.id, "state": r.state, "candidate": r.candidate, "decided": r.decided, "reason": r.reason}
             for r in releases.history(history)

@@ -6,17 +6,26 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand), no
   decision, the metric values and the PromQL queries behind them, and who decided.
 - `Release.pending` records a decision before its first redeploy, so a step interrupted half-way
   is finished the same way by the next one, never re-decided.
+- The record is the desired state (drift.py): `serving_since` is when the canary was last verified
+  serving the candidate after a start or a drift (the analysis window starts there, never before
+  `started`), `verified_at` the latest verification, and `events` the release's own history (drift
+  seen, re-applied, window restarted, serving verified: each with its time), the latest
+  `MAX_EVENTS` kept; `probes` the controller's own health calls of each variant (drift.py), which
+  the analysis subtracts from the gateway's counts.
+- `ReleaseStore(store, fence)`: `fence()` (the lease's check, lease.py) runs before every write, so
+  a step whose lease was taken over cannot write.
 
 Errors (movierec.errors taxonomy): `ReleaseError` is a `Conflict` (409): the release state
 excludes the action; `InvalidTransition` (nothing running, already finished, another move in
 progress) and `ReleaseRunningError` (a release is already running) are ReleaseErrors.
 
-Owns: the state names, the record's JSON, the two keys. Must not touch: decisions (checks.py),
-deployments (controller.py), the store's backends.
+Owns: the state names, the record's JSON, the two keys, the events list. Must not touch: decisions
+(checks.py), deployments (controller.py), drift (drift.py), the lease (lease.py), the store's backends.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +42,7 @@ PROMOTED = "promoted"
 ROLLED_BACK = "rolled_back"
 ABORTED = "aborted"
 FINAL_STATES = (PROMOTED, ROLLED_BACK, ABORTED)
+MAX_EVENTS = 100
 
 
 class ReleaseError(Conflict):
@@ -63,10 +73,19 @@ class Release:
     # A decision taken but not yet fully applied ({"state", "reason", "actor"}): recorded before
     # the first redeploy, so a crash half-way is finished the same way, never re-decided.
     pending: dict[str, str] | None = None
+    serving_since: str | None = None  # the analysis window starts here (None: not verified yet)
+    verified_at: str | None = None  # the latest time both variants were verified serving
+    events: list[dict[str, Any]] = field(default_factory=list)  # [{"at", "event", ...details}]
+    probes: list[dict[str, Any]] = field(default_factory=list)  # the controller's own calls (drift.py)
 
     @property
     def running(self) -> bool:
         return self.state == RUNNING
+
+    def add_event(self, at: datetime, event: str, **details: Any) -> dict[str, Any]:
+        entry = {"at": iso(at), "event": event, **details}
+        self.events = [*self.events, entry][-MAX_EVENTS:]
+        return entry
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
@@ -86,8 +105,9 @@ class Release:
 
 
 class ReleaseStore:
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, fence: Callable[[], None] | None = None):
         self.store = store
+        self.fence = fence  # raises (LeaseLost) when this writer may no longer write
 
     def current(self) -> Release | None:
         try:
@@ -100,6 +120,8 @@ class ReleaseStore:
         return release if release is not None and release.running else None
 
     def save(self, release: Release) -> None:
+        if self.fence is not None:
+            self.fence()
         if not release.running:
             try:
                 self.store.put_once(f"{HISTORY_PREFIX}{release.id}.json", release.to_json())

@@ -1,0 +1,110 @@
+"""The operator's day for releases: `python -m scripts.release status` prints one screen for a
+person (state, versions, whole request and error counts per variant, each check with value vs
+bound, time left in the window, recent events, the lease) and `--json` the function's JSON; a drill
+while a canary runs fails at once saying how to get out. Rendering from the controller's real
+status record here; the command against the running stack is in test_release_cli.py."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from movierec.registry import Registry
+from movierec.release import (
+    ReleaseConfig,
+    VariantMetrics,
+    acquire_lease,
+    bootstrap_stable,
+    run_release_step,
+    start_release,
+    status,
+)
+from scripts.release import CommandError, refuse_while_busy, render_status
+from tests.test_release_drift import DriftingDeployer
+from tests.test_release_policy import GOOD, FakePrometheus, two_published_versions
+
+T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
+CONFIG = ReleaseConfig(window_s=600, min_requests=100, timeout_s=3600)
+
+
+class ExtrapolatingPrometheus(FakePrometheus):
+    """Counts as `increase()` answers them: fractions (extrapolated to the range's edges)."""
+
+    def query_value(self, promql, at=None):
+        value = super().query_value(promql, at)
+        requests = value is not None and "increase(" in promql and "5.." not in promql
+        return value + 0.571 if requests else value
+
+
+@pytest.fixture
+def drifted(tmp_path):
+    """A release whose canary was redeployed to stable mid-way, then re-applied, 2 minutes in."""
+    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
+    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
+    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    deployer.deploy_behind("recommend-canary", "stable")
+    canary = VariantMetrics(requests=120, errors=0, mean_latency_s=0.021, p99_latency_s=0.05)
+    prometheus = ExtrapolatingPrometheus({"recommend": GOOD, "recommend-canary": canary})
+    run_release_step(CONFIG, store, prometheus, deployer, None, now=T0 + timedelta(minutes=5))
+    run_release_step(CONFIG, store, prometheus, deployer, None, now=T0 + timedelta(minutes=7))
+    return store, v1, v2
+
+
+def test_the_status_screen_shows_versions_integer_counts_checks_time_left_and_events(drifted):
+    store, v1, v2 = drifted
+    screen = render_status(status(store), T0 + timedelta(minutes=7, seconds=30))
+    assert len(screen.splitlines()) <= 40  # one screen
+    assert f"versions  candidate {v2} on the canary, stable {v1}" in screen
+    assert "serving   verified since 01:05:00Z (2m30s ago); last checked 01:07:00Z (30s ago)" in screen
+    assert "window    01:05:00Z (2m30s ago) -> 01:15:00Z (7m30s from now): 7m30s left" in screen
+    assert "counts: increase() over the window, rounded to whole requests" in screen
+    assert "  canary         121       0   100.00%    21 ms    50 ms" in screen  # 120.571 -> 121
+    assert "  stable        1001       0   100.00%    20 ms    90 ms" in screen
+    assert "decision  wait: checks pass; window 120s of 600s" in screen
+    assert "ok    success_rate            canary success 1.0000 (floor 0.99)" in screen
+    assert "ok    p99_latency             canary p99 50 ms (bound 500 ms)" in screen
+    assert "ok    error_rate_vs_stable    canary errors 0/121 vs stable 0/1001" in screen  # whole numbers
+    assert (f"drift_seen       recommend-canary deployed with MODEL_VERSION=stable ({v1}), answering {v1}, "
+            f"expected {v2}") in screen
+    assert f"reapplied        recommend-canary redeployed with MODEL_VERSION={v2}" in screen
+    assert "window_restarted evidence since 01:00:00Z not counted" in screen
+    assert "lease     free (last: step on " in screen
+
+
+def test_the_json_keeps_every_figure_for_scripts(drifted):
+    store, _v1, _v2 = drifted
+    found = status(store)
+    analysis = found["current"]["analysis"]
+    assert analysis["metrics"]["canary"]["requests"] == 121 and isinstance(analysis["metrics"]["canary"]["errors"], int)
+    assert analysis["window"] == {"start": "2026-11-28T01:05:00Z", "ends": "2026-11-28T01:15:00Z", "seconds": 600,
+                                  "timeout_at": "2026-11-28T02:00:00Z"}
+    assert [e["event"] for e in found["current"]["events"]].count("drift_seen") == 1
+    assert found["lease"]["released"] is True and found["current"]["serving_since"] == "2026-11-28T01:05:00Z"
+
+
+def test_no_release_yet_and_a_held_lease_read_as_such(tmp_path):
+    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
+    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
+    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
+    assert render_status(status(store), T0).splitlines()[0] == "no release yet"
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    held = acquire_lease(store, "step", 180, T0 + timedelta(minutes=1), holder="step on host-a pid 7")
+    screen = render_status(status(store), T0 + timedelta(minutes=2))
+    assert "lease     held by step on host-a pid 7 (token 2) until 01:04:00Z (2m00s from now)" in screen
+    held.release()
+
+
+def test_a_drill_during_a_running_canary_fails_at_once_with_the_way_out(tmp_path):
+    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
+    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
+    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
+    refuse_while_busy(store, CONFIG, T0)  # nothing running: the drill may go
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    with pytest.raises(CommandError) as refused:
+        refuse_while_busy(store, CONFIG, T0 + timedelta(minutes=1))
+    assert str(refused.value) == (
+        f"release r20261128-010000-{v2} of {v2} is running (since 2026-11-28T01:00:00Z): abort the running "
+        "release with `python -m scripts.release abort` or wait until 2026-11-28T01:10:00Z (when its analysis "
+        "window ends; it ends by 2026-11-28T02:00:00Z at the latest)")
+    assert len(Registry(store).versions()) == 2  # nothing registered
