@@ -1,7 +1,7 @@
 """The release controller's configuration, built from the one settings table.
 
 Owns `ReleaseConfig`: the analysis window, the minimum sample, the bounds the checks read
-(checks.py names these fields), the timeout, the canary share and the function names. Its
+(checks.py names these fields, among them the online-quality minimum), the timeout, the canary share and the function names. Its
 defaults are the table's (movierec.settings, group "release"; a test keeps the two equal), and
 `from_env` reads RELEASE_*, CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
 FUNCTION_NAMESPACE through `Settings`, so a bad value is a `ConfigError` naming the variable.
@@ -33,6 +33,9 @@ class ReleaseConfig:
     namespace: str = "openfaas-fn"
     canary_percent: int = 20
     online_quality: bool = False  # also compare the share of recommendations watched
+    # Online quality is judged only once each variant has this many recommended movies: fewer
+    # waits (and times out like too few requests), it never passes on no evidence.
+    min_recommended: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -52,4 +55,5 @@ class ReleaseConfig:
             namespace=s.get("FUNCTION_NAMESPACE"),
             canary_percent=s.get("CANARY_PERCENT"),
             online_quality=s.get("RELEASE_ONLINE_QUALITY"),
+            min_recommended=s.get("RELEASE_MIN_RECOMMENDED"),
         )
