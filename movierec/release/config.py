@@ -36,6 +36,9 @@ class ReleaseConfig:
     # Online quality is judged only once each variant has this many recommended movies: fewer
     # waits (and times out like too few requests), it never passes on no evidence.
     min_recommended: int = 1000
+    # ... and fails only when the canary's watch-through is significantly below stable's x (1 - this):
+    # 0 rolls back any significant drop; a small world's fixed canary users may watch less by nature.
+    quality_margin: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -56,4 +59,5 @@ class ReleaseConfig:
             canary_percent=s.get("CANARY_PERCENT"),
             online_quality=s.get("RELEASE_ONLINE_QUALITY"),
             min_recommended=s.get("RELEASE_MIN_RECOMMENDED"),
+            quality_margin=s.get("RELEASE_QUALITY_MARGIN"),
         )
