@@ -71,6 +71,7 @@ USERS, MOVIES, SEED = 300, 200, 7  # the world the simulator builds (--users/--m
 CANARY_PERCENT = 20
 CONFIG = ReleaseConfig(window_s=2.0, min_requests=100, timeout_s=3600, canary_percent=CANARY_PERCENT,
                        online_quality=True, min_recommended=400)
+T = datetime(2026, 1, 1, 12, 0, 0)
 HEALTHY = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.02, p99_latency_s=0.05)
 
 
@@ -345,7 +346,6 @@ def test_the_margin_test_asks_whether_one_share_beats_a_scaled_other():
 
 
 # -- watch-through counts starts of watching --------------------------------------------------------
-T = datetime(2026, 1, 1, 12, 0, 0)
 
 
 def test_a_movie_already_being_watched_when_recommended_earns_nothing():
@@ -385,83 +385,3 @@ def test_the_stored_source_counts_first_watches_of_the_release_period_only(tmp_p
     assert source(start, start + timedelta(minutes=5)) == {CANARY: QualityCounts(3, 1), STABLE: QualityCounts(1, 1)}
     assert source(start + timedelta(minutes=5), start + timedelta(minutes=9)) == {
         CANARY: QualityCounts(0, 0), STABLE: QualityCounts(0, 0)}
-
-
-# -- ranking drills: a worse list at the same cost --------------------------------------------------
-@pytest.fixture(scope="module")
-def small_model():
-    world = SyntheticWorld(n_users=120, n_movies=80, seed=11)
-    return train_model(world.sample_ratings(3000), SVDParams(n_factors=4, n_epochs=5, random_state=0))
-
-
-def holder_serving(tmp_path, model, drill: dict | None) -> ModelHolder:
-    from movierec.artifact import save_model
-
-    save_model(model, tmp_path / "m", {"drill": drill} if drill else {})
-    sleeps: list[float] = []
-    holder = ModelHolder({"MODEL_PATH": str(tmp_path / "m")}, sleep=sleeps.append, chance=lambda: 0.0)
-    holder.sleeps = sleeps
-    return holder
-
-
-def test_a_ranking_drill_is_read_from_the_manifest_and_checked():
-    from movierec.drills import DrillError
-
-    assert Drill.from_manifest({"drill": {"ranking": "reverse"}}) == Drill(0.0, 0.0, "reverse")
-    assert Drill(ranking="shuffle").as_manifest() == {"delay_ms": 0.0, "error_rate": 0.0, "ranking": "shuffle"}
-    assert Drill(400, 0).as_manifest() == {"delay_ms": 400, "error_rate": 0}  # older drills read as before
-    assert Drill(ranking="reverse").describe() == "DRILL delay 0 ms, error rate 0, ranking reverse"
-    for raw, says in (({"ranking": "random"}, "drill ranking must be one of reverse, shuffle"),
-                      ({"ranking": 3}, "drill ranking must be one of"),
-                      ({"ranking": None}, "needs delay_ms > 0 or error_rate > 0 or a ranking")):
-        with pytest.raises(DrillError, match=says):
-            Drill.from_manifest({"drill": raw})
-
-
-def test_a_reverse_drill_serves_the_models_least_preferred_unseen_movies_at_no_extra_delay(tmp_path, small_model):
-    holder = holder_serving(tmp_path, small_model, {"ranking": "reverse"})
-    model = holder.get()
-    user = max(model.user_ids.tolist(), key=lambda u: len(model.recommend(u, model.n_movies)))
-    full = model.recommend(user, model.n_movies)  # every unseen movie, best first
-    assert len(full) >= 2 * holder.k
-    served = holder.recommend(model, user)
-    assert served == full[::-1][: holder.k] and len(served) == holder.k
-    assert not set(served) & set(full[: holder.k])  # none of the model's own top k
-    seen = set(model.movie_ids[model.seen_of_row(model.user_rows(np.array([user]))[0])].tolist())
-    assert not set(served) & seen and holder.sleeps == []
-    assert "ranking reverse" in holder.describe()
-
-
-def test_a_shuffle_drill_serves_a_random_k_of_the_same_candidates(tmp_path, small_model):
-    import random
-
-    holder = holder_serving(tmp_path, small_model, {"ranking": "shuffle"})
-    model = holder.get()
-    user = int(model.user_ids[1])
-    full = model.recommend(user, model.n_movies)
-    answers = [holder.recommend(model, user) for _ in range(5)]
-    assert all(len(a) == len(set(a)) == holder.k and set(a) <= set(full) for a in answers)
-    assert len({tuple(a) for a in answers}) > 1  # random, not the model's order
-    rng = random.Random(3)
-    assert Drill(ranking="shuffle").rerank(full, 5, rng) == random.Random(3).sample(full, 5)
-
-
-def test_a_ranking_drill_version_is_a_copy_of_its_source_with_the_flag(tmp_path, small_model):
-    store = LocalDirectoryStore(tmp_path / "store")
-    registry = Registry(store)
-    source = registry.register_model(small_model, now=datetime(2026, 1, 1, tzinfo=UTC)).version
-    entry = register_drill_version(store, Drill(ranking="reverse"), source=source,
-                                   now=datetime(2026, 1, 1, 0, 1, tzinfo=UTC))
-    assert entry.sha256 == registry.get(source).sha256
-    assert entry.metadata["extra"] == {"drill": {"delay_ms": 0.0, "error_rate": 0.0, "ranking": "reverse"},
-                                       "copied_from": source}
-
-
-def test_the_operator_command_takes_a_ranking_drill():
-    from scripts.release import drill_settings, parse_args
-
-    assert drill_settings(None, None, "shuffle") == Drill(ranking="shuffle")
-    assert drill_settings(200, None, "reverse") == Drill(200, 0, "reverse")
-    assert parse_args(["drill-bad-model", "--ranking", "reverse"]).ranking == "reverse"
-    with pytest.raises(SystemExit):
-        parse_args(["drill-bad-model", "--ranking", "sideways"])

@@ -34,12 +34,12 @@ def wait_release_decided(handle: StackHandle, release_id: str, progress: Progres
             m = analysis.get("metrics") or {}
             c, s = m.get("canary") or {}, m.get("stable") or {}
             q = analysis.get("quality") or {}
-            watched = "".join(f" watched {(q.get(v) or {}).get('watched', 0)}/{(q.get(v) or {}).get('recommended', 0)}"
-                              if q else "" for v in ("canary", "stable"))
+            watched = " ".join(f"{v} {(q.get(v) or {}).get('watched', 0)}/{(q.get(v) or {}).get('recommended', 0)}"
+                               for v in ("canary", "stable"))
             progress.log(f"   step over {analysis.get('range')}: canary {c.get('requests', 0):g} req "
                          f"p99 {format_ms(c.get('p99_latency_s'))} success {format_rate(c.get('success_rate'))} | stable "
                          f"{s.get('requests', 0):g} req p99 {format_ms(s.get('p99_latency_s'))}"
-                         f"{' | canary/stable' + watched if q else ''} -> "
+                         f"{' | watched ' + watched if q else ''} -> "
                          f"{(analysis.get('decision') or {}).get('action')}: "
                          f"{(analysis.get('decision') or {}).get('reason')}")
         if not release.running and release.pending is None:
