@@ -26,7 +26,9 @@ Release drills: a model version whose manifest carries `"drill": {"delay_ms": N,
 is deliberately bad. Only the operator command `python -m scripts.release drill-bad-model` writes
 that key (training never does); `ModelHolder.recommend` applies it to every request: it sleeps
 `delay_ms`, then fails a share `error_rate` of requests with `DrillFault` (the handler answers 500),
-so the canary analysis has a real slow or erroring candidate to roll back. The flag (`Drill`) and
+so the canary analysis has a real slow or erroring candidate to roll back. A ranking drill
+(`"ranking": "reverse" | "shuffle"`) has the model rank its whole candidate list as usual and
+serves another k of it (`Drill.rerank`): a worse list at the same cost. The flag (`Drill`) and
 the drill copy are movierec.drills'.
 
 Owns: `ModelHolder` (load once, retry in the background, the three states, describe, apply a
@@ -223,7 +225,8 @@ class ModelHolder:
 
     def recommend(self, model: RecommenderModel, user_id: int) -> list[str]:
         """The top-k movie ids for `user_id` from `model` (what `get()` returned), with the drill
-        of a drill model applied: its delay first, then a DrillFault for its share of requests."""
+        of a drill model applied: its delay first, then a DrillFault for its share of requests,
+        then its ranking (the model's whole candidate list, re-ranked by the drill)."""
         drill = self._drill
         if drill is not None:
             if drill.delay_ms:
@@ -231,6 +234,8 @@ class ModelHolder:
             if drill.error_rate and self._chance() < drill.error_rate:
                 raise DrillFault(f"release drill: model {model.version or 'unversioned'} fails "
                                  f"{drill.error_rate:g} of requests on purpose")
+            if drill.ranking is not None:
+                return drill.rerank(model.recommend(user_id, model.n_movies), self.k)
         return model.recommend(user_id, self.k)
 
     def ready(self) -> tuple[bool, str]:

@@ -121,6 +121,10 @@ SETTINGS: tuple[Setting, ...] = (
     _release("RELEASE_ONLINE_QUALITY", "bool", "0", "also compare the share of recommendations watched"),
     _release("RELEASE_LEASE_TTL", "duration", "3m", "one release step at a time: a lease held longer than this "
              "is taken over (keep it above the release function's exec_timeout)", minimum=1),
+    _release("RELEASE_MIN_RECOMMENDED", "int", "1000", "online quality: recommended movies per variant needed "
+             "before it is judged (fewer: wait)", minimum=1),
+    _release("RELEASE_QUALITY_MARGIN", "float", "0", "online quality: roll back only when the canary's share "
+             "watched is significantly below (1 - this) x stable's", minimum=0, maximum=0.99),
     _release("CANARY_PERCENT", "int", "20", "users in the canary: user id mod 100 below this",
              minimum=0, maximum=100),
     _release("STABLE_FUNCTION", "str", "recommend", "the function serving the stable model"),

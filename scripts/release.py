@@ -14,7 +14,9 @@ Owns the command line an operator uses against a running stack (local or remote 
 - `train`, `ingest`             invoke those functions now (a training can take minutes);
 - `drill-bad-model`             a release drill: copy the stable model into a new registry version
                                 whose manifest carries `"drill": {"delay_ms": N, "error_rate": F}`
-                                (movierec.serving then answers slowly and/or with 500s), and start a
+                                (movierec.serving then answers slowly and/or with 500s) and/or
+                                `"ranking": "reverse"|"shuffle"` (a worse list at the same latency,
+                                caught by online quality only), and start a
                                 canary release of it the way training does (candidate alias + PUT
                                 recommend-canary MODEL_VERSION). The controller should roll it back.
                                 While a release runs (or a step holds the lease) it fails at once,
@@ -100,21 +102,22 @@ def invoke(calls: StackCalls, args: argparse.Namespace) -> Any:
     return calls.call("POST", args.action, "", timeout_s=CALL_TIMEOUT_S[args.action], data=b"")
 
 
-def drill_settings(delay_ms: float | None, error_rate: float | None):
-    """The drill asked for: the default (slow AND erroring) when neither is given, else exactly
-    what was given (the other one 0). Raises DrillError for values out of range."""
+def drill_settings(delay_ms: float | None, error_rate: float | None, ranking: str | None = None):
+    """The drill asked for: the default (slow AND erroring) when none is given, else exactly
+    what was given (the others 0 / the model's own order). Raises DrillError for values out of
+    range."""
     from movierec.drills import Drill
 
-    if delay_ms is None and error_rate is None:
+    if delay_ms is None and error_rate is None and ranking is None:
         return Drill(**DEFAULT_DRILL)
-    return Drill(delay_ms or 0.0, error_rate or 0.0)
+    return Drill(delay_ms or 0.0, error_rate or 0.0, ranking)
 
 
 def drill_bad_model(calls: StackCalls, args: argparse.Namespace) -> Any:
     from movierec.drills import register_drill_version
     from movierec.release import ReleaseConfig, ReleaseRunningError, start_release
 
-    drill = drill_settings(args.delay_ms, args.error_rate)
+    drill = drill_settings(args.delay_ms, args.error_rate, args.ranking)
     for name in ("basic-auth-user", "basic-auth-password"):  # the redeploy needs them: say so first
         calls.secret(name)
     store, config = open_store(calls.env), ReleaseConfig.from_env(calls.env)
@@ -289,12 +292,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("step", help="one analysis step of the running release, now")
     sub.add_parser("train", help="invoke the train function now (waits for it, up to 30 min)")
     sub.add_parser("ingest", help="invoke the ingest function now")
-    drill = sub.add_parser("drill-bad-model", help="release a deliberately slow/erroring copy of the stable model")
+    from movierec.drills import RANKINGS
+
+    drill = sub.add_parser("drill-bad-model", help="release a deliberately slow/erroring/worse-ranking copy of "
+                                                   "the stable model")
     drill.add_argument("--delay-ms", type=_non_negative, default=None,
                        help=f"added to every answer (default {DEFAULT_DRILL['delay_ms']:g} when neither is given)")
     drill.add_argument("--error-rate", type=_share, default=None,
                        help=f"share of requests answered 500 (default {DEFAULT_DRILL['error_rate']:g} "
                             "when neither is given)")
+    drill.add_argument("--ranking", choices=RANKINGS, default=None,
+                       help="serve a worse list at the same latency: the model's least preferred first "
+                            "(reverse) or a random k of its candidates (shuffle)")
     drill.add_argument("--source", default=None, help="model version to copy (default: the stable one)")
     return parser.parse_args(argv)
 

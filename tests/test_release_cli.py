@@ -201,7 +201,7 @@ def test_drill_with_out_of_range_values_is_refused_before_anything_is_registered
     before = Registry(LocalDirectoryStore(project.store_dir)).versions()
     done = project.cli("drill-bad-model", "--delay-ms", "0", "--error-rate", "0")
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: DrillError: a drill needs delay_ms > 0 or error_rate > 0 " \
+    assert done.stderr.strip() == "error: DrillError: a drill needs delay_ms > 0 or error_rate > 0 or a ranking " \
                                   "(otherwise the model is not bad)"
     assert Registry(LocalDirectoryStore(project.store_dir)).versions() == before
 

@@ -4,18 +4,24 @@ Like a Flagger Canary analysis (a list of metrics with threshold ranges), `RELEA
 tuple of named check specs, each one of three kinds, its thresholds named by ReleaseConfig field:
 - `Bound`: a canary figure (VariantMetrics) at least (`MIN`) or at most (`MAX`) a config field;
 - `NotWorse`: the canary's proportion (errors/requests, watched/recommended) is not
-  significantly worse than stable's at `alpha` (one-sided two-proportion z-test);
+  significantly worse than stable's at `alpha` (one-sided two-proportion z-test); with a
+  `minimum` (a config field) it is judged only once both variants have that many trials, and
+  until then it is pending (`Check.passed` None): the online-quality check never passes on
+  `0/0 vs 0/0`; with a `margin` (a config field) only a drop beyond that relative tolerance fails;
 - `RatioToStable`: canary figure / stable figure at most a config field, judged only above a
   floor (a config field) where the figure is coarse.
-`evaluate_checks` runs them in order, one `Check` record (name, passed, one-line detail) each; a
-check with nothing to judge (no stable p99; no online quality asked for) is left out.
+`evaluate_checks` runs them in order, one `Check` record (name, passed: True | False | None for
+"pending, too little evidence", one-line detail) each; a check with nothing to judge (no stable
+p99; no online quality asked for) is left out.
 
 `decide` (pure): wait while the canary has fewer than `min_requests` requests in the window (roll
 back when the release, counted from its start, times out without them); roll back as soon as any
 check fails (fail fast: a bad canary should not keep serving 20% of users for the whole window);
+wait while any check is pending (roll back when the release times out with it still pending: too
+little evidence never promotes);
 promote when every check passes and the window has elapsed.
 
-Owns: the specs, the loop, the z-test, VariantMetrics, Check, Decision. Must not touch: where the
+Owns: the specs, the loop, the z-tests, VariantMetrics, Check, Decision. Must not touch: where the
 figures come from (controller.py, promql.py), state, services.
 """
 from __future__ import annotations
@@ -56,8 +62,12 @@ class VariantMetrics:
 @dataclass(frozen=True)
 class Check:
     name: str
-    passed: bool
+    passed: bool | None  # None: pending, too little evidence to judge yet (the release waits)
     detail: str
+
+    @property
+    def pending(self) -> bool:
+        return self.passed is None
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,21 @@ def two_proportion_z_test(x1: float, n1: float, x2: float, n2: float) -> tuple[f
     if se == 0:
         return 0.0, 1.0
     z = (x1 / n1 - x2 / n2) / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def margin_z_test(x1: float, n1: float, x2: float, n2: float, scale: float) -> tuple[float, float]:
+    """One-sided test that proportion 1 (x1/n1) is GREATER than `scale` x proportion 2 (x2/n2):
+    the non-inferiority form with a relative margin (scale 1/(1 - m): "2 is worse than 1 by more
+    than m"). Returns (z, p-value) with the unpooled (Wald) standard error of p1 - scale x p2. No
+    evidence (an empty sample, or no variance at all) gives (0.0, 1.0)."""
+    if n1 <= 0 or n2 <= 0:
+        return 0.0, 1.0
+    p1, p2 = x1 / n1, x2 / n2
+    se = math.sqrt(p1 * (1 - p1) / n1 + scale * scale * p2 * (1 - p2) / n2)
+    if se == 0:
+        return 0.0, 1.0
+    z = (p1 - scale * p2) / se
     return z, 0.5 * math.erfc(z / math.sqrt(2))
 
 
@@ -120,7 +145,13 @@ class NotWorse:
     """The canary's `counts` proportion (successes, trials) not significantly `worse` (HIGHER or
     LOWER) than stable's at config field `alpha`. Counts come from the variants' metrics or from
     the online quality (the check is left out when no quality was measured). `detail` gets
-    canary_x, canary_n, stable_x, stable_n, z, p and alpha."""
+    canary_x, canary_n, stable_x, stable_n, z, p, alpha and `tolerance` (text, "" without one).
+
+    `minimum` (a config field): a variant with fewer trials makes the check pending (passed None,
+    detail `waiting` with the same names and `minimum`): no evidence is not "not worse".
+    `margin` (a config field, a relative tolerance m): fails only when the canary is significantly
+    worse than stable's proportion x (1 - m) (LOWER) or x (1 + m) (HIGHER), `margin_z_test`; at
+    m = 0 it is the pooled `two_proportion_z_test`."""
 
     name: str
     source: str
@@ -128,6 +159,10 @@ class NotWorse:
     worse: str
     detail: str
     alpha: str = "alpha"
+    minimum: str | None = None
+    margin: str | None = None
+    waiting: str = ("too little evidence yet: {canary_n:g} canary and {stable_n:g} stable trials"
+                    " (at least {minimum} each)")
 
     def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
               quality: Quality) -> Check | None:
@@ -140,11 +175,24 @@ class NotWorse:
             c, s = canary, stable
         x, n = self.counts
         cx, cn, sx, sn = getattr(c, x), getattr(c, n), getattr(s, x), getattr(s, n)
-        # The test asks "is proportion 1 greater": put the variant that would be worse first.
-        z, p = two_proportion_z_test(cx, cn, sx, sn) if self.worse == HIGHER else two_proportion_z_test(sx, sn, cx, cn)
         alpha = getattr(config, self.alpha)
+        if self.minimum is not None and min(cn, sn) < getattr(config, self.minimum):
+            return Check(self.name, None, self.waiting.format(canary_x=cx, canary_n=cn, stable_x=sx, stable_n=sn,
+                                                              minimum=getattr(config, self.minimum), alpha=alpha))
+        margin = getattr(config, self.margin) if self.margin is not None else 0.0
+        # The tests ask "is proportion 1 greater": put the variant that would be worse first.
+        if not margin:
+            z, p = (two_proportion_z_test(cx, cn, sx, sn) if self.worse == HIGHER
+                    else two_proportion_z_test(sx, sn, cx, cn))
+            tolerance = ""
+        elif self.worse == HIGHER:
+            z, p = margin_z_test(cx, cn, sx, sn, 1 + margin)
+            tolerance = f" (tolerating {margin:.0%} more)"
+        else:
+            z, p = margin_z_test(sx, sn, cx, cn, 1 / (1 - margin))
+            tolerance = f" (tolerating {margin:.0%} fewer)"
         return Check(self.name, p >= alpha, self.detail.format(canary_x=cx, canary_n=cn, stable_x=sx, stable_n=sn,
-                                                               z=z, p=p, alpha=alpha))
+                                                               z=z, p=p, alpha=alpha, tolerance=tolerance))
 
 
 @dataclass(frozen=True)
@@ -188,7 +236,11 @@ RELEASE_CHECKS: tuple[CheckSpec, ...] = (
     RatioToStable("p99_vs_stable", figure="p99_latency_s", limit="max_p99_ratio", floor="p99_ratio_floor_s",
                   scale=1000, detail="p99 ratio to stable {ratio:.2f} (bound {limit}, judged above {floor:.0f} ms)"),
     NotWorse("watched_share_vs_stable", source=QUALITY, counts=("watched", "recommended"), worse=LOWER,
-             detail="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}: z={z:.2f} p={p:.4f}"),
+             detail="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}: z={z:.2f} p={p:.4f}"
+                    "{tolerance}",
+             minimum="min_recommended", margin="quality_margin",
+             waiting="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}: too little evidence"
+                     " (at least {minimum} recommended per variant), waiting"),
 )
 
 
@@ -228,9 +280,16 @@ def decide(
             )
         return Decision(WAIT, f"{canary.requests:g} of {config.min_requests} canary requests so far")
     checks = tuple(evaluate_checks(canary, stable, config, quality))
-    failed = [c for c in checks if not c.passed]
+    failed = [c for c in checks if c.passed is False]
     if failed:
         return Decision(ROLLBACK, "; ".join(c.detail for c in failed), checks)
+    pending = [c for c in checks if c.pending]
+    if pending:
+        detail = "; ".join(f"{c.name}: {c.detail}" for c in pending)
+        if elapsed_s >= config.timeout_s:
+            return Decision(ROLLBACK, f"timed out after {elapsed_s:.0f}s: not enough evidence to promote ({detail})",
+                            checks)
+        return Decision(WAIT, detail, checks)
     if elapsed_s < config.window_s:
         return Decision(WAIT, f"checks pass; window {elapsed_s:.0f}s of {config.window_s:.0f}s", checks)
     return Decision(PROMOTE, "all checks pass over the full window", checks)

@@ -1,8 +1,8 @@
 """The release controller's configuration, built from the one settings table.
 
 Owns `ReleaseConfig`: the analysis window, the minimum sample, the bounds the checks read
-(checks.py names these fields), the timeout, the lease's TTL, the canary share and the function
-names. Its
+(checks.py names these fields, among them the online-quality minimum), the timeout, the lease's
+TTL, the canary share and the function names. Its
 defaults are the table's (movierec.settings, group "release"; a test keeps the two equal), and
 `from_env` reads RELEASE_*, CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
 FUNCTION_NAMESPACE through `Settings`, so a bad value is a `ConfigError` naming the variable.
@@ -35,6 +35,12 @@ class ReleaseConfig:
     canary_percent: int = 20
     online_quality: bool = False  # also compare the share of recommendations watched
     lease_ttl_s: float = 180.0  # one step at a time (lease.py): longer than the function's exec_timeout
+    # Online quality is judged only once each variant has this many recommended movies: fewer
+    # waits (and times out like too few requests), it never passes on no evidence.
+    min_recommended: int = 1000
+    # ... and fails only when the canary's watch-through is significantly below stable's x (1 - this):
+    # 0 rolls back any significant drop; a small world's fixed canary users may watch less by nature.
+    quality_margin: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -55,4 +61,6 @@ class ReleaseConfig:
             canary_percent=s.get("CANARY_PERCENT"),
             online_quality=s.get("RELEASE_ONLINE_QUALITY"),
             lease_ttl_s=s.get("RELEASE_LEASE_TTL"),
+            min_recommended=s.get("RELEASE_MIN_RECOMMENDED"),
+            quality_margin=s.get("RELEASE_QUALITY_MARGIN"),
         )

@@ -1,12 +1,20 @@
-"""Online quality per variant: of the movies recommended, how many did the user start watching.
+"""Online quality per variant (watch-through): of the movies recommended, how many did the user
+then start watching.
+
+A recommended movie counts as watched when the user's FIRST watch of it falls within `within_s`
+after the recommendation: a movie the user was already watching (or had watched) before it was
+recommended earns nothing, so a model that recommends what users are in the middle of (a "seen"
+movie, which the contract forbids anyway) cannot buy watch-through with it. Every recommended
+slot of every successful answer is a trial; failed calls recommend nothing.
 
 Owns `QualityCounts`, `online_quality` (from parsed stream events, in any order) and
 `stored_quality_source` (the same over the stored recommendation and watch batches, as the
 `quality_source(start, end)` the controller's step takes when RELEASE_ONLINE_QUALITY is on).
 Which variant a user saw is movierec.canary's rule, re-applied to the stream.
 
-Must not touch: the statistical test (checks.py), how batches are written or laid out (the batch
-loaders; imported from their current home, movierec.ingest).
+Must not touch: the statistical test and how much evidence is enough (checks.py,
+RELEASE_MIN_RECOMMENDED), how batches are written or laid out (movierec.batches.loaders reads
+them).
 """
 from __future__ import annotations
 
@@ -38,30 +46,35 @@ QualitySource = Callable[[datetime, datetime], dict[str, QualityCounts]]
 def online_quality(
     events: Iterable[Any], canary_percent: int, within_s: float = 3600.0
 ) -> dict[str, QualityCounts]:
-    """Per variant, how many recommended movies the user started watching within `within_s`
-    after the recommendation. Events may come in any order (batches are read per partition)."""
+    """Per variant, how many recommended movies the user started watching (first watch) within
+    `within_s` after the recommendation. Events may come in any order (batches are read per
+    partition)."""
     recommendations: list[RecommendationEvent] = []
-    first_watch: dict[tuple[int, str], list[datetime]] = {}
+    first_watch: dict[tuple[int, str], datetime] = {}
     for event in events:
         if isinstance(event, RecommendationEvent) and event.status == 200:
             recommendations.append(event)
         elif isinstance(event, WatchEvent):
-            first_watch.setdefault((event.user_id, event.movie_id), []).append(event.time)
+            key = (event.user_id, event.movie_id)
+            known = first_watch.get(key)
+            if known is None or event.time < known:
+                first_watch[key] = event.time
     counts = {CANARY: [0, 0], STABLE: [0, 0]}
     for rec in recommendations:
         bucket = counts[variant_for_user(rec.user_id, canary_percent)]
         for movie in rec.movie_ids:
             bucket[0] += 1
-            times = first_watch.get((rec.user_id, movie), ())
-            if any(0 <= (t - rec.time).total_seconds() <= within_s for t in times):
+            first = first_watch.get((rec.user_id, movie))
+            if first is not None and 0 <= (first - rec.time).total_seconds() <= within_s:
                 bucket[1] += 1
     return {v: QualityCounts(*c) for v, c in counts.items()}
 
 
 def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: float = 3600.0) -> QualitySource:
     """A `quality_source(start, end)` over the stored recommendation and watch batches (the batch
-    loaders). Stream times are naive UTC; recommendations in [start, end] count, and watches up to
-    `within_s` after them."""
+    loaders). Stream times are naive UTC; recommendations in [start, end] count, and the first
+    watches of their users up to `within_s` after them (earlier watches too: they tell a movie
+    already being watched from one started after the recommendation)."""
 
     def source(start: datetime, end: datetime) -> dict[str, QualityCounts]:
         import numpy as np  # only this optional analysis needs numpy and the batch loaders
@@ -75,15 +88,23 @@ def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: flo
             if r["status"] == 200 and lo <= t <= hi:
                 recs.append(RecommendationEvent(t, r["user_id"], r["server"], 200, tuple(r["movie_ids"]), None,
                                                 r["latency_ms"]))
-        watches = load_watches(store)
+        if not recs:
+            return online_quality((), canary_percent, within_s)
+        watches = load_watches(store)  # in event-time order
         epoch = datetime(1970, 1, 1)
         lo_us = int((lo - epoch).total_seconds() * 1e6)
         hi_us = int((hi - epoch).total_seconds() * 1e6 + within_s * 1e6)
         users = np.array(sorted({r.user_id for r in recs}), dtype=np.int64)
-        keep = (watches.time_us >= lo_us) & (watches.time_us <= hi_us) & np.isin(watches.user_ids, users)
+        keep = np.flatnonzero((watches.time_us <= hi_us) & np.isin(watches.user_ids, users))
+        # The first watch of each (user, movie); one first watched before `start` never counts.
+        _, user_code = np.unique(watches.user_ids[keep], return_inverse=True)
+        movies, movie_code = np.unique(watches.movie_ids[keep], return_inverse=True)
+        _, first = np.unique(user_code.astype(np.int64) * max(len(movies), 1) + movie_code, return_index=True)
+        first = keep[first]
+        first = first[watches.time_us[first] >= lo_us]
         events: list[Any] = list(recs)
-        for t_us, user, movie in zip(watches.time_us[keep].tolist(), watches.user_ids[keep].tolist(),
-                                     watches.movie_ids[keep].tolist()):
+        for t_us, user, movie in zip(watches.time_us[first].tolist(), watches.user_ids[first].tolist(),
+                                     watches.movie_ids[first].tolist()):
             events.append(WatchEvent(epoch + timedelta(microseconds=t_us), user, movie, 0))
         return online_quality(events, canary_percent, within_s)
 

@@ -14,7 +14,7 @@ like an operator or a client would); processes it did not start.
 
 CLI:
     python -m scripts.demo [--attach] [--out var/demo] [--drill-delay-ms 300] [--drill-error-rate 0]
-                           [--load-rate 25] [--no-kill] [--keep-state]
+                           [--load-rate 25] [--no-kill] [--ranking-drill reverse|shuffle|none] [--keep-state]
 Env: OPENFAAS_URL, PUBLIC_URL, PROMETHEUS_URL, PUSHGATEWAY_URL, KAFKA_BOOTSTRAP_SERVERS,
 STACK_STATE_DIR (used as given; free ports and a temp dir otherwise), NOTIFY_WEBHOOK_URL / SMTP_*
 (where the release notifications go; without them the demo receives them itself).
@@ -72,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of the drill model's answers that are 500s (counted as drill faults)")
     parser.add_argument("--load-rate", type=float, default=25.0, help="steady client requests per second")
     parser.add_argument("--no-kill", action="store_true", help="skip killing a recommend replica")
+    parser.add_argument("--ranking-drill", choices=("reverse", "shuffle", "none"), default="reverse",
+                        help="the worse-ranking release rolled back on online quality (none: skip it)")
     parser.add_argument("--keep-state", action="store_true", help="keep the temp state dir (logs, store)")
     args = parser.parse_args(argv)
     progress = Progress()
     options = LifecycleOptions(drill_delay_ms=args.drill_delay_ms, drill_error_rate=args.drill_error_rate,
-                               load_rate=args.load_rate, kill_replica=not args.no_kill)
+                               load_rate=args.load_rate, kill_replica=not args.no_kill,
+                               ranking_drill=None if args.ranking_drill == "none" else args.ranking_drill)
     env = attach_env() if args.attach else local_stack_env()
     temp_state = not args.attach and not os.environ.get("STACK_STATE_DIR")
     handle = None

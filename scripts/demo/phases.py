@@ -2,10 +2,13 @@
 
 Owns: `run_lifecycle` (functions ready, simulator backfill, ingest, a first training -> stable, a
 second training -> canary, the controller's analysis and promotion, a forced bad release (a drill
-model, `python -m scripts.release drill-bad-model`) and its automatic rollback, and a replica killed
+model, `python -m scripts.release drill-bad-model`) and its automatic rollback, a worse ranking at the
+same latency (a `--ranking reverse` drill) rolled back on online quality alone, and a replica killed
 with SIGKILL under load, with steady load through nginx from the second training on),
 `LifecycleOptions`, `LifecycleResult` (filled as it goes, so a caller keeps what was measured even
-when a phase fails), and the steps `ingest_all`, `train`, `run_drill`.
+when a phase fails), and the steps `ingest_all`, `train`, `run_drill`, `KeepIngesting` (ingest in the
+background while releases are analysed: online quality is read from the stored stream, and with too
+little of it stored a release waits).
 
 Must not touch: release policy, training, serving or the runtime's internals (it only calls them
 like an operator or a client would); bringing the stack up or down (the caller does).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +37,7 @@ class LifecycleOptions:
     load_rate: float = 25.0
     load_threads: int = 4
     kill_replica: bool = True
+    ranking_drill: str | None = "reverse"  # the worse-ranking release (None: skip that phase)
     release_timeout_s: float = 240.0
     train_timeout_s: float = 600.0
     wait_backfill: bool = True
@@ -93,12 +98,47 @@ def train(handle: StackHandle, progress: Progress, result: LifecycleResult, time
     return summary
 
 
-def run_drill(handle: StackHandle, options: LifecycleOptions, progress: Progress) -> str:
-    """Start a canary release of a deliberately bad model (`scripts.release drill-bad-model`);
-    returns the drill version."""
-    argv = [sys.executable, "-m", "scripts.release", "drill-bad-model", "--delay-ms", str(options.drill_delay_ms)]
-    if options.drill_error_rate:
-        argv += ["--error-rate", str(options.drill_error_rate)]
+class KeepIngesting:
+    """Ingest runs one after another in the background (what the cron trigger does on `make up`;
+    the demo leaves ingest to the driver) until stopped; each summary is kept in `result.ingests`.
+    A refused or failed run is logged and the next one tried: the release waits meanwhile."""
+
+    def __init__(self, handle: StackHandle, progress: Progress, result: LifecycleResult, pause_s: float = 1.0):
+        self.handle, self.progress, self.result, self.pause_s = handle, progress, result, pause_s
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="demo-ingest")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the run in flight (bounded by its timeout); a no-op when not started."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=130)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.result.ingests.append(self.handle.invoke("ingest", timeout_s=120, max_seconds=4))
+                self.runs += 1
+            except DemoError as e:
+                self.progress.log(f"   background ingest failed (trying again): {e}")
+            self._stop.wait(self.pause_s)
+
+
+def run_drill(handle: StackHandle, options: LifecycleOptions, progress: Progress, ranking: str | None = None) -> str:
+    """Start a canary release of a deliberately bad model (`scripts.release drill-bad-model`): slow
+    and/or failing as `options` say, or, with `ranking`, a worse list at the same latency; returns
+    the drill version."""
+    argv = [sys.executable, "-m", "scripts.release", "drill-bad-model"]
+    if ranking:
+        argv += ["--ranking", ranking]
+    else:
+        argv += ["--delay-ms", str(options.drill_delay_ms)]
+        if options.drill_error_rate:
+            argv += ["--error-rate", str(options.drill_error_rate)]
     done = subprocess.run(argv, cwd=ROOT, env=handle.env, capture_output=True, text=True, timeout=180, check=False)
     if done.returncode != 0:
         raise DemoError(f"`{' '.join(argv[2:])}` failed: {(done.stderr or done.stdout).strip()[-400:]}")
@@ -117,6 +157,7 @@ def run_lifecycle(handle: StackHandle, options: LifecycleOptions, progress: Prog
     result = result or LifecycleResult()
     result.phases = progress.phases
     load = SteadyLoad(handle.public_url, rate=options.load_rate, threads=options.load_threads)
+    ingesting = KeepIngesting(handle, progress, result)
     try:
         with progress.phase("functions ready"):
             needed = ("ingest", "train", "release")
@@ -164,6 +205,8 @@ def run_lifecycle(handle: StackHandle, options: LifecycleOptions, progress: Prog
             result.versions["second"] = second = summary["version"]
             good_release = current_release(handle).id
             wait_for(lambda: handle.serving("recommend-canary") == second, f"the canary to serve {second}", 120)
+        ingesting.start()  # online quality needs the release's stream stored: ingest meanwhile
+        progress.log("   ingesting in the background while releases are analysed (online quality)")
 
         load.phase = "canary analysis + promotion"
         with progress.phase("canary analysis -> promotion"):
@@ -194,6 +237,24 @@ def run_lifecycle(handle: StackHandle, options: LifecycleOptions, progress: Prog
             }
             progress.log(f"   stable untouched: {result.stable_after_drill}")
 
+        if options.ranking_drill:
+            load.phase = "worse ranking + rollback"
+            with progress.phase(f"worse ranking ({options.ranking_drill} drill, same latency) -> rollback"):
+                result.versions["ranking_drill"] = version = run_drill(handle, options, progress,
+                                                                       ranking=options.ranking_drill)
+                ranked_release = current_release(handle).id
+                progress.log(f"   drill model {version} (ranking {options.ranking_drill}: the stable model's "
+                             f"least preferred first, at its latency) is the canary: {ranked_release}")
+                release = wait_release_decided(handle, ranked_release, progress, options.release_timeout_s)
+                progress.log(f"   {release.id}: {release.state} by {release.actor}: {release.reason}")
+                quality = (release.analysis or {}).get("quality") or {}
+                progress.log("   watch-through " + ", ".join(
+                    f"{v} {q.get('watched', 0)}/{q.get('recommended', 0)}" for v, q in sorted(quality.items())))
+                stable = registry.alias_version(STABLE)
+                wait_for(lambda: handle.serving("recommend-canary") == stable, "the canary back on stable", 60)
+        ingesting.stop()
+        progress.log(f"   background ingest stopped after {ingesting.runs} runs")
+
         if options.kill_replica and handle.started_by_us:
             load.phase = "replica killed"
             with progress.phase("kill -9 a recommend replica under load"):
@@ -201,6 +262,7 @@ def run_lifecycle(handle: StackHandle, options: LifecycleOptions, progress: Prog
                 time.sleep(5.0)  # traffic on the restored set too
         load.phase = "end"
     finally:
+        ingesting.stop()
         load.stop()
         result.samples = list(load.samples)
         result.releases = _our_releases(handle, result)

@@ -1,7 +1,7 @@
 """Following releases from the demo: the current release, its analysis steps, its decision.
 
 Owns: `current_release` (the release record in the store), `wait_release_decided` (each analysis
-step printed until the controller decides), `wait_no_release_running`.
+step printed, with its online quality when measured, until the controller decides), `wait_no_release_running`.
 
 Must not touch: release policy or state (movierec.release decides and writes; this only reads).
 """
@@ -33,9 +33,13 @@ def wait_release_decided(handle: StackHandle, release_id: str, progress: Progres
             seen = analysis.get("at")
             m = analysis.get("metrics") or {}
             c, s = m.get("canary") or {}, m.get("stable") or {}
+            q = analysis.get("quality") or {}
+            watched = " ".join(f"{v} {(q.get(v) or {}).get('watched', 0)}/{(q.get(v) or {}).get('recommended', 0)}"
+                               for v in ("canary", "stable"))
             progress.log(f"   step over {analysis.get('range')}: canary {c.get('requests', 0):g} req "
                          f"p99 {format_ms(c.get('p99_latency_s'))} success {format_rate(c.get('success_rate'))} | stable "
-                         f"{s.get('requests', 0):g} req p99 {format_ms(s.get('p99_latency_s'))} -> "
+                         f"{s.get('requests', 0):g} req p99 {format_ms(s.get('p99_latency_s'))}"
+                         f"{' | watched ' + watched if q else ''} -> "
                          f"{(analysis.get('decision') or {}).get('action')}: "
                          f"{(analysis.get('decision') or {}).get('reason')}")
         if not release.running and release.pending is None:

@@ -125,7 +125,12 @@ def release_lines(release: dict[str, Any]) -> list[str]:
     checks = (analysis.get("decision") or {}).get("checks") or []
     if checks:
         lines += ["", "checks:"]
-        lines += [f"- {'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in checks]
+        lines += [f"- {'wait' if c['passed'] is None else 'pass' if c['passed'] else 'FAIL'} {c['name']}: "
+                  f"{c['detail']}" for c in checks]
+    quality = analysis.get("quality") or {}
+    if quality:
+        lines += ["", "online quality (recommended movies the user then started watching):"]
+        lines += [f"- {v}: {_share(q)}" for v, q in sorted(quality.items())]
     queries = analysis.get("queries") or {}
     if queries:
         lines += ["", f"queries (range {analysis.get('range')}, at {analysis.get('at')}):", "", "```"]
@@ -133,6 +138,11 @@ def release_lines(release: dict[str, Any]) -> list[str]:
             lines += [f"{variant} {name}: {promql}" for name, promql in q.items()]
         lines += ["```"]
     return lines + [""]
+
+
+def _share(counts: dict[str, Any]) -> str:
+    watched, recommended = counts.get("watched", 0), counts.get("recommended", 0)
+    return f"{watched}/{recommended}" + (f" = {watched / recommended:.1%}" if recommended else "")
 
 
 def write_report(handle: StackHandle, result: LifecycleResult, out: Path, progress: Progress,
