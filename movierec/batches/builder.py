@@ -110,8 +110,7 @@ class BatchBuilder:
                 assert isinstance(event, Rejection)
                 self.quarantined[event.reason] += 1
                 self.quarantine_lines.append(json.dumps(
-                    {"offset": offset, "reason": event.reason, "detail": event.detail, "line": event.line},
-                    separators=(",", ":"), ensure_ascii=False))
+                    {"offset": offset, **event.quarantine_record()}, separators=(",", ":"), ensure_ascii=False))
         self.ratings.extend(*rate)
         self.watches.extend(*watch)
 
