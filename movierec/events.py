@@ -53,7 +53,7 @@ _TIME = re.compile(rf"{_D}{{4}}-{_D}{{2}}-{_D}{{2}}T{_D}{{2}}:{_D}{{2}}:{_D}{{2}
 # A slug: `name+year`, the year may be missing, may end in '+'. Printable ASCII without space,
 # the line's separators (, / =) and quoting characters (" \ < > `).
 _MOVIE_CHAR = r"[-0-9A-Za-z+_.%'!()*:;&~@$?#\[\]^{}|]"
-_MOVIE = _MOVIE_CHAR + "{1,%d}" % MOVIE_ID_MAX_CHARS
+_MOVIE = _MOVIE_CHAR + f"{{1,{MOVIE_ID_MAX_CHARS}}}"
 _WATCH = re.compile(r"GET /data/m/(" + _MOVIE + rf")/({_D}{{1,9}})\.mpg")
 _RATE = re.compile(r"GET /rate/(" + _MOVIE + rf")=(-?{_D}{{1,9}}(?:\.{_D}{{0,9}})?)")
 _RECO = re.compile(

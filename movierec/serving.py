@@ -8,7 +8,11 @@ The model is resolved once per process from the settings (movierec.settings):
   restart still serves when the store is unreachable.
 
 If no model can be loaded the process stays up, reports "no model" on its readiness check,
-answers 503, and tries again at most every `MODEL_RETRY_SECONDS`.
+answers 503, and tries again at most every `MODEL_RETRY_SECONDS`; unless MODEL_VERSION can never
+resolve (`movierec.registry.UnresolvableModelError`: a malformed name, a version the registry does
+not hold, an alias the product never sets): then `ModelHolder.fatal` says so in one line and the
+recommend handler exits at once, so a deploy pinned to it fails in a second (a rolling update
+keeps the old replicas) instead of waiting out the readiness timeout.
 
 Release drills: a model version whose manifest carries `"drill": {"delay_ms": N, "error_rate": F}`
 is deliberately bad. Only the operator command `python -m scripts.release drill-bad-model` writes
@@ -54,7 +58,8 @@ def load_configured_model(env: Mapping[str, str], open_store: Callable[[dict[str
         raise ConfigError("MODEL_PATH is blank and no object store was given to load MODEL_VERSION from")
     from movierec.registry import load_serving_model, model_cache_dir  # the registry needs the store
 
-    return load_serving_model(settings.get("MODEL_VERSION"), open_store(dict(env)), model_cache_dir(env))
+    store = open_store(dict(env))
+    return load_serving_model(settings.get("MODEL_VERSION"), store, model_cache_dir(env, store))
 
 
 class ModelHolder:
@@ -76,6 +81,7 @@ class ModelHolder:
         self._model: RecommenderModel | None = None
         self._drill: Drill | None = None
         self._error = "not loaded yet"
+        self.fatal: str | None = None  # set when the configured model can never load (see the docstring)
         self._last_attempt = float("-inf")
         settings = Settings(self._env)
         self._retry_s = settings.get("MODEL_RETRY_SECONDS")
@@ -99,6 +105,10 @@ class ModelHolder:
                 except Exception as e:  # noqa: BLE001 (any failure leaves the process up, reporting "no model")
                     self._error = f"{type(e).__name__}: {e}".splitlines()[0]
                     log.error("no model: %s", self._error)
+                    from movierec.registry import UnresolvableModelError
+
+                    if isinstance(e, (UnresolvableModelError, ConfigError)):
+                        self.fatal = f"MODEL_VERSION {Settings(self._env).get('MODEL_VERSION')[:80]!r}: {self._error}"
             return self._model
 
     def describe(self) -> str:

@@ -98,7 +98,9 @@ SETTINGS: tuple[Setting, ...] = (
     # -- recommend ---------------------------------------------------------------------------------
     _serve("MODEL_VERSION", "str", "stable", "model version or alias a recommend deployment serves"),
     _serve("MODEL_PATH", "str", "", "serve this local model folder instead of the registry"),
-    _serve("MODEL_CACHE_DIR", "str", "", "local model cache; blank: $TMPDIR/movierec-model-cache"),
+    _serve("MODEL_CACHE_DIR", "str", "", "local model cache, used only once it matches the registry's sha256; "
+           "blank: $STACK_STATE_DIR/model-cache, else beside a local store (`var/model-cache`), "
+           "else $TMPDIR/movierec-model-cache-<uid>"),
     _serve("MODEL_RETRY_SECONDS", "float", "5", "retry loading a missing model at most this often", minimum=0),
     _serve("RECOMMEND_K", "int", "20", "movies per answer (at most 100)", minimum=1, maximum=100),
     # -- release -----------------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 Thin on purpose: the model and its loading live in movierec.serving; this maps HTTP to it.
 The same handler is deployed twice; MODEL_VERSION pins what each deployment serves.
 Every body is one line of text/plain (movierec.adapters.replies, content type TEXT).
+A MODEL_VERSION that can never load (movierec.serving) makes the process exit at import with
+one line on stderr, so the deploy fails at once instead of after the readiness timeout.
 """
+import sys
+
 from movierec.adapters.replies import TEXT, error, reply
 from movierec.adapters.stores import open_store
 from movierec.drills import DrillFault
@@ -11,6 +15,9 @@ from movierec.events import parse_user_id
 from movierec.serving import ModelHolder
 
 MODEL = ModelHolder(open_store=open_store)  # loaded once per process, at import
+if MODEL.fatal:  # a MODEL_VERSION that can never load: fail the deploy now, in one line (movierec.serving)
+    print(f"recommend: cannot serve: {MODEL.fatal}", file=sys.stderr, flush=True)
+    raise SystemExit(78)  # EX_CONFIG
 
 
 def ready():
