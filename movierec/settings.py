@@ -117,6 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
     _release("RELEASE_ONLINE_QUALITY", "bool", "0", "also compare the share of recommendations watched"),
     _release("CANARY_PERCENT", "int", "20", "users in the canary: user id mod 100 below this",
              minimum=0, maximum=100),
+    _release("RELEASE_GATEWAY_JOB", "str", "openfaas-gateway",
+             "Prometheus job of the gateway's own metrics: the only series the analysis counts"),
     _release("STABLE_FUNCTION", "str", "recommend", "the function serving the stable model"),
     _release("CANARY_FUNCTION", "str", "recommend-canary", "the function serving the candidate"),
     _release("FUNCTION_NAMESPACE", "str", "openfaas-fn", "namespace of the recommend functions"),

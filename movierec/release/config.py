@@ -3,7 +3,7 @@
 Owns `ReleaseConfig`: the analysis window, the minimum sample, the bounds the checks read
 (checks.py names these fields), the timeout, the canary share and the function names. Its
 defaults are the table's (movierec.settings, group "release"; a test keeps the two equal), and
-`from_env` reads RELEASE_*, CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
+`from_env` reads RELEASE_* (RELEASE_GATEWAY_JOB: whose series count as evidence), CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
 FUNCTION_NAMESPACE through `Settings`, so a bad value is a `ConfigError` naming the variable.
 
 Must not touch: what the figures mean (checks.py), services.
@@ -33,6 +33,7 @@ class ReleaseConfig:
     namespace: str = "openfaas-fn"
     canary_percent: int = 20
     online_quality: bool = False  # also compare the share of recommendations watched
+    gateway_job: str = "openfaas-gateway"  # the Prometheus job of the gateway's own metrics (promql.GATEWAY_JOB)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -52,4 +53,5 @@ class ReleaseConfig:
             namespace=s.get("FUNCTION_NAMESPACE"),
             canary_percent=s.get("CANARY_PERCENT"),
             online_quality=s.get("RELEASE_ONLINE_QUALITY"),
+            gateway_job=s.get("RELEASE_GATEWAY_JOB"),
         )
