@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from localfaas.build import BuildError, shrinkwrap
-from localfaas.cron import CronConnector
+from localfaas.cron import CRON_TOKEN, CronConnector, ensure_cron_token
 from localfaas.gateway import Gateway, ensure_credentials
 from localfaas.stackfile import StackError, load_stack
 from localfaas.supervisor import DeployError, FunctionConfig, Supervisor
@@ -72,6 +72,7 @@ async def up(args: argparse.Namespace) -> int:
             log.warning("function %s has no lang/handler to build (image %s): not run locally", name, fn.image)
     _setup_logging(state)
     credentials = ensure_credentials(state / "secrets")
+    ensure_cron_token(state / "secrets")  # the scheduler's credential (localfaas.cron)
     supervisor = Supervisor(
         state, ready_timeout=_env_float("LOCALFAAS_READY_TIMEOUT", 60.0),
         health_interval=_env_float("LOCALFAAS_HEALTH_INTERVAL", 2.0),
@@ -111,7 +112,8 @@ async def up(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     deploys = [asyncio.create_task(_deploy(supervisor, c, contexts[c.name])) for c in configs]
     cron = CronConnector(url, credentials.user, credentials.password,
-                         rebuild_interval=_env_float("LOCALFAAS_CRON_INTERVAL", 10.0))
+                         rebuild_interval=_env_float("LOCALFAAS_CRON_INTERVAL", 10.0),
+                         token_file=state / "secrets" / CRON_TOKEN)
     cron_task = asyncio.create_task(cron.run())
     try:
         await stop.wait()

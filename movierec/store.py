@@ -44,16 +44,23 @@ STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
 class StoreError(MovierecError):
-    """Base of the object store's errors; the message names the backend."""
+    """Base of the object store's errors; the message names the backend. Raised as itself it is
+    a failure of the backend (503); each subclass states its own status."""
+
+    status = 503
 
 
 class ObjectNotFoundError(StoreError, NotFound, KeyError):
+    status = 404
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]).splitlines()[0] if self.args else "object not found"
 
 
 class ObjectExistsError(StoreError, Conflict):
     """A write-once object exists with different content."""
+
+    status = 409
 
 
 class StoreUnavailableError(StoreError, Unavailable):
@@ -62,6 +69,8 @@ class StoreUnavailableError(StoreError, Unavailable):
 
 class StoreRejectedError(StoreError, Rejected, ValueError):
     """A key (e.g. one that would leave the store) or a store setting the store refuses."""
+
+    status = 400
 
 
 class ObjectStore(Protocol):

@@ -5,6 +5,9 @@ movierec.trainjob; this composes it with the store, the gateway client, the noti
 Pushgateway (PUSHGATEWAY_URL; blank: no push), and maps errors to replies by their class
 (movierec.errors: rejected data or configuration 4xx, TrainError/SnapshotError 422, an unavailable
 dependency 503). `GET /` (or `/status`) answers the registry's versions and aliases. JSON bodies.
+A POST starts a training (and maybe a canary release), so it needs the `cron-token` secret as
+`Authorization: Bearer <token>` (the local cron sends it; movierec.adapters.replies.check_token):
+401 without it, 503 when the secret is not configured.
 A training takes minutes: stack.yml raises this function's timeouts, and the gateway's
 upstream timeout must be raised to match.
 """
@@ -13,7 +16,7 @@ import logging
 from movierec.adapters.gateway import GatewayClient
 from movierec.adapters.notify import Notifier
 from movierec.adapters.pushgateway import push
-from movierec.adapters.replies import error, from_exception, reply
+from movierec.adapters.replies import CRON_TOKEN, check_token, error, from_exception, reply
 from movierec.adapters.stores import open_store
 from movierec.registry import CANDIDATE, STABLE, Registry
 from movierec.trainjob import TrainConfig, run_training, train_families
@@ -32,6 +35,11 @@ def handle(event, context):
         return reply(200, {"versions": versions[-20:], "aliases": aliases})
     if event.method != "POST":
         return error(405, "use POST to train, GET /status to look", Allow="GET, POST")
+    if event.path.strip("/") not in ("", "train"):
+        return error(404, f"unknown route /{event.path.strip('/')[:40]}: POST / trains, GET /status looks")
+    refused = check_token(event.headers, CRON_TOKEN, realm="train")
+    if refused is not None:
+        return refused
     try:
         config = TrainConfig.from_env()
         summary = run_training(config, open_store(), GatewayClient.from_env(), Notifier.from_env())
