@@ -11,7 +11,6 @@ import pytest
 
 from movierec.store import StoreError
 
-
 CRON = {"Authorization": "Bearer cron-tok"}
 
 
