@@ -277,9 +277,9 @@ class CronConnector:
 def main(argv: list[str] | None = None) -> int:
     """The relay: cron-connector's scheduling, with the cron token on every call."""
     parser = argparse.ArgumentParser(prog="python -m localfaas.cron", description=main.__doc__)
-    parser.add_argument("--gateway", default=os.environ.get("gateway_url") or "http://127.0.0.1:8080")
-    parser.add_argument("--secrets", default=os.environ.get("secret_mount_path") or "/var/openfaas/secrets",
-                        help="folder with basic-auth-user, basic-auth-password and cron-token")
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080", help="the OpenFaaS gateway (gateway_url)")
+    parser.add_argument("--secrets", default="/var/openfaas/secrets",
+                        help="folder with basic-auth-user, basic-auth-password and cron-token (secret_mount_path)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between re-reads of the functions")
     args = parser.parse_args(argv)
     folder = Path(args.secrets)
