@@ -87,7 +87,7 @@ def build_function(stack: Stack, fn: FunctionSpec, out_dir: str | Path) -> Build
             f"(faas-cli template pull, or add template/{fn.lang}/)"
         )
     handler = _checked(validate.inside, stack.root, fn.handler, f"function {fn.name}: handler")
-    if not handler.is_dir() or handler == stack.root.resolve():
+    if not handler.is_dir() or handler.resolve() == stack.root.resolve():
         raise BuildError(f"function {fn.name}: handler folder {stack.root / fn.handler} does not exist")
     out = Path(out_dir)
     dest = out / fn.name

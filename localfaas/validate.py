@@ -8,8 +8,9 @@ Service, so it is checked before anything uses it:
 - namespaces: a DNS-1123 label; secret names: a DNS-1123 subdomain (at most 253), as Kubernetes;
 - environment variable names: Kubernetes' rule `[-._a-zA-Z][-._a-zA-Z0-9]*`; values without NUL;
 - template (`lang`) names: the route rule, never `.`/`..`;
-- paths from the stack (handler folders, `configuration.copy`): relative, inside the project once
-  resolved (symlinks included);
+- paths from the stack (handler folders, `configuration.copy`, `environment_file`): relative and
+  without `..`, so the stack file cannot name anything outside the project (a symlink the
+  project's owner put inside it is followed for reading, as faas-cli does; never for deleting);
 - `envProcess`: only the process the stack itself gives the function (its `fprocess`, or the
   template's) may run; any other is refused (OpenFaaS runs it inside the function's container,
   localfaas would run it on the host as the stack's user);
@@ -111,15 +112,12 @@ def env_process(requested: str | None, own: str) -> str:
 
 
 def inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str) -> Path:
-    """`root / relative`, resolved, when it stays inside `root` (symlinks followed); else refused."""
-    rel = Path(relative)
-    if not str(relative) or rel.is_absolute() or ".." in rel.parts:
-        raise ValidationError(f"{what}: {str(relative)[:120]!r} must be a relative path inside the project")
-    base = Path(root).resolve()
-    target = (base / rel).resolve()
-    if target != base and base not in target.parents:
-        raise ValidationError(f"{what}: {str(relative)[:120]!r} leads outside the project (through a symlink)")
-    return target
+    """`root / relative` when `relative` names a path inside `root`: relative, no `..`, no NUL."""
+    text = str(relative)
+    rel = Path(text)
+    if not text or "\0" in text or rel.is_absolute() or ".." in rel.parts:
+        raise ValidationError(f"{what}: {text[:120]!r} must be a relative path inside the project")
+    return Path(root) / rel
 
 
 def remove_tree(path: str | os.PathLike[str], container: str | os.PathLike[str]) -> None:

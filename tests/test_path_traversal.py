@@ -76,8 +76,6 @@ def _rows(project: Path) -> list[tuple[str, Callable[[], object], type[BaseExcep
         rows.append((f"stack environment_file {path!r}",
                      lambda p=path: parse_stack(stack_text(environment_file=f"[{p!r}]"), project / "stack.yml"),
                      StackError))
-    rows.append(("build handler through a symlink out", lambda: _build(project, handler="./link-out"), BuildError))
-    rows.append(("build copy through a symlink out", lambda: _build(project, copy="link-out"), BuildError))
     rows.append(("envProcess other than the stack's", lambda: validate.env_process("sh -c 'cat /etc/hostname'",
                                                                                  "python index.py"),
                  validate.ValidationError))
@@ -95,8 +93,6 @@ def _rows(project: Path) -> list[tuple[str, Callable[[], object], type[BaseExcep
 
 
 def _build(project: Path, handler: str = "./functions/echo", copy: str | None = None):
-    (project / "link-out").unlink(missing_ok=True)
-    (project / "link-out").symlink_to(project.parent / "outside")
     text = textwrap.dedent(f"""\
         version: 1.0
         provider:
