@@ -134,7 +134,6 @@ ParseResult = WatchEvent | RateEvent | RecommendationEvent | Rejection
 
 # Every reason `parse_line` can give, so metrics can be pre-declared and documented.
 REJECTION_REASONS = (
-    "line_too_long",
     "not_utf8",
     "empty",
     "truncated",
@@ -146,6 +145,7 @@ REJECTION_REASONS = (
     "rating_out_of_range",
     "bad_recommendation",
     "unknown_kind",
+    "line_too_long",
 )
 
 
