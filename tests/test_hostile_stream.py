@@ -237,3 +237,14 @@ def test_one_hostile_line_cannot_make_the_train_or_release_steps_exceed_a_stated
     assert report["watches"] > 0.5 * records and report["ratings"] > 0.15 * records
     for step, peak in report["peaks"].items():
         assert peak < bound, f"{step}: peak {peak / 2**20:.0f} MB over the bound {bound / 2**20:.0f} MB"
+
+
+def test_a_batch_of_huge_lines_keeps_only_their_digests_and_still_counts_duplicates():
+    huge = b"h" * 1_000_000
+    from movierec.batches.builder import BatchBuilder
+
+    batch_builder = BatchBuilder("t", 0)
+    batch_builder.add([0, 1, 2], [huge, huge, huge + b"!"])
+    assert batch_builder.duplicate_lines == 1
+    assert max(len(k) for k in batch_builder.seen_lines) < 100
+    assert batch_builder.build([]).quarantined == {"line_too_long": 3}

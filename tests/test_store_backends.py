@@ -183,12 +183,12 @@ def test_a_write_that_fails_leaves_no_temp_file(tmp_path, failing, monkeypatch):
 
     store = LocalDirectoryStore(tmp_path / "store")
     store.put_once("data/a/first", b"1")  # the folder exists and was swept
-    with mock.patch(failing, side_effect=OSError(errno.ENOSPC, "No space left on device")):
-        with pytest.raises(StoreUnavailableError, match="No space left"):
-            if failing == "os.link":
-                store.put_once("data/a/x", b"abc")
-            else:
-                store.replace("data/a/x", b"abc")
+    with mock.patch(failing, side_effect=OSError(errno.ENOSPC, "No space left on device")), \
+            pytest.raises(StoreUnavailableError, match="No space left"):
+        if failing == "os.link":
+            store.put_once("data/a/x", b"abc")
+        else:
+            store.replace("data/a/x", b"abc")
     assert sorted(os.listdir(tmp_path / "store" / "data" / "a")) == ["first"]
 
 
