@@ -20,9 +20,10 @@ deployed unchanged with faas-cli later:
   (`/system/secrets`), `logs`, `metrics` (`gateway_*`), `credentials` (the basic-auth files) and
   `replies` (errors as HTTP statuses); the same API as a provider under `/provider/`;
 - `secretstore`: the secrets behind `/system/secrets` (private files, name rules);
-- `cron`: cron-connector, scheduling functions from their annotations.
+- `cron`: cron-connector, scheduling functions from their annotations (with the `cron-token`);
+- `validate`: the name, path and process rules of the real providers, applied before any use.
 
-Owns: running a stack's functions locally behind an OpenFaaS-compatible gateway.
-Must not touch: the domain code: this package knows nothing of what the functions do and must
-never import it.
+Owns: running a stack locally as OpenFaaS would, inside its state and build folders.
+Must not touch: anything outside those folders (nothing is deleted or run from elsewhere);
+this package knows nothing of what the functions do; it must never import the domain code.
 """

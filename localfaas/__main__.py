@@ -30,7 +30,7 @@ from aiohttp import web
 
 from localfaas.build import BuildContext, BuildError, shrinkwrap
 from localfaas.credentials import ensure_credentials
-from localfaas.cron import CronConnector
+from localfaas.cron import CRON_TOKEN, CronConnector, ensure_cron_token
 from localfaas.functionconfig import DeployError, FunctionConfig
 from localfaas.gateway import Gateway
 from localfaas.images import Image, ImageStore
@@ -153,6 +153,7 @@ async def up(args: argparse.Namespace) -> int:
     images = ImageStore(state / "images", _builds(stack, contexts),
                         keep=int(_env_float("LOCALFAAS_KEEP_IMAGES", 5)))
     ready_timeout = _env_float("LOCALFAAS_READY_TIMEOUT", 60.0)
+    ensure_cron_token(state / "secrets")  # the scheduler's credential (localfaas.cron)
     supervisor = Supervisor(
         state, ready_timeout=ready_timeout, images=images,
         health_interval=_env_float("LOCALFAAS_HEALTH_INTERVAL", 2.0),
@@ -198,7 +199,8 @@ async def up(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     deploys = asyncio.create_task(_deploy_all(supervisor, images, stack_configs, redeploy))
     cron = CronConnector(url, credentials.user, credentials.password,
-                         rebuild_interval=_env_float("LOCALFAAS_CRON_INTERVAL", 10.0))
+                         rebuild_interval=_env_float("LOCALFAAS_CRON_INTERVAL", 10.0),
+                         token_file=state / "secrets" / CRON_TOKEN)
     cron_task = asyncio.create_task(cron.run())
     try:
         await stop.wait()

@@ -2,8 +2,11 @@
 
 Owns: `build/<fn>/` = a copy of `template/<lang>/`, whose `function/` folder is overlaid by the
 handler folder's contents, plus each `configuration.copy` path at `build/<fn>/function/<path>`;
-and the command that runs a build context locally (the template's `fprocess`).
-Must not touch: the handler or template folders themselves (read only), running processes.
+and the command that runs a build context locally (the template's `fprocess`). Every path it reads
+(template, handler, copied paths) must lie inside the project, and the only thing it ever deletes
+is `build/<fn>/` itself, after checking that it lies inside the build folder (`localfaas.validate`).
+Must not touch: the handler or template folders themselves (read only), running processes,
+anything outside the build folder.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from localfaas import validate
 from localfaas.stackfile import FunctionSpec, Stack, StackError
 
 # Interpreter caches are not part of a function's source; faas-cli's Docker build would copy
@@ -59,26 +63,38 @@ def _copy_into(src: Path, dest: Path) -> None:
 
 def _copy_target(path: str) -> Path:
     rel = Path(path)
-    if rel.is_absolute() or ".." in rel.parts:
+    if rel.is_absolute() or ".." in rel.parts or not path or rel == Path("."):
         raise BuildError(f"configuration.copy: {path!r} must be a relative path inside the project")
     return rel
+
+
+def _checked(call, *args):
+    try:
+        return call(*args)
+    except validate.ValidationError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def build_function(stack: Stack, fn: FunctionSpec, out_dir: str | Path) -> BuildContext:
     if not fn.lang:
         raise BuildError(f"function {fn.name}: has no lang, only an image ({fn.image}); nothing to build")
-    template = template_dir(stack, fn.lang)
+    _checked(validate.function_name, fn.name)
+    _checked(validate.template_name, fn.lang)
+    template = _checked(validate.inside, stack.root, Path("template") / fn.lang, f"function {fn.name}: template")
     if not template.is_dir():
         raise BuildError(
             f"function {fn.name}: template {fn.lang!r} not found at {template} "
             f"(faas-cli template pull, or add template/{fn.lang}/)"
         )
-    handler = stack.root / fn.handler
-    if not handler.is_dir():
-        raise BuildError(f"function {fn.name}: handler folder {handler} does not exist")
-    dest = Path(out_dir) / fn.name
-    # Wipe and recreate so a rebuild never keeps files deleted from the handler or template.
-    shutil.rmtree(dest, ignore_errors=True)
+    handler = _checked(validate.inside, stack.root, fn.handler, f"function {fn.name}: handler")
+    if not handler.is_dir() or handler.resolve() == stack.root.resolve():
+        raise BuildError(f"function {fn.name}: handler folder {stack.root / fn.handler} does not exist")
+    out = Path(out_dir)
+    dest = out / fn.name
+    # Wipe and recreate so a rebuild never keeps files deleted from the handler or template; only
+    # ever build/<fn>/ itself, checked to lie inside the build folder.
+    if dest.exists() or dest.is_symlink():
+        _checked(validate.remove_tree, dest, out)
     if fn.lang == "dockerfile":
         shutil.copytree(handler, dest, ignore=_IGNORE)
         return BuildContext(fn.name, dest, fn.fprocess)
@@ -86,7 +102,7 @@ def build_function(stack: Stack, fn: FunctionSpec, out_dir: str | Path) -> Build
     _copy_into(handler, dest / "function")
     for path in stack.copy:
         rel = _copy_target(path)
-        src = stack.root / rel
+        src = _checked(validate.inside, stack.root, rel, "configuration.copy")
         if not src.exists():
             raise BuildError(f"configuration.copy: {path} does not exist under {stack.root}")
         _copy_into(src, dest / "function" / rel)

@@ -3,16 +3,31 @@
 Owns: the cron expression matcher (5 fields, and `@every <duration>`, `@hourly`, `@daily`, ...),
 refreshing the schedule from the gateway's own HTTP API every rebuild interval (with basic auth,
 exactly as cron-connector does), and invoking `POST /function/<name>.<namespace>` with the
-`X-Topic: cron-function` and `X-Connector: cron-connector` headers.
+`X-Topic: cron-function` and `X-Connector: cron-connector` headers; plus one thing cron-connector
+cannot do: the scheduler's credential. When the secret `cron-token` exists in the secrets folder
+(`ensure_cron_token` makes one, random, on the first start), every call also carries
+`Authorization: Bearer <cron-token>`, so functions whose scheduled route changes state can refuse
+anyone else (a header such as `X-Topic` can be sent by any caller: it proves nothing).
 Must not touch: processes and function state (it only talks HTTP to the gateway).
 Times are UTC, as in the cron-connector container.
+
+Also a standalone relay, for platforms where cron-connector would call those functions without
+the credential (`python -m localfaas.cron --gateway URL --secrets DIR`): it reads
+`basic-auth-user`, `basic-auth-password` and `cron-token` from DIR, as cron-connector reads its
+`secret_mount_path`, and does the same scheduling with the credential.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import secrets as _random
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 
@@ -21,6 +36,7 @@ from localfaas.functionconfig import parse_duration
 log = logging.getLogger("localfaas.cron")
 
 TOPIC = "cron-function"
+CRON_TOKEN = "cron-token"  # the secret whose value scheduled calls carry as a bearer token
 _NAMES = {
     3: {m: i for i, m in enumerate(
         ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)},
@@ -46,7 +62,7 @@ def _field(text: str, position: int) -> frozenset[int]:
         token = token.lower()
         if token in names:
             return names[token]
-        if not token.isdigit():
+        if not (token.isascii() and token.isdigit()):
             raise CronError(f"{token!r} is not a number")
         value = int(token)
         if position == 4 and value == 7:  # Sunday is 0 or 7
@@ -57,7 +73,7 @@ def _field(text: str, position: int) -> frozenset[int]:
 
     for part in text.split(","):
         span, _, step_text = part.partition("/")
-        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        step = int(step_text) if step_text.isascii() and step_text.isdigit() and int(step_text) > 0 else None
         if step_text and step is None:
             raise CronError(f"bad step in {part!r}")
         if span == "*":
@@ -138,11 +154,33 @@ class _Entry:
     next_run: datetime
 
 
+def ensure_cron_token(secrets_dir: str | Path) -> Path:
+    """The scheduler's credential `<secrets>/cron-token`: generated once (random, mode 0600, never a
+    default) and reused; functions that list the secret `cron-token` get the same value."""
+    directory = Path(secrets_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    path = directory / CRON_TOKEN
+    if not path.is_file() or not path.read_text().strip():
+        tmp = directory / f".{CRON_TOKEN}.{_random.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(_random.token_urlsafe(32) + "\n")
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return path
+
+
 class CronConnector:
-    def __init__(self, gateway_url: str, user: str, password: str, *, rebuild_interval: float = 10.0):
+    def __init__(self, gateway_url: str, user: str, password: str, *, rebuild_interval: float = 10.0,
+                 token_file: str | Path | None = None):
         self.gateway_url = gateway_url.rstrip("/")
         self.auth = aiohttp.BasicAuth(user, password)
         self.rebuild_interval = rebuild_interval
+        self.token_file = Path(token_file) if token_file is not None else None  # read at every call
         self.entries: dict[str, _Entry] = {}  # "<name>.<namespace>" -> its schedule
         self._session: aiohttp.ClientSession | None = None
         self._calls: set[asyncio.Task[None]] = set()
@@ -215,6 +253,9 @@ class CronConnector:
         assert self._session is not None
         url = f"{self.gateway_url}/function/{key}"
         headers = {"X-Topic": TOPIC, "X-Connector": "cron-connector"}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             async with self._session.post(url, data=b"", headers=headers) as resp:
                 body = await resp.read()
@@ -222,3 +263,40 @@ class CronConnector:
                 log.log(level, "cron: %s -> %s (%d bytes)", key, resp.status, len(body))
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("cron: calling %s failed: %s", key, exc)
+
+    def _token(self) -> str | None:
+        """The cron token's current value (a rotated secret is picked up at the next call)."""
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError:
+            return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The relay: cron-connector's scheduling, with the cron token on every call."""
+    parser = argparse.ArgumentParser(prog="python -m localfaas.cron", description=main.__doc__)
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080", help="the OpenFaaS gateway (gateway_url)")
+    parser.add_argument("--secrets", default="/var/openfaas/secrets",
+                        help="folder with basic-auth-user, basic-auth-password and cron-token (secret_mount_path)")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds between re-reads of the functions")
+    args = parser.parse_args(argv)
+    folder = Path(args.secrets)
+    try:
+        user, password = ((folder / n).read_text().strip() for n in ("basic-auth-user", "basic-auth-password"))
+        if not (folder / CRON_TOKEN).read_text().strip():
+            raise OSError(f"{folder / CRON_TOKEN} is empty")
+    except OSError as exc:
+        print(f"localfaas.cron: cannot read the secrets in {folder}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connector = CronConnector(args.gateway, user, password, rebuild_interval=args.interval,
+                              token_file=folder / CRON_TOKEN)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(connector.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

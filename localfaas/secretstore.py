@@ -2,8 +2,8 @@
 
 Owns: the folder `<state>/secrets/` (mode 0700) and its files (mode 0600, written atomically:
 a reader sees the old value or the new one, never half of one), secret-name validation
-(Kubernetes' DNS-1123 subdomain rule, so a name that works here also works on faas-netes; no
-path tricks), and which names belong to the gateway itself (its basic-auth credentials: listed and
+(Kubernetes' DNS-1123 subdomain rule, `localfaas.validate.secret_name`, so a name that works here
+also works on faas-netes; no path tricks; a failed write leaves no temp file), and which names belong to the gateway itself (its basic-auth credentials: listed and
 mountable by functions, but not changed or deleted through the API).
 Must not touch: HTTP (the gateway maps the errors below to status codes), the copies each
 function's replicas read (the supervisor refreshes those), any file outside the folder.
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets as _random
 from pathlib import Path
 
+from localfaas import validate
+
 GATEWAY_CREDENTIALS = ("basic-auth-user", "basic-auth-password")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-MAX_NAME_LENGTH = 253
+MAX_NAME_LENGTH = validate.MAX_SUBDOMAIN
 MAX_VALUE_BYTES = 1024 * 1024  # Kubernetes' limit for one Secret
 
 
@@ -33,10 +33,10 @@ class SecretError(ValueError):
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise SecretError("invalid", "name is required: the secret's name, e.g. s3-access-key")
-    if len(name) > MAX_NAME_LENGTH or not _DNS1123_SUBDOMAIN.fullmatch(name):
-        raise SecretError("invalid", f"invalid secret name {name!r}: use lower-case letters, digits, '-' and "
-                                     f"'.', starting and ending with a letter or digit (at most 253)")
-    return name
+    try:
+        return validate.secret_name(name)  # the one rule (DNS-1123 subdomain), shared with stack files
+    except validate.ValidationError as exc:
+        raise SecretError("invalid", str(exc)) from None
 
 
 class SecretStore:
@@ -63,10 +63,15 @@ class SecretStore:
         self._ensure_folder()
         tmp = self.folder / f".{name}.{_random.token_hex(6)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(value)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(value)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:  # a failed write (disk full) leaves no temp file behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         return tmp
 
     def create(self, name: str, value: bytes) -> None:

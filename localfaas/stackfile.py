@@ -1,8 +1,10 @@
 """Reading an OpenFaaS stack file the way faas-cli does.
 
 Owns: environment substitution over the whole file text (`${VAR}`, `${VAR:-default}`; an unset
-variable becomes ""), YAML parsing (anchors and merge keys work), the validation faas-cli applies,
-and the typed view (`Stack`, `FunctionSpec`) the rest of localfaas reads.
+variable becomes ""), YAML parsing (anchors and merge keys work), the validation faas-cli applies
+plus the name rules of the real providers (`localfaas.validate`: function names, namespaces,
+secret names, env names, template names, environment_file paths inside the project), and the
+typed view (`Stack`, `FunctionSpec`) the rest of localfaas reads.
 Must not touch: building, running or calling functions.
 """
 from __future__ import annotations
@@ -16,13 +18,15 @@ from typing import Any
 
 import yaml
 
+from localfaas import validate
+
 DEFAULT_NAMESPACE = "openfaas-fn"
 
 # `${NAME}` and `${NAME:-default}` are what faas-cli substitutes; any other `${...}` form
 # (`${NAME-x}`, `${NAME:?x}`, `${NAME:+x}`) is not, and is refused here rather than
 # silently meaning something different from production.
 _SUBSTITUTION = re.compile(r"\$\{([^}]*)\}")
-_SUPPORTED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
+_SUPPORTED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
 class StackError(ValueError):
@@ -34,7 +38,7 @@ def substitute_env(text: str, env: Mapping[str, str] | None = None) -> str:
 
     def replace(match: re.Match[str]) -> str:
         inner = match.group(1)
-        supported = _SUPPORTED.match(inner)
+        supported = _SUPPORTED.fullmatch(inner)
         if not supported:
             line = text.count("\n", 0, match.start()) + 1
             raise StackError(
@@ -112,7 +116,10 @@ class Stack:
 def _read_environment_files(files: list[str], root: Path, fn: str) -> dict[str, str]:
     merged: dict[str, str] = {}
     for name in files:
-        path = root / name
+        try:
+            path = validate.inside(root, name, f"function {fn}: environment_file")
+        except validate.ValidationError as exc:
+            raise StackError(str(exc)) from None
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:
@@ -126,8 +133,25 @@ def _read_environment_files(files: list[str], root: Path, fn: str) -> dict[str, 
 
 
 def _function(name: str, raw: Any, root: Path) -> FunctionSpec:
+    try:
+        validate.function_name(name)
+    except validate.ValidationError as exc:
+        raise StackError(f"functions: {exc}") from None
     if not isinstance(raw, Mapping):
         raise StackError(f"function {name}: must be a map of settings")
+    spec = _function_spec(name, raw, root)
+    try:
+        validate.namespace(spec.namespace)
+        validate.secret_names(spec.secrets)
+        validate.environment(spec.environment)
+        if spec.lang:
+            validate.template_name(spec.lang)
+    except validate.ValidationError as exc:
+        raise StackError(f"function {name}: {exc}") from None
+    return spec
+
+
+def _function_spec(name: str, raw: Mapping[str, Any], root: Path) -> FunctionSpec:
     lang, handler, image = (_as_str(raw.get(k)) for k in ("lang", "handler", "image"))
     if not image and not (lang and handler):
         raise StackError(f"function {name}: needs `lang` and `handler`, or an `image`")

@@ -1,7 +1,13 @@
 """Renders the Prometheus config for the local stack (or faasd) with its ports and paths filled in.
 
-Owns: which targets Prometheus scrapes (the OpenFaaS gateway's /metrics, the Pushgateway with
-honor_labels so batch functions keep their own job/instance labels, Prometheus itself), the
+Owns: which targets Prometheus scrapes and which of their series it keeps: the OpenFaaS gateway's
+/metrics (job `openfaas-gateway`, GATEWAY_JOB: the only evidence the release analysis reads,
+movierec.release.promql.GATEWAY_JOB), the Pushgateway (the only job with honor_labels, so a batch
+function's push keeps its own job label; and kept to the batch jobs' OWN metrics: job `ingest`
+only `ingest_*`, `train` only `train_*`, `release` only `release_*`, plus the Pushgateway's
+`push_time_seconds`/`push_failure_time_seconds` of those groups. Anything else pushed, such as a
+forged `gateway_*` counter or a push claiming `job="openfaas-gateway"`, is dropped before it is
+stored: the Pushgateway takes writes from anyone who reaches it), Prometheus itself; the
 scrape/evaluation intervals, and the path of the alert rules (monitoring/alerts.yml). Also the
 command lines of Prometheus and the Pushgateway run as our own unprivileged processes.
 
@@ -29,6 +35,18 @@ ALERT_RULES = HERE / "alerts.yml"
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 DEFAULT_PUSHGATEWAY = "http://127.0.0.1:9091"
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
+
+GATEWAY_JOB = "openfaas-gateway"  # == movierec.release.promql.GATEWAY_JOB (a test keeps them equal)
+# The batch functions that push, each only under its own job and its own metric prefix.
+PUSH_JOBS = ("ingest", "train", "release")
+PUSHGATEWAY_OWN = ("push_time_seconds", "push_failure_time_seconds")  # per pushed group
+
+
+def pushed_series_kept() -> str:
+    """The regex over `<job>;<metric name>` a pushed series must match to be stored."""
+    jobs = "|".join(PUSH_JOBS)
+    own = "|".join(f"{job};{job}_.+" for job in PUSH_JOBS)
+    return f"{own}|({jobs});({'|'.join(PUSHGATEWAY_OWN)})"
 
 
 def host_port(url: str) -> str:
@@ -75,11 +93,18 @@ def render(settings: MonitoringSettings) -> str:
         },
         "rule_files": list(settings.rule_files),
         "scrape_configs": [
-            {"job_name": "openfaas-gateway", "metrics_path": settings.gateway_metrics_path,
+            # No honor_labels: every series of this job is labelled job="openfaas-gateway" by
+            # Prometheus itself, whatever the target says.
+            {"job_name": GATEWAY_JOB, "metrics_path": settings.gateway_metrics_path,
              "static_configs": [{"targets": [settings.gateway]}]},
-            # honor_labels: a pushed series keeps the job/instance its batch function gave it.
+            # honor_labels (here only): a pushed series keeps the job/instance its batch function
+            # gave it; so what a push may claim is limited to the batch jobs' own metrics.
             {"job_name": "pushgateway", "honor_labels": True,
-             "static_configs": [{"targets": [settings.pushgateway]}]},
+             "static_configs": [{"targets": [settings.pushgateway]}],
+             "metric_relabel_configs": [
+                 {"source_labels": ["job", "__name__"], "separator": ";", "regex": pushed_series_kept(),
+                  "action": "keep"},
+             ]},
             {"job_name": "prometheus", "static_configs": [{"targets": [settings.prometheus]}]},
         ],
     }

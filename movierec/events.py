@@ -11,9 +11,25 @@ A stream line is one of three kinds (see the stream conventions):
 `Rejection` carrying a short machine-readable `reason` (used as a metric label and as the
 quarantine key) and a human `detail`. Everything that reads or writes stream lines goes
 through this module, so producers and consumers cannot drift apart.
+
+Sizes the stream sets are bounded here, so nothing downstream scales with what one line says:
+- a line is at most `LINE_MAX_BYTES` (8 KiB) of UTF-8; a longer one is quarantined as
+  `line_too_long` with its first `QUARANTINE_RAW_BYTES` bytes and its length;
+- a movie id is 1 to `MOVIE_ID_MAX_CHARS` (200) characters of printable ASCII other than space,
+  the line's separators `,` `/` `=` and the quoting characters `"` `\\` `<` `>` `` ` ``
+  (slugs are URL path segments: anything else arrives percent-encoded, e.g. `l%c3%a9on+1994`);
+  a control character (a trailing NUL too) makes the line `bad_movie_id`, it is never stripped;
+- every number is ASCII digits (`[0-9]`, never `\\d`, which also matches `'٣'` or `'３'`).
+A line that is not UTF-8 keeps its exact bytes in the quarantine (`Rejection.raw`, base64 in
+`quarantine_record`).
+
+Owns: the event types, `parse_line`, `parse_user_id`, `is_movie_id`, the bounds above, the
+rejection reasons and the quarantine record of a rejected line.
+Must not touch: where events go (batches), Kafka, HTTP.
 """
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,15 +38,27 @@ RATING_MIN = 1
 RATING_MAX = 5
 # Kafka user ids are integers; anything wider than int64 cannot be a real id.
 USER_ID_MAX = 2**63 - 1
+# The longest movie id accepted. Real slugs are title + year (the longest MovieLens titles give
+# about 150 characters); the bound keeps every per-row string column (numpy '<U' arrays hold
+# 4 bytes per character of the LONGEST id) at most 800 bytes a row, whatever the stream sends.
+MOVIE_ID_MAX_CHARS = 200
+# The longest line accepted, in bytes: 20 recommended ids of the longest length plus the rest
+# of a recommendation line fit in 4.2 KiB.
+LINE_MAX_BYTES = 8192
+# How much of a rejected over-long line the quarantine keeps (with the line's full length).
+QUARANTINE_RAW_BYTES = 1024
 
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?")
-# A slug: `name+year`, the year may be missing, may end in '+'. No separators of the line.
-_MOVIE = r"[^\s,/=]+"
-_WATCH = re.compile(r"GET /data/m/(" + _MOVIE + r")/(\d{1,9})\.mpg")
-_RATE = re.compile(r"GET /rate/(" + _MOVIE + r")=(-?\d+(?:\.\d*)?)")
+_D = "[0-9]"  # ASCII digits only: `\d` also matches other scripts' digits
+_TIME = re.compile(rf"{_D}{{4}}-{_D}{{2}}-{_D}{{2}}T{_D}{{2}}:{_D}{{2}}:{_D}{{2}}(?:\.{_D}{{1,9}})?")
+# A slug: `name+year`, the year may be missing, may end in '+'. Printable ASCII without space,
+# the line's separators (, / =) and quoting characters (" \ < > `).
+_MOVIE_CHAR = r"[-0-9A-Za-z+_.%'!()*:;&~@$?#\[\]^{}|]"
+_MOVIE = _MOVIE_CHAR + f"{{1,{MOVIE_ID_MAX_CHARS}}}"
+_WATCH = re.compile(r"GET /data/m/(" + _MOVIE + rf")/({_D}{{1,9}})\.mpg")
+_RATE = re.compile(r"GET /rate/(" + _MOVIE + rf")=(-?{_D}{{1,9}}(?:\.{_D}{{0,9}})?)")
 _RECO = re.compile(
-    r"recommendation request (?P<server>[^,]*), status (?P<status>-?\d{1,4}), "
-    r"result: (?P<result>.*), (?P<latency>\d+(?:\.\d+)?) ?ms"
+    r"recommendation request (?P<server>[^,]*), status (?P<status>-?[0-9]{1,4}), "
+    r"result: (?P<result>.*), (?P<latency>[0-9]{1,12}(?:\.[0-9]{1,9})?) ?ms"
 )
 _MOVIE_ONLY = re.compile(_MOVIE)
 # The fast path (see `_parse_well_formed`): a whole well-formed watch or rate line in one match.
@@ -85,7 +113,20 @@ class RecommendationEvent:
 class Rejection:
     reason: str  # short code: quarantine key and metric label
     detail: str  # one line for a human
-    line: str  # the raw line, kept so nothing is lost
+    line: str  # the raw line as text, kept so nothing is lost (escaped where it was not UTF-8)
+    raw: bytes | None = None  # the exact bytes, when `line` is not them (not UTF-8, or cut short)
+    size: int | None = None  # the line's length in bytes, when `line` was cut short
+
+    def quarantine_record(self) -> dict:
+        """The quarantine's JSON record (the batch adds the offset): reason, detail, line, and for
+        a line that is not UTF-8 or was cut short its exact bytes (`line_b64`) and length."""
+        record: dict = {"reason": self.reason, "detail": self.detail, "line": self.line}
+        if self.raw is not None:
+            record["line_b64"] = base64.b64encode(self.raw).decode("ascii")
+        if self.size is not None:
+            record["line_bytes"] = self.size
+            record["truncated"] = True
+        return record
 
 
 Event = WatchEvent | RateEvent | RecommendationEvent
@@ -104,6 +145,7 @@ REJECTION_REASONS = (
     "rating_out_of_range",
     "bad_recommendation",
     "unknown_kind",
+    "line_too_long",
 )
 
 
@@ -113,7 +155,8 @@ def format_time(t: datetime) -> str:
 
 
 def is_movie_id(text: str) -> bool:
-    return bool(text) and _MOVIE_ONLY.fullmatch(text) is not None
+    """A movie id as the stream may carry it: 1 to MOVIE_ID_MAX_CHARS characters of the slug set."""
+    return bool(text) and len(text) <= MOVIE_ID_MAX_CHARS and _MOVIE_ONLY.fullmatch(text) is not None
 
 
 def parse_user_id(text: str) -> int | None:
@@ -139,14 +182,25 @@ def _parse_time(text: str) -> datetime | None:
 def parse_line(raw: str | bytes) -> ParseResult:
     """Parse one stream line into a typed event, or a Rejection saying why not."""
     if isinstance(raw, bytes):
+        if len(raw) > LINE_MAX_BYTES:
+            return _too_long(raw)
         try:
             line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Rejection("not_utf8", "line is not valid UTF-8", raw.decode("utf-8", "replace"))
+        except UnicodeDecodeError as e:
+            return Rejection("not_utf8", f"line is not valid UTF-8 (byte {e.start})",
+                             raw.decode("utf-8", "backslashreplace"), raw=raw)
     else:
         line = raw
+        if len(line) > LINE_MAX_BYTES // 4 and len(line.encode("utf-8", "surrogatepass")) > LINE_MAX_BYTES:
+            return _too_long(line.encode("utf-8", "surrogatepass"))
     line = line.rstrip("\r\n")
     return _parse_well_formed(line) or _parse_checked(line)
+
+
+def _too_long(raw: bytes) -> Rejection:
+    head = raw[:QUARANTINE_RAW_BYTES]
+    return Rejection("line_too_long", f"line is {len(raw)} bytes: at most {LINE_MAX_BYTES}",
+                     head.decode("utf-8", "backslashreplace"), raw=head, size=len(raw))
 
 
 def _parse_well_formed(line: str) -> WatchEvent | RateEvent | None:
@@ -197,7 +251,7 @@ def _parse_checked(line: str) -> ParseResult:
         if m is None:
             return _reject_request(rest, line, "rate")
         rating_text = m.group(2)
-        if not rating_text.lstrip("-").isdigit():
+        if not rating_text.lstrip("-").isascii() or not rating_text.lstrip("-").isdigit():
             return Rejection("bad_rating", f"rating {rating_text!r} is not a whole number", line)
         rating = int(rating_text)
         if not RATING_MIN <= rating <= RATING_MAX:

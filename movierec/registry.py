@@ -18,17 +18,25 @@ suffix makes two registrations in the same second distinct and lets a name be ch
 its bytes.
 
 `load_serving_model(spec, store, cache_dir)` is what a recommend deployment calls: it resolves a
-version or alias, downloads and verifies the files (sha256) into `cache_dir`, and when the store
-is unreachable serves the copy cached by an earlier successful load.
+version or alias, and uses the files in `cache_dir` only once each matches the sha256 the registry
+records for that version (a copy that does not, damaged or planted, is downloaded again and
+checked); only when the store is unreachable does it serve the cached copy alone, and then only
+with the sha256 the registry recorded when last read (`model_cache_dir`: the cache is the stack's
+own folder by default, never one shared by every stack on the machine).
 
 Errors are movierec.errors classes: `ModelNotFoundError` (NotFound, 404; still a LookupError),
+`UnresolvableModelError` (a ModelNotFoundError for a spec that can never resolve),
 `IntegrityError` (Rejected, 422: stored bytes that do not match their recorded sha256),
 `ModelUnavailableError` (Unavailable, 503); `RegistryError` itself marks misuse (500).
 
 Must not touch: how a model is fitted or scored (`model`, `training`), HTTP or OpenFaaS.
+
+Size: over 450 lines because the registry and its local cache are one trust boundary: every read
+of a cached model goes through the registry's sha256 here, next to what records it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,6 +57,7 @@ from movierec.store import (
     StoreUnavailableError,
     sha256_hex,
     validate_key,
+    write_atomic,
 )
 
 MODELS = "models"
@@ -58,9 +67,12 @@ ARTIFACT = "model.npz"
 MANIFEST = "manifest.json"
 STABLE = "stable"
 CANDIDATE = "candidate"
+KNOWN_ALIASES = (STABLE, CANDIDATE)  # the aliases the product moves (training and the release)
 
-VERSION_RE = re.compile(r"^v\d{8}-\d{6}-[0-9a-f]{8}$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# Matched with fullmatch (never `$`, which also matches before a trailing newline), ASCII digits only.
+VERSION_RE = re.compile(r"v[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
+ALIAS_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
+CACHE_FOLDER = "model-cache"
 
 
 class RegistryError(MovierecError):
@@ -70,6 +82,12 @@ class RegistryError(MovierecError):
 
 class ModelNotFoundError(RegistryError, NotFound, LookupError):
     """No such version, or an alias that is not set (404)."""
+
+
+class UnresolvableModelError(ModelNotFoundError):
+    """A model spec that can never resolve: not a version or alias name, a version the registry
+    does not hold (versions are immutable: it will not appear later), or an alias the product never
+    sets (only `stable` and `candidate` move). A deployment pinned to it cannot become ready."""
 
 
 class IntegrityError(RegistryError, Rejected):
@@ -97,7 +115,7 @@ def version_name(artifact_sha256: str, now: datetime | None = None) -> str:
 
 
 def is_version(text: str) -> bool:
-    return bool(VERSION_RE.match(text))
+    return isinstance(text, str) and VERSION_RE.fullmatch(text) is not None
 
 
 def code_version(env: Mapping[str, str] | None = None) -> str:
@@ -121,11 +139,28 @@ def code_version(env: Mapping[str, str] | None = None) -> str:
     return "unknown"
 
 
-def model_cache_dir(env: Mapping[str, str] | None = None) -> str:
-    """MODEL_CACHE_DIR, or `$TMPDIR/movierec-model-cache` when it is blank."""
+def model_cache_dir(env: Mapping[str, str] | None = None, store: ObjectStore | None = None) -> str:
+    """Where the local model cache lives: MODEL_CACHE_DIR; else the stack's own state folder
+    (`$STACK_STATE_DIR/model-cache`); else beside a local store folder (`<store>/../model-cache`,
+    `var/model-cache` for the local stack's `var/store`); else (an S3 store in a container, whose
+    /tmp is its own) `$TMPDIR/movierec-model-cache-<uid>`. Never a folder shared by every stack on
+    the machine by default; and whatever it holds is only used after checking it against the
+    registry's sha256 (`Registry.fetch`)."""
     env = os.environ if env is None else env
-    configured = Settings(env).get("MODEL_CACHE_DIR")
-    return configured or os.path.join(env.get("TMPDIR") or tempfile.gettempdir(), "movierec-model-cache")
+    settings = Settings(env)
+    configured = settings.get("MODEL_CACHE_DIR")
+    if configured:
+        return configured
+    state = env.get("STACK_STATE_DIR") or ""
+    if state:
+        return os.path.join(state, CACHE_FOLDER)
+    root = getattr(store, "root", None)  # the local backend's folder
+    if root is None and store is None:
+        url = settings.get("STORE_URL")
+        root = (url or settings.get("STORE_DIR")) if not url.startswith("s3://") else None
+    if root:
+        return str(Path(root).resolve().parent / CACHE_FOLDER)
+    return os.path.join(env.get("TMPDIR") or tempfile.gettempdir(), f"movierec-model-cache-{os.getuid()}")
 
 
 @dataclass(frozen=True)
@@ -255,33 +290,40 @@ class Registry:
         return [json.loads(self.store.get(k)) for k in self.store.list(f"{ALIASES}/history/{name}/")]
 
     def resolve(self, spec: str) -> str:
-        """A version name for a version name or an alias."""
+        """A version name for a version name or an alias. UnresolvableModelError when `spec` can
+        never resolve; ModelNotFoundError for `stable`/`candidate` not set yet."""
         spec = spec.strip()
         if is_version(spec):
-            self.get(spec)
+            try:
+                self.get(spec)
+            except ModelNotFoundError as e:
+                raise UnresolvableModelError(str(e)) from None
             return spec
-        if not ALIAS_RE.match(spec):
-            raise ModelNotFoundError(f"{spec!r} is neither a model version (vYYYYMMDD-HHMMSS-sha8) nor an alias")
+        if not ALIAS_RE.fullmatch(spec) or spec == "history":
+            raise UnresolvableModelError(
+                f"{spec[:80]!r} is neither a model version (vYYYYMMDD-HHMMSS-sha8) nor an alias")
         version = self.alias_version(spec)
         if version is None:
+            if spec not in KNOWN_ALIASES:
+                raise UnresolvableModelError(f"alias {spec!r} is not set in {self.store.describe()}, and only "
+                                             f"{' and '.join(KNOWN_ALIASES)} are ever set")
             raise ModelNotFoundError(f"alias {spec!r} is not set in {self.store.describe()}")
         return version
 
     # -- local copies ------------------------------------------------------------------------
     def fetch(self, version: str, cache_dir: str | os.PathLike[str]) -> Path:
-        """A local directory holding the verified files of `version` (downloaded once, then cached)."""
+        """A local directory holding the files of `version`, each checked against the sha256 the
+        registry records for it NOW: a cached copy is used only when every file matches (a copy
+        that does not, damaged or planted, is replaced by a fresh download, itself checked)."""
+        entry = self.get(version)  # the registry's record first: the cache is never the authority
+        files = entry.metadata["files"]
         target = Path(cache_dir) / version
-        if target.is_dir():
-            try:
-                verify_dir(target)
-                return target
-            except IntegrityError:
-                shutil.rmtree(target, ignore_errors=True)  # a damaged cache is re-downloaded
-        entry = self.get(version)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if _cached_matches(target, files):
+            return target
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
         try:
-            for name, expected in entry.metadata["files"].items():
+            for name, expected in files.items():
                 data = self.store.get(f"{MODELS}/{version}/{validate_key(name)}")
                 if sha256_hex(data) != expected:
                     raise IntegrityError(
@@ -292,79 +334,122 @@ class Registry:
             try:
                 staging.rename(target)  # atomic: a reader sees no directory or a complete one
             except OSError:
-                if not target.is_dir():  # another process won the race with the same bytes
-                    raise
+                # Another process won the race: its copy must match the registry like any other.
+                if not _cached_matches(target, files):
+                    raise IntegrityError(f"model {version}: the cached copy in {target} does not match "
+                                         f"the registry and cannot be replaced") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
 
-def verify_dir(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a fetched model directory against its metadata.json; returns the metadata."""
+def verify_dir(directory: str | os.PathLike[str], files: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Check a fetched model directory file by file against `files` (name -> sha256: the
+    registry's record) or, when not given, against the directory's own metadata.json (only for a
+    copy `fetch` wrote, during a store outage); returns the metadata."""
     directory = Path(directory)
     try:
         metadata = json.loads((directory / METADATA).read_text())
     except (OSError, ValueError) as e:
         raise IntegrityError(f"{directory}: unreadable {METADATA}: {e}") from None
-    for name, expected in metadata.get("files", {}).items():
+    expected_files = metadata.get("files", {}) if files is None else files
+    if files is not None and metadata.get("files") != dict(files):
+        raise IntegrityError(f"{directory}: {METADATA} differs from the registry's record")
+    if not isinstance(expected_files, Mapping) or ARTIFACT not in expected_files:
+        raise IntegrityError(f"{directory}: no sha256 recorded for {ARTIFACT}")
+    for name, expected in expected_files.items():
         try:
-            actual = sha256_hex((directory / name).read_bytes())
-        except OSError:
+            actual = sha256_hex((directory / validate_key(name)).read_bytes())
+        except (OSError, ValueError):
             raise IntegrityError(f"{directory}: {name} is missing") from None
         if actual != expected:
             raise IntegrityError(f"{directory}: {name} sha256 {actual[:12]} != registered {expected[:12]}")
     return metadata
 
 
+def _cached_matches(target: Path, files: Mapping[str, str]) -> bool:
+    """True when `target` is a real directory whose files match `files`; anything else found
+    there (a symlink, a file, a damaged or foreign copy) is removed so a download can replace it."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        with contextlib.suppress(OSError):
+            target.unlink()
+        return False
+    if not target.is_dir():
+        return False
+    try:
+        verify_dir(target, files)
+        return True
+    except IntegrityError:
+        shutil.rmtree(target, ignore_errors=True)
+        return False
+
+
 def _cached_alias_path(cache_dir: Path, alias: str) -> Path:
     return cache_dir / "aliases" / f"{alias}.json"
 
 
-def load_serving_model(spec: str, store: ObjectStore, cache_dir: str | os.PathLike[str]):
+def load_serving_model(spec: str, store: ObjectStore, cache_dir: str | os.PathLike[str] | None = None):
     """The RecommenderModel a deployment pinned to `spec` (a version or alias) serves.
 
-    Store reachable: resolve, fetch (verified), remember the alias resolution in the cache.
-    Store unreachable: use the cached resolution and the cached, re-verified files.
+    Store reachable: resolve, fetch (every file checked against the registry's sha256, cached or
+    not), and remember the alias resolution with that sha256 in the cache.
+    Store unreachable (only then): the cached resolution and the cached copy, served only when the
+    model's sha256 is the one the registry recorded when it was last read.
+    Either way the loaded bytes' sha256 must equal that recorded sha256, or IntegrityError.
     Raises ModelNotFoundError for an unknown spec, ModelUnavailableError when neither works.
+    `cache_dir` blank: `model_cache_dir(store=store)`.
     """
     from movierec.artifact import load_model  # numpy/model code is needed only here
 
-    cache = Path(cache_dir)
+    cache = Path(cache_dir) if cache_dir else Path(model_cache_dir(store=store))
     spec = spec.strip() or STABLE
     registry = Registry(store)
     try:
         version = registry.resolve(spec)
         directory = registry.fetch(version, cache)
+        expected = json.loads((directory / METADATA).read_text())["sha256"]
         if not is_version(spec):
             path = _cached_alias_path(cache, spec)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"alias": spec, "version": version}))
+            record = {"alias": spec, "version": version, "sha256": expected}
+            write_atomic(path, json.dumps(record).encode(), mode=0o600)
     except StoreUnavailableError as e:
-        directory = _cached_copy(spec, cache, reason=str(e))
+        directory, expected = _cached_copy(spec, cache, reason=str(e))
     model = load_model(directory)
+    if model.sha256 != expected:  # the bytes loaded, not only the bytes checked a moment ago
+        raise IntegrityError(f"model {directory.name}: loaded sha256 {model.sha256[:12]} != registered {expected[:12]}")
     if model.version != directory.name:  # a manifest from before registration names no version
         model.manifest["version"] = directory.name
     return model
 
 
-def _cached_copy(spec: str, cache: Path, reason: str) -> Path:
-    version = spec
+def _cached_copy(spec: str, cache: Path, reason: str) -> tuple[Path, str]:
+    """During a store outage: the cached directory for `spec` and the sha256 the registry recorded
+    for it when last read (an alias: the one its cached resolution carries)."""
+    version, recorded = spec, None
     if not is_version(spec):
+        if not ALIAS_RE.fullmatch(spec):
+            raise UnresolvableModelError(f"{spec[:80]!r} is neither a model version (vYYYYMMDD-HHMMSS-sha8) nor an alias")
         try:
-            version = json.loads(_cached_alias_path(cache, spec).read_text())["version"]
-        except (OSError, ValueError, KeyError):
+            record = json.loads(_cached_alias_path(cache, spec).read_text())
+            version, recorded = record["version"], record.get("sha256")
+        except (OSError, ValueError, KeyError, TypeError):
             raise ModelUnavailableError(
                 f"model {spec}: store unavailable ({reason}) and alias {spec!r} was never cached in {cache}"
             ) from None
+        if not isinstance(version, str) or not is_version(version):
+            raise ModelUnavailableError(f"model {spec}: store unavailable ({reason}) and the cached alias is invalid")
     directory = cache / version
-    if not directory.is_dir():
+    if directory.is_symlink() or not directory.is_dir():
         raise ModelUnavailableError(f"model {spec}: store unavailable ({reason}) and no cached copy in {cache}")
-    verify_dir(directory)
-    return directory
+    metadata = verify_dir(directory)  # against the registry's record fetch() wrote beside the files
+    if recorded is not None and metadata.get("sha256") != recorded:
+        raise IntegrityError(f"model {spec}: cached copy sha256 {str(metadata.get('sha256'))[:12]} != "
+                             f"{recorded[:12]} the registry recorded last for alias {spec!r}")
+    return directory, metadata["sha256"]
 
 
 def _check_alias(name: str) -> None:
-    if not ALIAS_RE.match(name) or name == "history":
+    if not isinstance(name, str) or not ALIAS_RE.fullmatch(name) or name == "history":
         raise RegistryError(f"invalid alias name {name!r}")
 
 

@@ -18,7 +18,11 @@ A holder is in one of three states, and `ready()` says which in one line:
 - **failed**: the pinned model exists but cannot be served (a missing MODEL_PATH, a version that
   is not registered, a sha256 mismatch, the store down with nothing cached). It answers 503 and is
   not ready: serving something else under a pinned version would hide the fault from the canary
-  analysis. Logged at ERROR once per distinct reason, not at every retry.
+  analysis. Logged at ERROR once per distinct reason, not at every retry. When MODEL_VERSION can
+  never resolve (`movierec.registry.UnresolvableModelError`: a malformed name, a version the
+  registry does not hold, an alias the product never sets), `ModelHolder.fatal` says so in one line
+  and the recommend handler exits at once, so a deploy pinned to it fails in a second (a rolling
+  update keeps the old replicas) instead of waiting out the readiness timeout.
 Retries (every `MODEL_RETRY_SECONDS`) and popularity refreshes run in one background thread, never
 on the request path: a request only reads what is there.
 
@@ -52,7 +56,7 @@ from movierec.drills import Drill, DrillError, DrillFault  # noqa: F401 (DrillEr
 from movierec.errors import ConfigError
 from movierec.model import RecommenderModel
 from movierec.popularity import Popularity, popularity_from_batches
-from movierec.registry import ModelNotFoundError, is_version
+from movierec.registry import ModelNotFoundError, UnresolvableModelError, is_version
 from movierec.settings import Settings
 
 log = logging.getLogger("movierec.serving")
@@ -79,13 +83,14 @@ def load_configured_model(env: Mapping[str, str], open_store: Callable[[dict[str
     from movierec.registry import load_serving_model, model_cache_dir  # the registry needs the store
 
     spec = settings.get("MODEL_VERSION") or "stable"
+    store = open_store(dict(env))
     try:
-        return load_serving_model(spec, open_store(dict(env)), model_cache_dir(env))
+        return load_serving_model(spec, store, model_cache_dir(env, store))
     except NoModelYet:
         raise
     except ModelNotFoundError as e:
-        if is_version(spec):
-            raise  # a pinned version that does not exist is a fault, not a warm-up
+        if is_version(spec) or isinstance(e, UnresolvableModelError):
+            raise  # a pinned version that does not exist, or a spec that never resolves: a fault
         raise NoModelYet(str(e)) from None
 
 
@@ -120,6 +125,7 @@ class ModelHolder:
         self._state = FAILED
         self._error = "not loaded yet"
         self._reported: str | None = None  # the last state/reason logged, so each is logged once
+        self.fatal: str | None = None  # set when the configured model can never load (see the docstring)
         self._popularity: Popularity | None = None
         self._popularity_at = float("-inf")
         self._last_attempt = float("-inf")
@@ -152,6 +158,9 @@ class ModelHolder:
                 self._state, self._error = WAITING, str(e)
             except Exception as e:  # noqa: BLE001 (any failure leaves the process up, reporting "no model")
                 self._state, self._error = FAILED, f"{type(e).__name__}: {e}".splitlines()[0]
+                if isinstance(e, (UnresolvableModelError, ConfigError)):
+                    spec = Settings(self._env).get("MODEL_VERSION")[:80]
+                    self.fatal = f"MODEL_VERSION {spec!r}: {self._error}"
             else:
                 self._model, self._drill, self._state = model, drill, SERVING
                 self._popularity = None

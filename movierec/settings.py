@@ -100,7 +100,9 @@ SETTINGS: tuple[Setting, ...] = (
     # -- recommend ---------------------------------------------------------------------------------
     _serve("MODEL_VERSION", "str", "stable", "model version or alias a recommend deployment serves"),
     _serve("MODEL_PATH", "str", "", "serve this local model folder instead of the registry"),
-    _serve("MODEL_CACHE_DIR", "str", "", "local model cache; blank: $TMPDIR/movierec-model-cache"),
+    _serve("MODEL_CACHE_DIR", "str", "", "local model cache, used only once it matches the registry's sha256; "
+           "blank: $STACK_STATE_DIR/model-cache, else beside a local store (`var/model-cache`), "
+           "else $TMPDIR/movierec-model-cache-<uid>"),
     _serve("MODEL_RETRY_SECONDS", "float", "5", "retry loading a missing model at most this often", minimum=0),
     _serve("RECOMMEND_K", "int", "20", "movies per answer (at most 100)", minimum=1, maximum=100),
     _serve("POPULARITY_MAX_BATCHES", "int", "64", "before the first model: answer from the popularity of at "
@@ -127,6 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
              "watched is significantly below (1 - this) x stable's", minimum=0, maximum=0.99),
     _release("CANARY_PERCENT", "int", "20", "users in the canary: user id mod 100 below this",
              minimum=0, maximum=100),
+    _release("RELEASE_GATEWAY_JOB", "str", "openfaas-gateway",
+             "Prometheus job of the gateway's own metrics: the only series the analysis counts"),
     _release("STABLE_FUNCTION", "str", "recommend", "the function serving the stable model"),
     _release("CANARY_FUNCTION", "str", "recommend-canary", "the function serving the candidate"),
     _release("FUNCTION_NAMESPACE", "str", "openfaas-fn", "namespace of the recommend functions"),

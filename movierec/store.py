@@ -8,23 +8,29 @@ Two kinds of writes, on purpose:
   sees the old object or the new one, never a mix.
 
 Keys are `/`-separated relative paths such as `data/ratings/movielog1/p0/00000000000000000000-...`;
-a key that could leave the store (`..`, an absolute path, empty parts) is refused with
-`StoreRejectedError`. Every failure to reach the backend raises `StoreUnavailableError` naming the
+a key that could leave the store (`..`, an absolute path, empty parts) or that a backend would
+read differently (control characters such as NUL or newline, backslashes, over 1024 bytes) is
+refused with `StoreRejectedError`. Every failure to reach the backend raises `StoreUnavailableError` naming the
 backend, so callers can retry and report it in one line. The errors are in the product's taxonomy
 (`movierec.errors`): not found (404, still a KeyError), exists (409), unavailable (503), rejected
 (400, still a ValueError).
 
 Owns: the `ObjectStore` protocol, the store errors, `validate_key`, `sha256_hex`,
-`LocalDirectoryStore`, `read_secret` (secret files, as OpenFaaS mounts them) and `write_atomic`
-(the one atomic file write of the core). Must not touch: services. The S3 backend and `open_store`
+`LocalDirectoryStore`, `read_secret` (secret files, as OpenFaaS mounts them), `write_atomic`
+(the one atomic file write of the core: its temp file is removed when the write fails) and
+`sweep_temp_files` (temp files of writers killed mid-write, removed by the local store the first
+time it writes into a folder). Must not touch: services. The S3 backend and `open_store`
 (which picks a backend from the environment) are adapters: `movierec.adapters.s3store`,
 `movierec.adapters.stores`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -33,19 +39,28 @@ from movierec.errors import Conflict, MovierecError, NotFound, Rejected, Unavail
 from movierec.settings import Settings
 
 OPENFAAS_SECRETS = "/var/openfaas/secrets"
+TEMP_PREFIX = ".tmp-"  # write_atomic's temp files; never listed as objects
+STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
 class StoreError(MovierecError):
-    """Base of the object store's errors; the message names the backend."""
+    """Base of the object store's errors; the message names the backend. Raised as itself it is
+    a failure of the backend (503); each subclass states its own status."""
+
+    status = 503
 
 
 class ObjectNotFoundError(StoreError, NotFound, KeyError):
+    status = 404
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]).splitlines()[0] if self.args else "object not found"
 
 
 class ObjectExistsError(StoreError, Conflict):
     """A write-once object exists with different content."""
+
+    status = 409
 
 
 class StoreUnavailableError(StoreError, Unavailable):
@@ -54,6 +69,8 @@ class StoreUnavailableError(StoreError, Unavailable):
 
 class StoreRejectedError(StoreError, Rejected, ValueError):
     """A key (e.g. one that would leave the store) or a store setting the store refuses."""
+
+    status = 400
 
 
 class ObjectStore(Protocol):
@@ -76,10 +93,19 @@ class ObjectStore(Protocol):
         ...
 
 
+MAX_KEY_BYTES = 1024  # S3's limit, applied to every backend so a key that works here works there
+_KEY_CHARS = re.compile(r"[^\x00-\x1f\x7f\\]+")  # no control characters (NUL, newline), no backslash
+
+
 def validate_key(key: str) -> str:
+    """`key` when it names an object inside the store; StoreRejectedError (400) otherwise: empty,
+    absolute, `.`/`..`/empty parts, control characters or backslashes, over 1024 UTF-8 bytes."""
+    if not isinstance(key, str) or not key:
+        raise StoreRejectedError("invalid object key: empty")
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise StoreRejectedError(f"invalid object key {key!r}")
+    if (key.startswith("/") or any(p in ("", ".", "..") for p in parts) or not _KEY_CHARS.fullmatch(key)
+            or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES):
+        raise StoreRejectedError(f"invalid object key {key[:200]!r}")
     return key
 
 
@@ -94,7 +120,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *
     FileExistsError when `path` exists (two racing writers cannot both win). Raises OSError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
@@ -106,8 +132,28 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *
         else:
             os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            Path(tmp).unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def sweep_temp_files(directory: str | os.PathLike[str], older_than_s: float = STALE_TEMP_S) -> int:
+    """Remove `write_atomic`'s temp files in `directory` older than `older_than_s`: what a writer
+    killed mid-write (kill -9, power loss) left behind; a live writer renames its own within
+    seconds. Returns how many were removed; never raises."""
+    removed = 0
+    cutoff = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -123,6 +169,7 @@ class LocalDirectoryStore:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._swept: set[Path] = set()  # folders already cleared of dead writers' temp files
 
     def describe(self) -> str:
         return f"local store {self.root}"
@@ -131,6 +178,9 @@ class LocalDirectoryStore:
         return self.root / validate_key(key)
 
     def _write(self, key: str, path: Path, data: bytes, exclusive: bool) -> None:
+        if path.parent not in self._swept:  # once per folder and store: temp files of killed writers
+            self._swept.add(path.parent)
+            sweep_temp_files(path.parent)
         try:
             write_atomic(path, data, exclusive=exclusive)
         except FileExistsError:
@@ -172,7 +222,7 @@ class LocalDirectoryStore:
             return []
         keys = []
         for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.name.startswith(TEMP_PREFIX):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)

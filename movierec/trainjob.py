@@ -41,7 +41,6 @@ from movierec.registry import (
     RegistryError,
     code_version,
     load_serving_model,
-    model_cache_dir,
 )
 from movierec.release import (
     ReleaseConfig,
@@ -82,7 +81,7 @@ class TrainConfig:
     rmse_max: float = setting_field("RMSE_MAX", 1.0)
     rmse_tolerance: float = setting_field("RMSE_TOLERANCE", 0.02)
     topic: str | None = setting_field("TRAIN_TOPIC", None)  # None: every topic's batches
-    cache_dir: str = setting_field("MODEL_CACHE_DIR", model_cache_dir({}))  # $TMPDIR/movierec-model-cache
+    cache_dir: str = setting_field("MODEL_CACHE_DIR", "")  # blank: registry.model_cache_dir(store=...)
     auto_release: bool = setting_field("AUTO_RELEASE", True)
     pushgateway_url: str | None = setting_field("PUSHGATEWAY_URL", None)  # None: no push
 

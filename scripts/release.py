@@ -10,8 +10,10 @@ Owns the command line an operator uses against a running stack (local or remote 
                                 function's JSON as it is, for scripts;
 - `promote|rollback|abort`      POST the manual action, with the token from the secret file
                                 `release-admin-token` (`--reason` is recorded in the history);
-- `step`                        one analysis step of the running release, now (what cron runs);
-- `train`, `ingest`             invoke those functions now (a training can take minutes);
+- `step`                        one analysis step of the running release, now (what cron runs),
+                                with the token `release-admin-token`;
+- `train`, `ingest`             invoke those functions now (a training can take minutes), with the
+                                token `cron-token` (what the scheduler sends);
 - `drill-bad-model`             a release drill: copy the stable model into a new registry version
                                 whose manifest carries `"drill": {"delay_ms": N, "error_rate": F}`
                                 (movierec.serving then answers slowly and/or with 500s) and/or
@@ -46,6 +48,7 @@ from movierec.store import read_secret
 from scripts.stack import StackConfig
 
 TOKEN_SECRET = "release-admin-token"
+CRON_TOKEN = "cron-token"
 MANUAL = ("promote", "rollback", "abort")
 DEFAULT_DRILL = {"delay_ms": 400.0, "error_rate": 0.3}
 CALL_TIMEOUT_S = {"train": 1800.0, "ingest": 180.0, "step": 150.0}
@@ -71,12 +74,13 @@ class StackCalls:
                                f"is the stack up (make up) or SECRETS_DIR set?")
         return value
 
-    def call(self, method: str, function: str, path: str = "", timeout_s: float = 30.0, **kwargs: Any) -> Any:
+    def call(self, method: str, function: str, path: str = "", timeout_s: float = 30.0,
+             token: str = TOKEN_SECRET, **kwargs: Any) -> Any:
         try:
             return self.gateway.call(method, function, path, timeout_s=timeout_s, **kwargs)
         except FunctionError as e:
             if e.status == 401:
-                raise CommandError(f"{function}{path}: refused (401): check the secret {TOKEN_SECRET}") from None
+                raise CommandError(f"{function}{path}: refused (401): check the secret {token}") from None
             raise CommandError(str(e)) from None
         except GatewayError as e:
             raise CommandError(f"{e}: is the stack up (make status)?") from None
@@ -95,11 +99,15 @@ def release_manual(calls: StackCalls, args: argparse.Namespace) -> Any:
 
 
 def release_step(calls: StackCalls, args: argparse.Namespace) -> Any:
-    return calls.call("POST", "release", "/step", timeout_s=CALL_TIMEOUT_S["step"])
+    token = calls.secret(TOKEN_SECRET)
+    return calls.call("POST", "release", "/step", timeout_s=CALL_TIMEOUT_S["step"],
+                      headers={"Authorization": f"Bearer {token}"})
 
 
 def invoke(calls: StackCalls, args: argparse.Namespace) -> Any:
-    return calls.call("POST", args.action, "", timeout_s=CALL_TIMEOUT_S[args.action], data=b"")
+    token = calls.secret(CRON_TOKEN)
+    return calls.call("POST", args.action, "", timeout_s=CALL_TIMEOUT_S[args.action], token=CRON_TOKEN,
+                      data=b"", headers={"Authorization": f"Bearer {token}"})
 
 
 def drill_settings(delay_ms: float | None, error_rate: float | None, ranking: str | None = None):

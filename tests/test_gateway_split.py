@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -334,3 +335,62 @@ def test_access_log_records_variant_serving_function_upstream_status_and_time(ng
     # " : " separates the canary attempt from the stable one (nginx's notation for a redirect)
     assert re.search(r"status=200 variant=canary function=recommend upstream_status=503 : 200 "
                      r"upstream_time=\d+\.\d{3} : \d+\.\d{3} ", fallback[-1])
+
+
+# -- hostile requests: every error nginx itself produces is one line of text ------------------------
+def _raw(port: int, data: bytes, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+    head, _, body = out.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body
+
+
+_H = b"Host: x\r\nConnection: close\r\n"
+HOSTILE_REQUESTS = [  # (what it tries, raw request, expected status)
+    ("trailing newline after the id", b"GET /recommend/1%0a HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("trailing carriage return", b"GET /recommend/1%0d HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("NUL in the id", b"GET /recommend/1%00 HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("newline inside the id", b"GET /recommend/1%0a2 HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("Arabic-Indic digit id", "GET /recommend/\u0663 HTTP/1.1\r\n".encode() + _H + b"\r\n", 400),
+    ("full-width digit id", b"GET /recommend/%EF%BC%93 HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("20 KB URI", b"GET /recommend/" + b"1" * 20_000 + b" HTTP/1.1\r\n" + _H + b"\r\n", 414),
+    ("20 KB header", b"GET /recommend/21 HTTP/1.1\r\n" + _H + b"X-A: " + b"a" * 20_000 + b"\r\n\r\n", 400),
+    ("not HTTP at all", b"GARBAGE\r\n\r\n", 400),
+    ("HTTP/9.9", b"GET /recommend/21 HTTP/9.9\r\n" + _H + b"\r\n", 505),
+    ("no Host header", b"GET /recommend/21 HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    ("TRACE", b"TRACE /recommend/21 HTTP/1.1\r\n" + _H + b"\r\n", 405),
+    ("100 MB body, stable user", b"POST /recommend/21 HTTP/1.1\r\n" + _H + b"Content-Length: 100000000\r\n\r\n", 413),
+    ("100 MB body, canary user", b"POST /recommend/1 HTTP/1.1\r\n" + _H + b"Content-Length: 100000000\r\n\r\n", 413),
+    ("Content-Length with chunked", b"POST /recommend/21 HTTP/1.1\r\n" + _H +
+     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("broken chunked body, canary user", b"POST /recommend/1 HTTP/1.1\r\n" + _H +
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n", 400),
+    ("dot-dot out of /recommend", b"GET /recommend/../function/train HTTP/1.1\r\n" + _H + b"\r\n", 404),
+    ("encoded dot-dot", b"GET /recommend/%2e%2e/function/train HTTP/1.1\r\n" + _H + b"\r\n", 404),
+    ("the internal split location", b"GET /_split/stable/1 HTTP/1.1\r\n" + _H + b"\r\n", 404),
+    ("an internal error page", b"GET /_errors/500 HTTP/1.1\r\n" + _H + b"\r\n", 404),
+    ("the gateway's function route", b"POST /function/train HTTP/1.1\r\n" + _H + b"Content-Length: 0\r\n\r\n", 404),
+    ("the gateway's system route", b"GET /system/functions HTTP/1.1\r\n" + _H + b"\r\n", 404),
+]
+
+
+def test_hostile_requests_get_one_line_text_errors_without_internals(nginx, stand_in):
+    held, failed = 0, []
+    for name, request, expected in HOSTILE_REQUESTS:
+        status, body = _raw(nginx.port, request)
+        text = body.decode("utf-8", "replace")
+        ok = (status == expected and text.endswith("\n") and text.count("\n") == 1 and "<html" not in text.lower()
+              and "nginx" not in text.lower() and "/_" not in text and str(nginx.settings.temp_dir) not in text)
+        held += ok
+        if not ok:
+            failed.append((name, status, text[:120]))
+    print(f"nginx bad-input table: {len(HOSTILE_REQUESTS)} tried, {held} held")
+    assert not failed
+    assert not any("\n" in call or "%0a" in call.lower() for call in stand_in.calls)

@@ -177,9 +177,10 @@ def test_the_p99_ratio_panel_divides_the_release_analysis_p99_figures():
     figures = {f: p.figures(p.function_is(f, "$namespace"), w)["p99_latency_s"] for f in ("recommend", "recommend-canary")}
     assert gateway_panel_expressions()[("p99 ratio canary / stable", "A")] == \
         f"{figures['recommend-canary']} / {figures['recommend']}"
-    # ... the same p99 the controller queries for its p99_latency and p99_vs_stable checks.
+    # ... the same p99 the controller queries for its p99_latency and p99_vs_stable checks (which
+    # also select the gateway's own scrape job: only its series count as release evidence).
     assert p.variant_queries("recommend-canary", "openfaas-fn", 120)["p99_latency_s"] == \
-        p.figures(p.function_is("recommend-canary", "openfaas-fn"), "120s")["p99_latency_s"]
+        p.figures(f'{p.scraped_by()},{p.function_is("recommend-canary", "openfaas-fn")}', "120s")["p99_latency_s"]
 
 
 def test_the_templates_use_the_metric_names_the_local_gateway_exports():

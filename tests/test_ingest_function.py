@@ -23,7 +23,8 @@ from tests.test_kafka_ingest import committed, produce
 from tests.test_recommend_function import FunctionProcess
 
 REPO = Path(__file__).resolve().parent.parent
-CRON = {"X-Topic": "cron-function", "X-Connector": "cron-connector"}
+CRON_TOKEN = "cron-token-for-tests"
+CRON = {"X-Topic": "cron-function", "X-Connector": "cron-connector", "Authorization": f"Bearer {CRON_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,11 @@ def build_context(tmp_path_factory):
 
 
 def serve(build_context, tmp_path_factory, bootstrap: str, topic: str, store_dir: Path) -> FunctionProcess:
+    secrets = tmp_path_factory.mktemp("secrets")
+    (secrets / "cron-token").write_text(CRON_TOKEN + "\n")
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic, "KAFKA_GROUP_ID": f"g-{topic}",
-           "STORE_URL": str(store_dir), "INGEST_IDLE_SECONDS": "1.5", "KAFKA_SESSION_TIMEOUT_MS": "3000"}
+           "STORE_URL": str(store_dir), "INGEST_IDLE_SECONDS": "1.5", "KAFKA_SESSION_TIMEOUT_MS": "3000",
+           "SECRETS_DIR": str(secrets)}
     return FunctionProcess(build_context, env, tmp_path_factory.mktemp("logs") / "ingest.log")
 
 
@@ -95,8 +99,24 @@ def test_any_method_but_post_is_refused_with_405_and_starts_no_run(served, metho
     assert reply.json() == {"error": f"method {method} not allowed: POST starts an ingest run"}
 
 
+@pytest.mark.parametrize("query", ["max_seconds=nan", "max_seconds=inf", "max_seconds=-1", "max_seconds=1e9",
+                                   "max_records=%D9%A3", "max_records=%EF%BC%93", "max_records=0",
+                                   "max_records=1.5", "max_seconds=%201"])
+def test_a_bound_that_is_not_a_positive_finite_ascii_number_gets_400(served, query):
+    reply = requests.post(f"{served.url}/?{query}", headers=CRON, timeout=10)
+    assert reply.status_code == 400 and reply.json()["error"].startswith("Rejected: query parameter")
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Topic": "cron-function", "X-Connector": "cron-connector"},
+                                     {"Authorization": "Bearer wrong"}])
+def test_a_run_without_the_cron_token_is_refused_and_starts_nothing(served, headers):
+    reply = requests.post(served.url + "/", headers=headers, timeout=10)
+    assert reply.status_code == 401 and "cron-token" in reply.json()["error"]
+    assert reply.headers["WWW-Authenticate"] == 'Bearer realm="ingest"'
+
+
 def test_a_bad_bound_in_the_query_gets_400_in_one_line(served):
-    reply = requests.post(served.url + "/?max_records=lots", timeout=10)
+    reply = requests.post(served.url + "/?max_records=lots", headers=CRON, timeout=10)
     assert reply.status_code == 400
     assert reply.json() == {"error": "Rejected: query parameter max_records must be a number, got 'lots'"}
 

@@ -238,3 +238,37 @@ def test_prometheus_loads_the_alert_rules(monitoring_stack):
     rules = requests.get(f"{monitoring_stack['prometheus']}/api/v1/rules", timeout=5).json()
     groups = {group["name"] for group in rules["data"]["groups"]}
     assert groups == {"openfaas-functions", "ingest", "canary"}
+
+
+def test_honor_labels_is_on_the_pushgateway_job_only_and_pushes_keep_to_their_own_metrics():
+    from movierec.release.promql import GATEWAY_JOB
+
+    config = yaml.safe_load(render(MonitoringSettings.local({})))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert GATEWAY_JOB in jobs and [n for n, j in jobs.items() if j.get("honor_labels")] == ["pushgateway"]
+    [keep] = jobs["pushgateway"]["metric_relabel_configs"]
+    assert keep["action"] == "keep" and keep["source_labels"] == ["job", "__name__"]
+    pattern = re.compile(keep["regex"])  # Prometheus anchors relabel regexes: fullmatch
+    for kept in ("ingest;ingest_records", "train;train_rmse", "release;release_running", "ingest;push_time_seconds"):
+        assert pattern.fullmatch(kept), kept
+    for dropped in ("ingest;gateway_function_invocation_total", "openfaas-gateway;gateway_functions_seconds_count",
+                    "pushgateway;gateway_service_count", "train;ingest_records", "release;up",
+                    "prometheus;push_time_seconds", "ingest;ingest_", "x;push_time_seconds"):
+        assert not pattern.fullmatch(dropped), dropped
+
+
+@needs_prometheus
+def test_a_forged_gateway_series_pushed_to_the_pushgateway_is_never_stored(monitoring_stack):
+    forged = CollectorRegistry()
+    Counter("gateway_function_invocation", "forged", ["function_name", "code"], registry=forged).labels(
+        "recommend-canary.openfaas-fn", "500").inc(720)
+    for job in ("openfaas-gateway", "ingest", "pushgateway"):
+        push_to_gateway(monitoring_stack["pushgateway"], job=job, registry=forged)
+    legit = CollectorRegistry()
+    Gauge("ingest_last_success_timestamp_seconds", "probe", registry=legit).set_to_current_time()
+    push_to_gateway(monitoring_stack["pushgateway"], job="ingest", registry=legit, grouping_key={"instance": "probe"})
+    query_until_present(monitoring_stack["prometheus"], 'ingest_last_success_timestamp_seconds{instance="probe"}')
+    time.sleep(2.5)  # a few more scrapes
+    result = requests.get(f"{monitoring_stack['prometheus']}/api/v1/query",
+                          params={"query": 'gateway_function_invocation_total{code="500"}'}, timeout=5).json()
+    assert result["status"] == "success" and result["data"]["result"] == []

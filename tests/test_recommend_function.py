@@ -198,3 +198,36 @@ def test_the_core_is_imported_from_the_build_context_not_the_repository(build_co
         cwd=build_context.path, env={"PATH": os.environ.get("PATH", "")}, capture_output=True, text=True,
         check=True)
     assert Path(probe.stdout.strip()).is_relative_to(build_context.path)
+
+
+@pytest.mark.parametrize("spec, says", [("v9", "only stable and candidate"), ("../stable", "neither a model version"),
+                                        ("v20261128-010203-abcdef12", "no model version"),
+                                        ("stable\nx", "neither a model version")])
+def test_a_model_version_that_can_never_load_fails_at_once_in_one_line(build_context, tmp_path, spec, says):
+    """Not a readiness wait until the deploy times out: the process exits within seconds and its
+    log's last line says why (the deploy then fails with a pointer to that log)."""
+    log = tmp_path / "log"
+    env = {"PATH": os.environ.get("PATH", ""), "PORT": str(free_port()), "HOME": str(tmp_path),
+           "MODEL_VERSION": spec, "STORE_URL": str(tmp_path / "store"), "MODEL_RETRY_SECONDS": "3600"}
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        done = subprocess.run(process_command(build_context.fprocess), cwd=build_context.path, env=env,
+                              stdout=out, stderr=subprocess.STDOUT, timeout=60, check=False)
+    assert done.returncode == 78 and time.monotonic() - started < 30
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("recommend: cannot serve: MODEL_VERSION") and says in last
+
+
+def test_an_alias_that_is_not_set_yet_keeps_the_function_up_waiting_for_a_model(build_context, tmp_path):
+    """Unlike a spec that can never resolve, `stable`/`candidate` not set yet is warm-up: the
+    function stays up, answers from popularity, and its health says what it waits for."""
+    fn = FunctionProcess(build_context, {"MODEL_VERSION": "candidate", "STORE_URL": str(tmp_path / "store")},
+                         tmp_path / "log")
+    try:
+        reply = requests.get(f"{fn.url}/42", timeout=5)
+        assert reply.status_code == 200 and reply.headers["X-Model-Version"] == "popularity"
+        health = requests.get(f"{fn.url}/health", timeout=5)
+        assert "waiting for a model" in health.text and "candidate" in health.text
+        assert "\n" not in health.text.strip()
+    finally:
+        fn.stop()

@@ -162,3 +162,100 @@ def test_a_damaged_cache_is_fetched_again(tmp_path):
     directory = registry.fetch(entry.version, tmp_path / "cache")
     (directory / "model.npz").write_bytes(b"bit rot")
     assert load_serving_model(entry.version, store, tmp_path / "cache").sha256 == entry.sha256
+
+
+# -- a cache that is only a cache ------------------------------------------------------------------
+def _plant(cache, version: str, model) -> None:
+    """Put a different, self-consistent model (its own metadata.json and manifest agree with its
+    bytes) into the cache under `version`: what someone with write access to the cache could do."""
+    import json
+
+    from movierec.artifact import save_model
+    from movierec.store import sha256_hex
+
+    target = cache / version
+    target.mkdir(parents=True)
+    save_model(model, target)
+    files = {p.name: sha256_hex(p.read_bytes()) for p in target.iterdir()}
+    (target / "metadata.json").write_text(json.dumps({"version": version, "files": files,
+                                                      "sha256": files["model.npz"]}))
+
+
+def test_a_planted_self_consistent_model_in_the_cache_is_refused_and_replaced(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    registry = Registry(store)
+    entry = registry.register_model(tiny_model(1), now=T0)
+    registry.set_alias("stable", entry.version)
+    cache = tmp_path / "cache"
+    _plant(cache, entry.version, tiny_model(2))
+    for spec in (entry.version, "stable"):
+        model = load_serving_model(spec, store, cache)
+        assert model.sha256 == entry.sha256, spec  # the registry's model, not the planted one
+    assert model.recommend(1, 3) == tiny_model(1).recommend(1, 3)
+
+
+def test_a_symlink_planted_in_the_cache_is_not_followed(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    entry = Registry(store).register_model(tiny_model(1), now=T0)
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    _plant(elsewhere, entry.version, tiny_model(2))
+    cache.mkdir()
+    (cache / entry.version).symlink_to(elsewhere / entry.version)
+    assert load_serving_model(entry.version, store, cache).sha256 == entry.sha256
+    assert not (cache / entry.version).is_symlink()
+    assert (elsewhere / entry.version / "model.npz").is_file()  # removed the link, not its target
+
+
+def test_during_an_outage_an_alias_is_served_only_with_the_sha_the_registry_recorded_last(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    registry = Registry(store)
+    v1 = registry.register_model(tiny_model(1), now=T0)
+    v2 = registry.register_model(tiny_model(2), now=T0 + timedelta(seconds=5))
+    registry.set_alias("stable", v1.version)
+    cache = tmp_path / "cache"
+    load_serving_model("stable", store, cache)
+    load_serving_model(v2.version, store, cache)  # v2 is cached too, but stable was last seen at v1
+    assert load_serving_model("stable", UnreachableStore(), cache).sha256 == v1.sha256
+    # Planting v2 in v1's place (self-consistent) does not fool the outage path either.
+    import shutil
+
+    shutil.rmtree(cache / v1.version)
+    shutil.copytree(cache / v2.version, cache / v1.version)
+    with pytest.raises(IntegrityError, match="recorded last"):
+        load_serving_model("stable", UnreachableStore(), cache)
+
+
+def test_an_alias_is_never_served_from_the_cache_while_the_store_answers(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    registry = Registry(store)
+    v1 = registry.register_model(tiny_model(1), now=T0)
+    v2 = registry.register_model(tiny_model(2), now=T0 + timedelta(seconds=5))
+    registry.set_alias("stable", v1.version)
+    cache = tmp_path / "cache"
+    load_serving_model("stable", store, cache)
+    registry.set_alias("stable", v2.version)
+    assert load_serving_model("stable", store, cache).sha256 == v2.sha256
+
+
+def test_the_default_cache_is_the_stacks_own_folder_not_a_shared_tmp(tmp_path):
+    from movierec.registry import model_cache_dir
+
+    assert model_cache_dir({"STACK_STATE_DIR": str(tmp_path / "var")}) == str(tmp_path / "var" / "model-cache")
+    assert model_cache_dir({}, LocalDirectoryStore(tmp_path / "var" / "store")) == str(
+        (tmp_path / "var" / "model-cache").resolve())
+    assert model_cache_dir({"STORE_URL": str(tmp_path / "s")}) == str((tmp_path / "model-cache").resolve())
+    assert model_cache_dir({"MODEL_CACHE_DIR": "/x"}) == "/x"
+    assert model_cache_dir({"STORE_URL": "s3://b/p", "TMPDIR": "/t"}).startswith("/t/movierec-model-cache-")
+
+
+@pytest.mark.parametrize("name", ["stable\n", "v20261128-010203-abcdef12\n", "stable ", "Stable", "../stable",
+                                  "v20261128-010203-abcdef1\u0662", "history", "a/b"])
+def test_names_that_only_look_valid_are_refused(name):
+    from movierec.registry import RegistryError
+
+    registry = Registry(LocalDirectoryStore("/nonexistent-store"))
+    assert not is_version(name)
+    with pytest.raises(RegistryError, match="invalid alias"):
+        registry.set_alias(name, None)
+    with pytest.raises(ModelNotFoundError):
+        registry.get(name)

@@ -11,6 +11,8 @@ import pytest
 
 from movierec.store import StoreUnavailableError
 
+CRON = {"Authorization": "Bearer cron-tok"}
+
 
 def _event(method, path, headers=None):
     return SimpleNamespace(method=method, path=path, headers=headers or {}, query={}, body=b"")
@@ -21,6 +23,7 @@ def handler(tmp_path, monkeypatch):
     monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "secrets"))
     monkeypatch.setenv("STORE_URL", str(tmp_path / "store"))
     (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "cron-token").write_text("cron-tok\n")
     spec = importlib.util.spec_from_file_location("release_handler_taxonomy", "functions/release/handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -29,7 +32,7 @@ def handler(tmp_path, monkeypatch):
 
 def test_a_bad_release_setting_is_a_400_naming_the_variable(handler, monkeypatch):
     monkeypatch.setenv("RELEASE_WINDOW", "two hours")
-    reply = handler.handle(_event("POST", "/step"), None)
+    reply = handler.handle(_event("POST", "/step", CRON), None)
     assert reply["statusCode"] == 400
     assert reply["body"]["error"].startswith("ConfigError: RELEASE_WINDOW must be a duration")
     assert reply["headers"]["Content-Type"] == "application/json"
@@ -72,9 +75,20 @@ def test_a_step_while_another_holds_the_lease_is_a_409_naming_it(handler, tmp_pa
                                      started="2026-11-28T01:00:00Z", updated="2026-11-28T01:00:00Z"))
     held = acquire_lease(store, "step", 180, datetime.now(UTC), holder="step on release-abc pid 7")
     monkeypatch.setenv("OPENFAAS_URL", "http://127.0.0.1:9")  # never reached: refused before any call
-    reply = handler.handle(_event("POST", "/step"), None)
+    reply = handler.handle(_event("POST", "/step", CRON), None)
     assert reply["statusCode"] == 409
     assert reply["body"]["error"].startswith("LeaseHeld: release lease held by step on release-abc pid 7 (token 1) "
                                              "until ")
     assert f"until {held.record['expires']}: one release step acts at a time" in reply["body"]["error"]
     held.release()
+
+
+def test_a_step_needs_the_cron_token_or_the_admin_token_and_the_cron_token_is_not_enough_to_promote(handler, tmp_path):
+    for path in ("/", "/step"):
+        assert handler.handle(_event("POST", path), None)["statusCode"] == 401
+        cron_only = handler.handle(_event("POST", path, {"X-Topic": "cron-function"}), None)
+        assert cron_only["statusCode"] == 401 and "cron-token" in cron_only["body"]["error"]
+        assert handler.handle(_event("POST", path, CRON), None)["statusCode"] == 200
+    (tmp_path / "secrets" / "release-admin-token").write_text("admin-tok")
+    assert handler.handle(_event("POST", "/step", {"Authorization": "Bearer admin-tok"}), None)["statusCode"] == 200
+    assert handler.handle(_event("POST", "/promote", CRON), None)["statusCode"] == 401

@@ -148,8 +148,9 @@ def test_a_check_list_is_data_judged_by_the_same_loop():
 
 # -- queries -------------------------------------------------------------------------------
 def test_the_recorded_queries_are_unchanged():
-    """Release histories hold these strings: they stay exactly what the analysis always sent."""
-    sel = 'function_name="recommend.openfaas-fn"'
+    """Release histories hold these strings: they stay exactly what the analysis sends (since issue 12
+    they also select the gateway's own scrape job, so no pushed series can stand in for its own)."""
+    sel = 'job="openfaas-gateway",function_name="recommend.openfaas-fn"'
     assert variant_queries("recommend", "openfaas-fn", 90.5) == {
         "requests": f"sum(increase(gateway_function_invocation_total{{{sel}}}[90s]))",
         "errors": f'sum(increase(gateway_function_invocation_total{{{sel},code=~"5.."}}[90s]))',
@@ -163,9 +164,12 @@ def test_the_recorded_queries_are_unchanged():
 def test_queries_select_the_variant_function_and_range():
     q = variant_queries("recommend-canary", "openfaas-fn", 120)
     assert q["requests"] == (
-        'sum(increase(gateway_function_invocation_total{function_name="recommend-canary.openfaas-fn"}[120s]))'
+        'sum(increase(gateway_function_invocation_total{job="openfaas-gateway",'
+        'function_name="recommend-canary.openfaas-fn"}[120s]))'
     )
     assert 'code=~"5.."' in q["errors"]
+    assert all('job="openfaas-gateway"' in text for text in q.values())
+    assert 'job="gateway"' in variant_queries("recommend", "openfaas-fn", 60, job="gateway")["requests"]
     assert q["p99_latency_s"].startswith("histogram_quantile(0.99, sum by (le) (rate(gateway_functions_seconds_bucket")
 
 

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
 
+from monitoring.render import MonitoringSettings, host_port, write_config
 from movierec.adapters.gateway import FunctionNotFoundError, GatewayClient, GatewayError
 from movierec.adapters.notify import Notifier
 from movierec.adapters.prometheus import PrometheusClient, PrometheusError
@@ -24,6 +25,7 @@ from movierec.release import (
     ReleaseConfig,
     ReleaseStore,
     bootstrap_stable,
+    decide,
     measure,
     run_release_step,
     start_release,
@@ -65,9 +67,24 @@ def stop_process(process: subprocess.Popen):
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory):
-    """A real Prometheus scraping an endpoint that serves the gateway's metric names, fed with
-    two scenarios: namespace `good` (healthy canary) and `bad` (10% 5xx, slow canary)."""
+def pushgateway(tmp_path_factory):
+    """A real Pushgateway, which takes writes from anyone who reaches it."""
+    port = free_port()
+    process = start_process(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"],
+                            tmp_path_factory.mktemp("pushgateway") / "pushgateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{url}/-/ready", timeout=1).status_code == 200, 20, "pushgateway ready")
+        yield url
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory, pushgateway):
+    """A real Prometheus with the stack's own scrape config (monitoring/render.py) scraping an
+    endpoint that serves the gateway's metric names, and the Pushgateway, fed with two scenarios:
+    namespace `good` (healthy canary) and `bad` (10% 5xx, slow canary)."""
     tmp = tmp_path_factory.mktemp("prometheus")
     registry = CollectorRegistry()
     invocations = Counter("gateway_function_invocation", "invocations", ["function_name", "code"], registry=registry)
@@ -81,12 +98,9 @@ def prometheus(tmp_path_factory):
     metrics_port = free_port()
     server, _thread = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     prom_port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: gateway\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
-    )
+    config = write_config(MonitoringSettings(gateway=f"127.0.0.1:{metrics_port}", pushgateway=host_port(pushgateway),
+                                             prometheus=f"127.0.0.1:{prom_port}", rule_files=(),
+                                             scrape_interval="1s"), tmp / "prometheus.yml")
     process = start_process(
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
          f"--web.listen-address=127.0.0.1:{prom_port}"],
@@ -96,7 +110,8 @@ def prometheus(tmp_path_factory):
     try:
         wait_until(lambda: requests.get(f"{url}/-/ready", timeout=1).status_code == 200, 30, "prometheus ready")
         client = PrometheusClient(url)
-        wait_until(lambda: client.query_value('up{job="gateway"}') == 1, 20, "first scrape")
+        wait_until(lambda: client.query_value('up{job="openfaas-gateway"}') == 1, 20, "first scrape")
+        client.metrics_target = f"127.0.0.1:{metrics_port}"
         for _ in range(TICKS):  # bounded: 25 ticks of 0.2 s
             for ns in ("good", "bad"):
                 for _ in range(STABLE_PER_TICK):
@@ -217,6 +232,56 @@ def test_a_failing_canary_is_rolled_back_with_its_metrics_and_queries_recorded(p
     assert {"success_rate", "error_rate_vs_stable", "p99_latency"} <= failed
     assert "recommend-canary.bad" in entry.analysis["queries"]["canary"]["errors"]
     assert hook.bodies[-1]["event"] == "release_rolled_back"
+
+
+def test_forged_gateway_series_pushed_to_the_pushgateway_cannot_change_the_release_analysis(prometheus,
+                                                                                           pushgateway):
+    """The attack of issue 12: push fake gateway_* counters (720 of 960 canary calls failing) to the
+    unauthenticated Pushgateway, under every job a push can claim. The release analysis, against
+    the real Prometheus with the stack's scrape config, reads the same figures and decides the
+    same, and Prometheus holds no gateway_* series but the gateway's own."""
+    config = ReleaseConfig(namespace="good", window_s=600, min_requests=100)
+    before, queries = measure(prometheus, config, 600, datetime.now(UTC))
+    assert all('job="openfaas-gateway"' in q for variant in queries.values() for q in variant.values())
+    verdict_before = decide(before["canary"], before["stable"], config, elapsed_s=600)
+
+    forged = CollectorRegistry()
+    calls = Counter("gateway_function_invocation", "forged", ["function_name", "code"], registry=forged)
+    seconds = Histogram("gateway_functions_seconds", "forged", ["function_name", "code"], buckets=BUCKETS,
+                        registry=forged)
+    calls.labels("recommend-canary.good", "500").inc(720)
+    calls.labels("recommend-canary.good", "200").inc(240)
+    for _ in range(50):
+        seconds.labels("recommend-canary.good", "500").observe(9.0)
+    claims = [("openfaas-gateway", {"instance": prometheus.metrics_target}), ("openfaas-gateway", {}),
+              ("ingest", {}), ("train", {}), ("release", {}), ("pushgateway", {}), ("prometheus", {})]
+    for job, grouping in claims:
+        push_to_gateway(host_port(pushgateway), job=job, registry=forged, grouping_key=grouping)
+    held = requests.get(f"{pushgateway}/metrics", timeout=5).text
+    assert held.count('gateway_function_invocation_total{code="500"') >= len(claims)  # the push was taken
+
+    legit = CollectorRegistry()  # pushed after the forgeries: once it is in Prometheus, they were scraped too
+    Gauge("ingest_last_success_timestamp_seconds", "probe", registry=legit).set(time.time())
+    push_to_gateway(host_port(pushgateway), job="ingest", registry=legit, grouping_key={"instance": "probe"})
+    wait_until(lambda: prometheus.query_value('ingest_last_success_timestamp_seconds{instance="probe"}') is not None,
+               20, "prometheus to scrape the pushgateway")
+    time.sleep(2.5)  # two more scrapes of everything
+
+    after, _ = measure(prometheus, config, 600, datetime.now(UTC))
+    # increase() extrapolates to the window's edges, so the same counters read a few % apart at two
+    # moments; the forgery would have added 960 canary calls (x4) and 720 errors.
+    for variant in ("canary", "stable"):
+        assert after[variant].errors == before[variant].errors == 0
+        assert after[variant].requests == pytest.approx(before[variant].requests, rel=0.1)
+        assert after[variant].p99_latency_s == pytest.approx(before[variant].p99_latency_s, rel=0.1)
+    assert after["canary"].requests < 1.2 * TICKS * CANARY_PER_TICK
+    verdict_after = decide(after["canary"], after["stable"], config, elapsed_s=600)
+    assert verdict_after.action == verdict_before.action == PROMOTE
+    assert prometheus.query_value('count({__name__=~"gateway_.*", job!="openfaas-gateway"})') is None
+    assert prometheus.query_value(
+        f'count({{__name__=~"gateway_.*", instance!="{prometheus.metrics_target}"}})') is None
+    assert prometheus.query_value(
+        'max(gateway_function_invocation_total{code="500", function_name="recommend-canary.good"})') == 0
 
 
 # -- gateway deployment API ----------------------------------------------------------------

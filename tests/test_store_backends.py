@@ -172,3 +172,47 @@ def test_s3_settings_come_from_the_settings_table(tmp_path):
     assert (store.endpoint_url, store.attempts, store._client.meta.region_name) == ("http://127.0.0.1:9", 2, "eu-west-1")
     assert S3Store.from_url("s3://b", {"S3_REGION": "us-west-2", "AWS_DEFAULT_REGION": "eu-west-1"}) \
         ._client.meta.region_name == "us-west-2"
+
+
+# -- temp files: never left behind by a failed write, swept when a killed writer left them --------
+@pytest.mark.parametrize("failing", ["os.fsync", "os.replace", "os.link", "os.fchmod"])
+def test_a_write_that_fails_leaves_no_temp_file(tmp_path, failing, monkeypatch):
+    import errno
+    import os
+    from unittest import mock
+
+    store = LocalDirectoryStore(tmp_path / "store")
+    store.put_once("data/a/first", b"1")  # the folder exists and was swept
+    with mock.patch(failing, side_effect=OSError(errno.ENOSPC, "No space left on device")), \
+            pytest.raises(StoreUnavailableError, match="No space left"):
+        if failing == "os.link":
+            store.put_once("data/a/x", b"abc")
+        else:
+            store.replace("data/a/x", b"abc")
+    assert sorted(os.listdir(tmp_path / "store" / "data" / "a")) == ["first"]
+
+
+def test_temp_files_of_a_killed_writer_are_swept_and_a_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "store" / "data" / "a"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".tmp-dead", folder / ".tmp-alive"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"in progress")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    store = LocalDirectoryStore(tmp_path / "store")
+    assert store.list() == []  # temp files are never objects
+    store.put_once("data/a/x", b"1")
+    assert not stale.exists() and fresh.exists() and store.list() == ["data/a/x"]
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "a\nb", "a\\..\\b", "x" * 1025, "../a", "a/../../b"])
+def test_keys_the_backends_would_read_differently_are_refused_with_the_stores_own_error(tmp_path, key):
+    store = LocalDirectoryStore(tmp_path / "store")
+    for call in (lambda: store.get(key), lambda: store.put_once(key, b"x"), lambda: store.exists(key)):
+        with pytest.raises(StoreRejectedError) as raised:
+            call()
+        assert http_status(raised.value) == 400

@@ -255,16 +255,29 @@ def train_handler(tmp_path, monkeypatch):
                         "MODEL_CACHE_DIR": str(tmp_path / "cache"), "AUTO_RELEASE": "0", "PUSHGATEWAY_URL": "",
                         "SVD_N_FACTORS": "8", "SVD_N_EPOCHS": "5", "TRAIN_MIN_RATINGS": "500"}.items():
         monkeypatch.setenv(name, value)
+    (tmp_path / "secrets").mkdir(exist_ok=True)
+    (tmp_path / "secrets" / "cron-token").write_text("cron-tok\n")
     spec = importlib.util.spec_from_file_location("train_handler", "functions/train/handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module, LocalDirectoryStore(tmp_path / "store")
 
 
-def _event(method, path="/"):
+def _event(method, path="/", headers=None):
     from types import SimpleNamespace
 
-    return SimpleNamespace(method=method, path=path, headers={}, query={}, body=b"")
+    headers = {"Authorization": "Bearer cron-tok"} if headers is None else headers
+    return SimpleNamespace(method=method, path=path, headers=headers, query={}, body=b"")
+
+
+def test_training_needs_the_cron_token(train_handler, tmp_path):
+    handler, _ = train_handler
+    for headers in ({}, {"X-Topic": "cron-function"}, {"Authorization": "Bearer nope"}):
+        reply = handler.handle(_event("POST", headers=headers), None)
+        assert reply["statusCode"] == 401 and "cron-token" in reply["body"]["error"]
+    (tmp_path / "secrets" / "cron-token").unlink()
+    reply = handler.handle(_event("POST"), None)
+    assert reply["statusCode"] == 503 and "not configured" in reply["body"]["error"]
 
 
 def test_a_post_trains_and_answers_the_summary_with_what_was_pushed(train_handler, world):

@@ -1,11 +1,13 @@
 """release: the canary controller's HTTP face.
 
-- `POST` with `X-Topic: cron-function` (the cron trigger, every minute), or `POST /step`: one
-  analysis step of the running release (open: a step only reads metrics and applies the policy).
-- `GET /status` (or `GET /`): the running release, aliases and recent history (open).
+- `POST /` (the cron trigger, every minute) or `POST /step`: one analysis step of the running
+  release. A step can promote or roll back, so it needs a credential: the `cron-token` secret
+  (what the local cron sends) or `release-admin-token`, as `Authorization: Bearer <token>`.
+- `GET /status` (or `GET /`): the running release, aliases and recent history (open: it reads).
 - `POST /promote`, `POST /rollback`, `POST /abort`: manual actions. They need the token in the
-  secret file `release-admin-token`, sent as `Authorization: Bearer <token>` (or as the password
-  of basic auth); 401 otherwise, 503 when the secret is not configured (there is no default).
+  secret file `release-admin-token` (the cron token is not enough), sent as
+  `Authorization: Bearer <token>` (or as the password of basic auth).
+  Either way: 401 without the credential, 503 when its secret is not configured (no default).
   An optional `reason` comes as `?reason=` or a JSON body `{"reason": ...}`.
 - After every step and action, the controller's figures go to the Pushgateway (PUSHGATEWAY_URL,
   job="release"): serving versions, decisions, online quality
@@ -24,7 +26,7 @@ from movierec.adapters.gateway import GatewayClient
 from movierec.adapters.notify import Notifier
 from movierec.adapters.prometheus import PrometheusClient
 from movierec.adapters.release_metrics import push_release_metrics
-from movierec.adapters.replies import check_token, error, from_exception, reply
+from movierec.adapters.replies import ADMIN_TOKEN, CRON_TOKEN, check_token, error, from_exception, reply
 from movierec.adapters.stores import open_store
 from movierec.release import (
     MANUAL_ACTIONS,
@@ -37,7 +39,8 @@ from movierec.release import (
 from movierec.settings import Settings
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-TOKEN_SECRET = "release-admin-token"
+TOKEN_SECRET = ADMIN_TOKEN
+STEP_TOKENS = (CRON_TOKEN, ADMIN_TOKEN)
 
 
 def _reason(event):
@@ -76,10 +79,11 @@ def handle(event, context):
             return reply(200, status(open_store()))
         if event.method != "POST":
             return error(405, "use GET /status, or POST /step|/promote|/rollback|/abort", Allow="GET, POST")
-        if event.headers.get("X-Topic") == "cron-function" or path in ("", "step"):
-            return _step()
+        if path in ("", "step"):
+            refused = check_token(event.headers, STEP_TOKENS, realm="release")
+            return refused if refused is not None else _step()
         if path not in MANUAL_ACTIONS:
-            return error(404, f"unknown action /{path[:40]}: use /promote, /rollback or /abort")
+            return error(404, f"unknown action /{path[:40]}: use /step, /promote, /rollback or /abort")
         refused = check_token(event.headers, TOKEN_SECRET, realm="release")
         if refused is not None:
             return refused

@@ -5,6 +5,9 @@ movierec.trainjob; this composes it with the store, the gateway client, the noti
 Pushgateway (PUSHGATEWAY_URL; blank: no push), and maps errors to replies by their class
 (movierec.errors: rejected data or configuration 4xx, TrainError/SnapshotError 422, an unavailable
 dependency 503). `GET /` (or `/status`) answers the registry's versions and aliases. JSON bodies.
+A POST starts a training (and maybe a canary release), so it needs the `cron-token` secret as
+`Authorization: Bearer <token>` (the local cron sends it; movierec.adapters.replies.check_token):
+401 without it, 503 when the secret is not configured.
 A training takes minutes: stack.yml raises this function's timeouts, and the gateway's
 upstream timeout must be raised to match.
 A cron call (`X-Topic: cron-function`) first asks movierec.traindue whether a training is due
@@ -19,7 +22,7 @@ import threading
 from movierec.adapters.gateway import GatewayClient
 from movierec.adapters.notify import Notifier
 from movierec.adapters.pushgateway import push
-from movierec.adapters.replies import error, from_exception, reply
+from movierec.adapters.replies import CRON_TOKEN, check_token, error, from_exception, reply
 from movierec.adapters.stores import open_store
 from movierec.registry import CANDIDATE, STABLE, Registry
 from movierec.settings import Settings
@@ -41,6 +44,11 @@ def handle(event, context):
         return reply(200, {"versions": versions[-20:], "aliases": aliases})
     if event.method != "POST":
         return error(405, "use POST to train, GET /status to look", Allow="GET, POST")
+    if event.path.strip("/") not in ("", "train"):
+        return error(404, f"unknown route /{event.path.strip('/')[:40]}: POST / trains, GET /status looks")
+    refused = check_token(event.headers, CRON_TOKEN, realm="train")
+    if refused is not None:
+        return refused
     scheduled = event.headers.get("X-Topic") == "cron-function"
     if not _TRAINING.acquire(blocking=False):
         if scheduled:

@@ -6,6 +6,10 @@ content type (JSON routes: `{"error": "<Type>: <one line>"}`; text routes: the s
 forgotten exception becomes a 500 that says so, never a traceback), and reading a token from
 `Authorization: Bearer <t>` or basic auth's password, compared in constant time with a secret file.
 
+Mutating routes (train and ingest runs, release steps and actions) call `check_token`: the
+scheduled calls present `cron-token` (CRON_TOKEN: the local cron sends it; in production a relay
+does, see README "Credentials"), the manual release actions `release-admin-token`.
+
 Must not touch: what a function does; which routes exist (each handler owns its routes).
 """
 from __future__ import annotations
@@ -22,6 +26,8 @@ from movierec.store import read_secret
 
 log = logging.getLogger("movierec.handler")
 JSON = "application/json"
+CRON_TOKEN = "cron-token"  # the secret scheduled (and scripted) calls of mutating routes present
+ADMIN_TOKEN = "release-admin-token"  # the secret of the manual release actions
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -62,14 +68,21 @@ def presented_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def check_token(headers: Mapping[str, str], secret_name: str, realm: str) -> dict[str, Any] | None:
-    """None when the caller presented the secret `secret_name`; else the reply to send:
-    503 when the secret is not configured (there is no default), 401 when it was not presented."""
-    expected = read_secret(secret_name)
+def check_token(headers: Mapping[str, str], secret_name: str | tuple[str, ...],
+                realm: str) -> dict[str, Any] | None:
+    """None when the caller presented the secret `secret_name` (or one of several names); else the
+    reply to send: 503 when none of them is configured (there is no default), 401 when it was not
+    presented. Every configured secret is compared in constant time, whichever matches."""
+    names = (secret_name,) if isinstance(secret_name, str) else tuple(secret_name)
+    expected = [value for value in (read_secret(name) for name in names) if value]
+    wanted = " or ".join(f"<{name}>" for name in names)
     if not expected:
-        return error(503, f"disabled: secret {secret_name} is not configured")
+        return error(503, f"disabled: secret {' / '.join(names)} is not configured")
     presented = presented_token(headers)
-    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
-        return error(401, f"credentials required: Authorization: Bearer <{secret_name}>",
+    matched = False
+    for value in expected:
+        matched |= presented is not None and hmac.compare_digest(presented.encode(), value.encode())
+    if not matched:
+        return error(401, f"credentials required: Authorization: Bearer {wanted}",
                      **{"WWW-Authenticate": f'Bearer realm="{realm}"'})
     return None

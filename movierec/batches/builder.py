@@ -10,6 +10,7 @@ a line (`movierec.events.parse_line`), reading batches back (`loaders`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -19,7 +20,15 @@ import numpy as np
 
 from movierec.batches.encoding import EventColumns
 from movierec.batches.layout import KINDS, BatchRef
-from movierec.events import RateEvent, RecommendationEvent, Rejection, WatchEvent, format_time, parse_line
+from movierec.events import (
+    LINE_MAX_BYTES,
+    RateEvent,
+    RecommendationEvent,
+    Rejection,
+    WatchEvent,
+    format_time,
+    parse_line,
+)
 from movierec.store import ObjectExistsError, ObjectStore
 
 log = logging.getLogger("movierec.batches")
@@ -77,10 +86,12 @@ class BatchBuilder:
         watch = watch_off, watch_time, watch_user, watch_movie, watch_minute = [], [], [], [], []
         for offset, value in zip(offsets, values):  # once per record: kept lean
             raw = value or b""
-            if raw in seen_lines:
+            # An over-long line (quarantined anyway) is remembered by its digest, not its bytes.
+            seen = raw if len(raw) <= LINE_MAX_BYTES else b"\0sha256:" + hashlib.sha256(raw).digest()
+            if seen in seen_lines:
                 self.duplicate_lines += 1
             else:
-                seen_lines.add(raw)
+                seen_lines.add(seen)
             event = parse_line(raw)
             kind = type(event)
             if kind is WatchEvent:
@@ -110,8 +121,7 @@ class BatchBuilder:
                 assert isinstance(event, Rejection)
                 self.quarantined[event.reason] += 1
                 self.quarantine_lines.append(json.dumps(
-                    {"offset": offset, "reason": event.reason, "detail": event.detail, "line": event.line},
-                    separators=(",", ":"), ensure_ascii=False))
+                    {"offset": offset, **event.quarantine_record()}, separators=(",", ":"), ensure_ascii=False))
         self.ratings.extend(*rate)
         self.watches.extend(*watch)
 

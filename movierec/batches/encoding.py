@@ -4,8 +4,15 @@ Written deterministically (sorted members, fixed zip timestamps, no pickle), loa
 `numpy.load(allow_pickle=False)`: numeric columns plus a per-batch movie vocabulary and int32
 codes, so 1M ratings load in well under a second.
 
-Owns: `encode_columns`, `decode_columns` and `EventColumns` (one kind's columns of one batch,
-built part by part as records are parsed).
+The vocabulary is stored as one UTF-8 byte blob (`movie_vocab_utf8`, uint8) and the end offset of
+each id in it (`movie_vocab_end`, int64), so a batch's size grows with the total length of its
+distinct ids, never with the longest one (a fixed-width '<U' column of 10,000 ids that holds one
+10 KB id would be 400 MB). `decode_columns` gives readers `movie_vocab` as before (a '<U' array
+of the distinct ids only: width x vocabulary size, not x rows) and also reads batches written
+before this format (a stored '<U' `movie_vocab`).
+
+Owns: `encode_columns`, `decode_columns`, the vocabulary columns (`encode_vocab`, `decode_vocab`)
+and `EventColumns` (one kind's columns of one batch, built part by part as records are parsed).
 
 Must not touch: keys (`layout`), which events go where (`builder`), the store.
 """
@@ -20,6 +27,7 @@ import numpy as np
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so identical records give identical bytes
 _EPOCH_DATETIME = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
+VOCAB_BLOB, VOCAB_END = "movie_vocab_utf8", "movie_vocab_end"
 
 
 def encode_columns(columns: dict[str, np.ndarray]) -> bytes:
@@ -35,9 +43,31 @@ def encode_columns(columns: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def encode_vocab(ids: list[str]) -> dict[str, np.ndarray]:
+    """The vocabulary columns: every id's UTF-8 bytes in one blob, and where each one ends."""
+    encoded = [m.encode("utf-8") for m in ids]
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), dtype=np.int64)
+    return {VOCAB_BLOB: blob, VOCAB_END: ends}
+
+
+def decode_vocab(blob: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The ids of `encode_vocab`'s columns, as a '<U' array (RatingsTable's movie id type)."""
+    data = blob.tobytes()
+    bounds = ends.tolist()
+    if bounds and (bounds[-1] != len(data) or any(b > a for a, b in zip(bounds[1:], bounds))):
+        raise ValueError("batch vocabulary offsets do not match its bytes")
+    starts = [0, *bounds[:-1]]
+    ids = [data[a:b].decode("utf-8") for a, b in zip(starts, bounds)]
+    return np.array(ids, dtype=str) if ids else np.empty(0, dtype="<U1")
+
+
 def decode_columns(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+        columns = {name: npz[name] for name in npz.files}
+    if VOCAB_BLOB in columns:
+        columns["movie_vocab"] = decode_vocab(columns.pop(VOCAB_BLOB), columns.pop(VOCAB_END))
+    return columns
 
 
 def _times_us(times: list[datetime]) -> np.ndarray:
@@ -74,5 +104,5 @@ class EventColumns:
 
     def encode(self) -> bytes:
         columns = {name: np.concatenate([part[name] for part in self.parts]) for name in self.parts[0]}
-        columns["movie_vocab"] = np.array(list(self.vocab), dtype=str)
+        columns.update(encode_vocab(list(self.vocab)))
         return encode_columns(columns)

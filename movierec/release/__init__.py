@@ -19,7 +19,8 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Wh
 Collaborators are movierec.ports protocols, injected; the Pushgateway push of the dashboard figures
 is an adapter (movierec.adapters.release_metrics.push_release_metrics), drills are movierec.drills.
 
-Must not touch: HTTP, credentials and service clients (functions/release/handler.py composes).
+Owns: the package's public API (re-exported below). Must not touch: HTTP, credentials and
+service clients (functions/release/handler.py composes).
 """
 from movierec.canary import CANARY, STABLE
 from movierec.release.analysis import COUNTS, measure, window_of

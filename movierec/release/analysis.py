@@ -47,7 +47,7 @@ def measure(
     """Metrics and the queries that produced them, for both variants (counts: see COUNTS)."""
     metrics, queries = {}, {}
     for variant, function in ((CANARY, config.canary_function), (STABLE, config.stable_function)):
-        q = variant_queries(function, config.namespace, range_s)
+        q = variant_queries(function, config.namespace, range_s, config.gateway_job)
         values = {name: prometheus.query_value(promql, at.timestamp()) for name, promql in q.items()}
         metrics[variant] = VariantMetrics(
             requests=round(values["requests"] or 0.0),

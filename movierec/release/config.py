@@ -4,7 +4,7 @@ Owns `ReleaseConfig`: the analysis window, the minimum sample, the bounds the ch
 (checks.py names these fields, among them the online-quality minimum), the timeout, the lease's
 TTL, the canary share and the function names. Its
 defaults are the table's (movierec.settings, group "release"; a test keeps the two equal), and
-`from_env` reads RELEASE_*, CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
+`from_env` reads RELEASE_* (RELEASE_GATEWAY_JOB: whose series count as evidence), CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
 FUNCTION_NAMESPACE through `Settings`, so a bad value is a `ConfigError` naming the variable.
 
 Must not touch: what the figures mean (checks.py), services.
@@ -41,6 +41,7 @@ class ReleaseConfig:
     # ... and fails only when the canary's watch-through is significantly below stable's x (1 - this):
     # 0 rolls back any significant drop; a small world's fixed canary users may watch less by nature.
     quality_margin: float = 0.0
+    gateway_job: str = "openfaas-gateway"  # the Prometheus job of the gateway's own metrics (promql.GATEWAY_JOB)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -63,4 +64,5 @@ class ReleaseConfig:
             lease_ttl_s=s.get("RELEASE_LEASE_TTL"),
             min_recommended=s.get("RELEASE_MIN_RECOMMENDED"),
             quality_margin=s.get("RELEASE_QUALITY_MARGIN"),
+            gateway_job=s.get("RELEASE_GATEWAY_JOB"),
         )

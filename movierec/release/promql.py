@@ -12,8 +12,15 @@ Templates take a label `selector` (`function_is(...)` for one deployment, `funct
 for a regex, "" for every function) and a range `window` (`120s`, `5m`, `$__rate_interval`);
 `by` names the labels an aggregation keeps.
 
-Owns: the metric names, the selectors, the templates, the range format. Must not touch: querying
-(the MetricsSource the controller is given), thresholds (checks.py, the rules' own numbers).
+Evidence only from the gateway itself: the release analysis (`variant_queries`) also selects the
+gateway's own scrape job (`scraped_by(GATEWAY_JOB)`, `job="openfaas-gateway"`, the job name
+monitoring/render.py gives the gateway's /metrics; RELEASE_GATEWAY_JOB where a platform names it
+otherwise). A series pushed to the Pushgateway cannot carry that job: the Pushgateway's scrape
+keeps only the batch jobs' own metrics (monitoring/render.py), and gateway_* are not among them.
+
+Owns: the metric names, the selectors, the templates, the range format, the gateway's job name.
+Must not touch: querying (the MetricsSource the controller is given), thresholds (checks.py, the
+rules' own numbers).
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ DURATION = "gateway_functions_seconds"  # histogram (_bucket, _sum, _count), lab
 REPLICAS = "gateway_service_count"  # gauge, label function_name
 GATEWAY_METRICS = (INVOCATIONS, DURATION, REPLICAS)
 
+GATEWAY_JOB = "openfaas-gateway"  # the scrape job of the gateway's own /metrics (monitoring/render.py)
+
 SERVER_ERROR = 'code=~"5.."'
 NOT_SERVER_ERROR = 'code!~"5.."'
 
@@ -33,14 +42,24 @@ def prom_range(seconds: float) -> str:
     return f"{max(int(seconds), 1)}s"
 
 
+def _quoted(value: str) -> str:
+    """A PromQL label value between double quotes: backslash and quote escaped, one line."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def function_is(function: str, namespace: str) -> str:
     """The selector of one deployment: the gateway labels calls `<function>.<namespace>`."""
-    return f'function_name="{function}.{namespace}"'
+    return f"function_name={_quoted(f'{function}.{namespace}')}"
 
 
 def function_matches(pattern: str) -> str:
     """The selector of every function whose `<function>.<namespace>` matches the regex `pattern`."""
     return f'function_name=~"{pattern}"'
+
+
+def scraped_by(job: str = GATEWAY_JOB) -> str:
+    """The selector of series a Prometheus scrape job took itself (the gateway's: GATEWAY_JOB)."""
+    return f"job={_quoted(job)}"
 
 
 def series(metric: str, *matchers: str) -> str:
@@ -116,6 +135,7 @@ def figures(selector: str, window: str) -> dict[str, str]:
     }
 
 
-def variant_queries(function: str, namespace: str, range_s: float) -> dict[str, str]:
-    """The PromQL for one variant over the last `range_s` seconds, by metric name."""
-    return figures(function_is(function, namespace), prom_range(range_s))
+def variant_queries(function: str, namespace: str, range_s: float, job: str = GATEWAY_JOB) -> dict[str, str]:
+    """The PromQL for one variant over the last `range_s` seconds, by metric name: only the series
+    the gateway's own scrape job took (`job`), so no pushed series can stand in for them."""
+    return figures(f"{scraped_by(job)},{function_is(function, namespace)}", prom_range(range_s))

@@ -99,9 +99,14 @@ class StackHandle:
         return reply.headers.get("X-Model-Version") if reply.status_code == 200 else None
 
     def invoke(self, function: str, path: str = "", timeout_s: float = 120, **params: Any) -> dict[str, Any]:
-        """POST /function/<function><path>: the JSON reply, or DemoError with its one-line error."""
+        """POST /function/<function><path> with the scheduler's cron-token (what the cron sends):
+        the JSON reply, or DemoError with its one-line error."""
+        from movierec.store import read_secret
+
+        auth = {"Authorization": f"Bearer {read_secret('cron-token', self.env) or ''}"}
         try:
-            body = self.gateway().call("POST", function, path, timeout_s=timeout_s, params=params or None)
+            body = self.gateway().call("POST", function, path, timeout_s=timeout_s, params=params or None,
+                                       headers=auth)
         except (FunctionError, GatewayError) as e:
             raise DemoError(str(e)) from None
         return body if isinstance(body, dict) else {"text": str(body)[:300]}

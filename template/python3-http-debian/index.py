@@ -28,6 +28,8 @@ import threading
 
 from flask import Flask, Response, request
 from waitress import create_server
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 FUNCTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "function")
 sys.path.insert(0, FUNCTION_DIR)
@@ -38,6 +40,16 @@ app = Flask(__name__)
 # Where of-watchdog looks: Go's os.TempDir() is $TMPDIR, else /tmp.
 LOCK_FILE = os.path.join(os.environ.get("TMPDIR") or "/tmp", ".lock")
 LOCK_INTERVAL_S = 1.0
+
+
+class _AnyPath(PathConverter):
+    """Every path, control characters included (`/1%0a` reaches the handler, which refuses it
+    with its own reason, instead of werkzeug's 404)."""
+
+    regex = r"(?s:[^/].*?)"
+
+
+app.url_map.converters["anypath"] = _AnyPath
 
 
 class Event:
@@ -83,6 +95,25 @@ def _hook(name):
     return (200 if ok else 503), message
 
 
+@app.errorhandler(HTTPException)
+def _http_error(error):
+    # Werkzeug's own answers (an unknown method: 405, a malformed request: 400) as one plain line,
+    # like every error a handler gives, instead of an HTML page.
+    text = f"{error.code} {error.name}: " + " ".join(str(error.description or "").split())[:200]
+    response = Response(text + "\n", status=error.code, mimetype="text/plain")
+    if error.code == 405:
+        response.headers["Allow"] = ", ".join(METHODS)
+    return response
+
+
+@app.errorhandler(Exception)
+def _unexpected(error):
+    # A handler that raised: a one-line 500 naming the type, never a traceback (it goes to the log).
+    app.logger.exception("handler raised")
+    return Response(f"internal error ({type(error).__name__}); see the function's log\n", status=500,
+                    mimetype="text/plain")
+
+
 @app.route("/_/health", methods=["GET"])
 def health():
     # Liveness: the process is up and the handler imported (the watchdog answers its own
@@ -98,8 +129,11 @@ def ready():
     return Response(message + "\n", status=status, mimetype="text/plain")
 
 
-@app.route("/", defaults={"path": ""}, methods=["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"])
-@app.route("/<path:path>", methods=["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+METHODS = ["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@app.route("/", defaults={"path": ""}, methods=METHODS)
+@app.route("/<anypath:path>", methods=METHODS)
 def call_handler(path):
     return _format(handler.handle(Event("/" + path), CONTEXT))
 

@@ -1,0 +1,144 @@
+"""What localfaas accepts as names, paths and processes: the rules the real providers apply.
+
+A name in a stack file or a deployment becomes a folder, a file, a URL segment or (on Kubernetes) a
+Service, so it is checked before anything uses it:
+- function names: a DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63), what faas-netes
+  requires of a Service, which is stricter than the gateway's route rule `[-a-zA-Z_0-9.]+` (also
+  checked: `route_name`); so `.`, `..`, `a/b` and `../x` are refused everywhere;
+- namespaces: a DNS-1123 label; secret names: a DNS-1123 subdomain (at most 253), as Kubernetes;
+- environment variable names: Kubernetes' rule `[-._a-zA-Z][-._a-zA-Z0-9]*`; values without NUL;
+- template (`lang`) names: the route rule, never `.`/`..`;
+- paths from the stack (handler folders, `configuration.copy`, `environment_file`): relative and
+  without `..`, so the stack file cannot name anything outside the project (a symlink the
+  project's owner put inside it is followed for reading, as faas-cli does; never for deleting);
+- `envProcess`: only the process the stack itself gives the function (its `fprocess`, or the
+  template's) may run; any other is refused (OpenFaaS runs it inside the function's container,
+  localfaas would run it on the host as the stack's user);
+- deleting: `remove_tree` removes a folder only when, resolved, it lies strictly inside the folder
+  it is meant to be in (a build context inside the build folder), and never follows a symlink out.
+
+Used by `stackfile` (every function of a stack file), `build` (paths, and the one delete) and
+`secretstore` (secret names). The gateway's deployment body (`secrets`, `envVars`, `namespace`,
+`envProcess` of PUT/POST /system/functions) is to be checked with the same functions where the
+gateway builds its FunctionConfig and where the supervisor picks the process to start
+(`secret_names`, `environment`, `namespace`, `env_process`): that wiring waits for the split of
+gateway.py and supervisor.py; until then a deployment can only name functions of the stack file
+(the gateway refuses others), whose names, namespaces and secrets were checked here.
+
+Owns: the rules above and `ValidationError`. Must not touch: reading the stack file, building,
+running processes, HTTP (callers turn a ValidationError into their own error or a 400).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+ROUTE_NAME = re.compile(r"[-a-zA-Z_0-9.]+")  # the gateway's {name} in /function/{name}
+ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")  # Kubernetes' rule for container env names
+MAX_LABEL, MAX_SUBDOMAIN = 63, 253
+
+
+class ValidationError(ValueError):
+    """A name, path or process localfaas refuses; the message is one line and says the rule."""
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} is required")
+    return value
+
+
+def function_name(name: object) -> str:
+    """A function (service) name: a DNS-1123 label."""
+    text = _text(name, "a function name")
+    if len(text) > MAX_LABEL or not DNS1123_LABEL.fullmatch(text):
+        raise ValidationError(f"invalid function name {text[:80]!r}: use lower-case letters, digits and '-', "
+                              f"starting and ending with a letter or digit (at most {MAX_LABEL}, DNS-1123)")
+    return text
+
+
+def route_name(name: object) -> str:
+    """A `{name}` of `/function/{name}`: `[-a-zA-Z_0-9.]+`, never `.` or `..`."""
+    text = _text(name, "a route name")
+    if not ROUTE_NAME.fullmatch(text) or text in (".", ".."):
+        raise ValidationError(f"invalid function name {text[:80]!r}: expected [-a-zA-Z_0-9.]+")
+    return text
+
+
+def namespace(name: object) -> str:
+    text = _text(name, "a namespace")
+    if len(text) > MAX_LABEL or not DNS1123_LABEL.fullmatch(text):
+        raise ValidationError(f"invalid namespace {text[:80]!r}: a DNS-1123 label (lower-case letters, digits, "
+                              f"'-', at most {MAX_LABEL})")
+    return text
+
+
+def secret_name(name: object) -> str:
+    text = _text(name, "a secret name")
+    if len(text) > MAX_SUBDOMAIN or not DNS1123_SUBDOMAIN.fullmatch(text):
+        raise ValidationError(f"invalid secret name {text[:80]!r}: use lower-case letters, digits, '-' and '.', "
+                              f"starting and ending with a letter or digit (at most {MAX_SUBDOMAIN})")
+    return text
+
+
+def secret_names(names: Iterable[object]) -> list[str]:
+    return [secret_name(n) for n in names]
+
+
+def environment(env: Mapping[object, object]) -> dict[str, str]:
+    """Environment variables: names by Kubernetes' rule, string values without NUL."""
+    checked: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise ValidationError(f"invalid environment variable name {str(key)[:80]!r}: "
+                                  f"expected [-._a-zA-Z][-._a-zA-Z0-9]*")
+        if not isinstance(value, str) or "\0" in value:
+            raise ValidationError(f"environment variable {key}: the value must be text without NUL")
+        checked[key] = value
+    return checked
+
+
+def template_name(lang: object) -> str:
+    text = _text(lang, "a template (lang)")
+    if not ROUTE_NAME.fullmatch(text) or text in (".", ".."):
+        raise ValidationError(f"invalid template name {text[:80]!r}: expected [-a-zA-Z_0-9.]+")
+    return text
+
+
+def env_process(requested: str | None, own: str) -> str:
+    """The process to run for a function: `own` (the stack's fprocess or the template's). A
+    deployment may repeat it but not name another: that would run a host command."""
+    if requested and requested.strip() != own.strip():
+        raise ValidationError(f"envProcess {requested[:80]!r} is not the stack's own ({own!r}): localfaas runs "
+                              f"only the process the stack file gives a function")
+    return own
+
+
+def inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str) -> Path:
+    """`root / relative` when `relative` names a path inside `root`: relative, no `..`, no NUL."""
+    text = str(relative)
+    rel = Path(text)
+    if not text or "\0" in text or rel.is_absolute() or ".." in rel.parts:
+        raise ValidationError(f"{what}: {text[:120]!r} must be a relative path inside the project")
+    return Path(root) / rel
+
+
+def remove_tree(path: str | os.PathLike[str], container: str | os.PathLike[str]) -> None:
+    """Delete the folder `path`, only if it lies strictly inside `container` (both resolved; a
+    symlink at `path` is unlinked, never followed). Anything else is refused, nothing is deleted."""
+    base = Path(container).resolve()
+    path = Path(path)
+    if path.is_symlink():
+        if base not in path.parent.resolve().parents and path.parent.resolve() != base:
+            raise ValidationError(f"refusing to delete {path}: not inside {base}")
+        path.unlink()
+        return
+    target = path.resolve()
+    if target == base or base not in target.parents:
+        raise ValidationError(f"refusing to delete {target}: not inside {base}")
+    shutil.rmtree(target, ignore_errors=True)
