@@ -8,7 +8,9 @@ How it is exclusive (no compare-and-swap needed):
   create it (an exclusive link on a local folder, `If-None-Match: *` on S3/MinIO): the token is the
   fencing token;
 - a lease is free when its latest token was released (a write-once marker
-  `leases/<name>/<token:012d>.released`) or has expired; a holder that died frees it at expiry;
+  `leases/<name>/<token:012d>.released`), has expired, or its holder is a process that is
+  provably gone: same host, same boot, same PID namespace, and its PID is not running or is
+  another process now (its start time differs). A holder that died elsewhere frees it at expiry;
 - `leases/<name>.json` is only a hint (atomic replace) naming the latest token, so that finding it
   costs a few reads instead of a listing; a stale hint costs one more read, never exclusivity;
 - a holder calls `Lease.check()` before each write that must not race a successor (ingest: before
@@ -74,6 +76,45 @@ def default_holder(what: str) -> str:
     return f"{what} on {socket.gethostname()} pid {os.getpid()}"
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None when it does not exist."""
+    stat = _read_text(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_identity() -> dict:
+    """What lets another process on the same machine tell that this one is gone (Linux)."""
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = None
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot_id": _read_text("/proc/sys/kernel/random/boot_id"),
+            "pid_ns": pid_ns, "pid": pid, "start_ticks": _start_ticks(pid)}
+
+
+def holder_gone(record: dict) -> bool:
+    """True only when the holder was a process of this machine, boot and PID namespace that is
+    not running any more (its PID is free, or taken by a process started at another time)."""
+    theirs, mine = record.get("process") or {}, process_identity()
+    if not all(theirs.get(k) and theirs.get(k) == mine[k] for k in ("host", "boot_id", "pid_ns")):
+        return False
+    if not theirs.get("pid") or not theirs.get("start_ticks"):
+        return False
+    return _start_ticks(int(theirs["pid"])) != theirs["start_ticks"]
+
+
 @dataclass
 class Lease:
     store: ObjectStore
@@ -120,7 +161,7 @@ def acquire(store: ObjectStore, name: str, holder: str, ttl_s: float,
             raise LeaseHeld(f"held by {describe_holder(record, now)}", record)
         token = latest + 1
         mine = {"token": token, "holder": holder, "id": uuid.uuid4().hex, "acquired_at": now,
-                "expires_at": now + ttl_s}
+                "expires_at": now + ttl_s, "process": process_identity()}
         try:
             store.put_once(_token_key(name, token), _dump(mine))
         except ObjectExistsError:  # another caller took this token first: it is the latest now
@@ -139,7 +180,8 @@ def lease_state(store: ObjectStore, name: str, clock: Callable[[], float] = time
 
 
 def _holds(store: ObjectStore, name: str, token: int, record: dict, now: float) -> bool:
-    return now < record.get("expires_at", 0) and not store.exists(_released_key(name, token))
+    return (now < record.get("expires_at", 0) and not store.exists(_released_key(name, token))
+            and not holder_gone(record))
 
 
 def _latest(store: ObjectStore, name: str) -> tuple[int, dict | None]:

@@ -204,20 +204,30 @@ class _Ingester:
     def run(self) -> IngestSummary:
         cfg = self.config
         started = time.monotonic()
-        self.take_lease()
+        # Started first, so the child's start-up overlaps connecting and joining the group.
+        self.builders = ProcessBuilders(cfg.topic) if cfg.builder_process else InlineBuilders(cfg.topic)
         try:
-            self.read_store_state()
-            # Started before joining the group, so the child's start-up overlaps the join.
-            self.builders = ProcessBuilders(cfg.topic) if cfg.builder_process else InlineBuilders(cfg.topic)
+            self.connect()  # a broker that is down fails here, before anything is written
             try:
-                self.connect()
-                self.consume(started)
+                self.take_lease()  # before joining the group: one member per group at a time
+                try:
+                    self.read_store_state()
+                    self.consume(started)
+                finally:
+                    self.free_lease()
             finally:
-                self.builders.close()
+                self.close_consumer()
         finally:
-            self.free_lease()
+            self.builders.close()
         self.summary.duration_seconds = time.monotonic() - started
         return self.summary
+
+    def close_consumer(self) -> None:
+        """Leave the group (before the lease is freed, so the next run joins without a stale
+        member) and close; uncommitted positions are not committed."""
+        if self.consumer is not None:
+            consumer, self.consumer = self.consumer, None
+            consumer.close(autocommit=False)
 
     def take_lease(self) -> None:
         """The group's lease, or LeaseHeld (409) naming who holds it and until when."""
@@ -295,7 +305,7 @@ class _Ingester:
             self.summary.stopped_because = stop
             self.measure_lag()
         finally:
-            consumer.close(autocommit=False)
+            self.close_consumer()
 
     def caught_up(self) -> bool:
         """True when every assigned partition's position reached the high watermark of its last
