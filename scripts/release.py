@@ -5,7 +5,9 @@ Owns the command line an operator uses against a running stack (local or remote 
 - `promote|rollback|abort`      POST the manual action, with the token from the secret file
                                 `release-admin-token` (`--reason` is recorded in the history);
 - `step`                        one analysis step of the running release, now (what cron runs);
-- `train`, `ingest`             invoke those functions now (a training can take minutes);
+- `train`, `ingest`             invoke those functions now (a training can take minutes); an ingest
+                                while another run holds the consumer group says at once who holds
+                                it and when it is free (the function's 409), never `records 0`;
 - `drill-bad-model`             a release drill: copy the stable model into a new registry version
                                 whose manifest carries `"drill": {"delay_ms": N, "error_rate": F}`
                                 (movierec.serving then answers slowly and/or with 500s), and start a
