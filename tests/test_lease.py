@@ -141,3 +141,29 @@ def test_a_holder_on_another_machine_is_trusted_until_its_expiry(store):
         acquire(store, "ingest/g", "local run", 60, clock)
     clock.now += 61
     assert acquire(store, "ingest/g", "local run", 60, clock).token == 2
+
+
+def test_an_ingest_run_that_overran_its_lease_stores_and_commits_nothing_and_the_next_run_does(
+        kafka_bootstrap, tmp_path, monkeypatch):
+    import time
+
+    from movierec.adapters import kafka_epochs
+    from movierec.adapters.kafka_ingest import run_ingest
+    from movierec.batches.loaders import load_ratings
+    from tests.test_batches import rating_multiset, stream_lines, table_multiset
+    from tests.test_kafka_ingest import committed, config, produce
+
+    topic = f"overran-{uuid.uuid4().hex[:8]}"
+    lines = stream_lines(2000)
+    produce(kafka_bootstrap, topic, lines)
+    store = LocalDirectoryStore(tmp_path / "store")
+    # A run that hangs before storing its batch until past its lease (no grace), e.g. a stalled disk.
+    overran = config(kafka_bootstrap, topic, max_seconds=6.0, lease_grace_s=0.0001)
+    monkeypatch.setattr(kafka_epochs.PartitionEpochs, "replaced", lambda self, consumer: time.sleep(6.5))
+    with pytest.raises(LeaseLost, match="expired"):
+        run_ingest(overran, store)
+    monkeypatch.undo()
+    assert store.list("data/manifests/") == [] and committed(kafka_bootstrap, f"g-{topic}", topic) == [None, None]
+    summary = run_ingest(config(kafka_bootstrap, topic), store)
+    assert summary.records == 2000 and summary.lease == 2
+    assert table_multiset(load_ratings(store, topic)) == rating_multiset(lines)
