@@ -286,7 +286,8 @@ class _Ingester:
                     if first_record_at is None:
                         first_record_at = now
                     for tp, records in polled.items():
-                        if tp.partition not in self.epochs.checked:  # not compared with its epoch yet
+                        if tp.partition not in self.epochs.checked:  # not compared with its epoch yet:
+                            consumer.seek(tp, records[0].offset)  # read these again once it is
                             continue
                         records = self.accept(tp, records)
                         if records:
