@@ -3,7 +3,7 @@
 Owns: stream events (`events`), synthetic data (`synthetic`), training and evaluation
 (`training`), the model artifact and vectorised scoring (`model`), the object store
 (`store`), the model registry (`registry`), the batch format under `data/` (`batches`),
-ingestion's config, summary and metrics (`ingest`), canary membership (`canary`), the release
+ingestion's config, summary, log epochs and metrics (`ingest`), leases in the store (`lease`), canary membership (`canary`), the release
 (`release/`: checks as data, PromQL templates, state, online quality, controller), release drills
 (`drills`) and the protocols of the services it is given (`ports`).
 

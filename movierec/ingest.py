@@ -4,18 +4,33 @@ A run (`movierec.adapters.kafka_ingest.run_ingest`, `python -m movierec.adapters
 consumes the Kafka topic in a consumer group for a bounded time or number of records, stores
 immutable batches (`movierec.batches`) and commits offsets only after each batch is stored.
 
+Log epochs: a partition's log can be reset or replaced under the same name (a broker that
+restarted with an empty log, a topic deleted and recreated). Offsets then start again, so an
+offset alone no longer names a record: a record's identity is (epoch, offset). Each epoch of a
+partition is recorded once (`LogEpoch`, write-once at `movierec.batches.layout.epoch_key`) with
+the log's identity as the broker reports it (topic id, cluster id) and where it started;
+`reset_reason` tells, from what the broker reports now (`LogFacts`), whether the log is still the
+one the current epoch was stored from. Epoch 0 is every partition's first; batches stored before
+epochs existed are epoch 0.
+
+One run per consumer group: a run holds the lease `ingest_lease_name(group)` (`movierec.lease`)
+for `IngestConfig.lease_seconds`; a second run is refused at once with 409 naming the holder.
+
 Owns: `IngestConfig` (built from `movierec.settings`: KAFKA_*, INGEST_*, PUSHGATEWAY_URL; bounds
 given by a caller are checked the same way), `IngestSummary` (the run's JSON summary),
-`IngestError` (a dependency failed: 503) and the run's metric families (`summary_families`, the
-`ingest_*` gauges pushed as job "ingest").
+`IngestError` (a dependency failed: 503), `LogEpoch` / `LogFacts` / `reset_reason` / `next_epoch`,
+`ingest_lease_name` and the run's metric families (`summary_families`, the `ingest_*` gauges
+pushed as job "ingest").
 
 Must not touch: Kafka and the Pushgateway (`movierec.adapters.kafka_ingest`,
 `movierec.adapters.pushgateway`), the batch format (`movierec.batches`), HTTP.
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from movierec.batches.layout import EVENT_KINDS
 from movierec.errors import ConfigError, Unavailable
@@ -46,6 +61,8 @@ class IngestConfig:
     connect_attempts: int = 3
     pushgateway_url: str = _DEFAULT.get("PUSHGATEWAY_URL")  # blank: no push
     builder_process: bool = _DEFAULT.get("INGEST_BUILDER_PROCESS")  # parse on another core
+    lease_grace_s: float = _DEFAULT.get("INGEST_LEASE_GRACE")  # lease = max_seconds + this
+    caller: str = "manual"  # who started the run (cron, manual, cli): named to a refused second run
     consumer_options: dict = field(default_factory=dict)  # extra KafkaConsumer settings
 
     @classmethod
@@ -64,6 +81,7 @@ class IngestConfig:
             session_timeout_ms=s.get("KAFKA_SESSION_TIMEOUT_MS"),
             pushgateway_url=s.get("PUSHGATEWAY_URL"),
             builder_process=s.get("INGEST_BUILDER_PROCESS"),
+            lease_grace_s=s.get("INGEST_LEASE_GRACE"),
         )
         for name, value in overrides.items():
             if value is not None:
@@ -71,6 +89,12 @@ class IngestConfig:
         if cfg.max_records < 1 or cfg.batch_records < 1 or cfg.max_seconds <= 0:
             raise ConfigError("max_records, batch_records and max_seconds must be positive")
         return cfg
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a run holds its group's lease: its own bound plus the grace for the last
+        batch, the lag and leaving the group. A run that died frees the group after this."""
+        return self.max_seconds + self.lease_grace_s
 
     def consumer_settings(self) -> dict:
         """kafka-python's KafkaConsumer settings for this run (plain data, no Kafka import)."""
@@ -108,6 +132,10 @@ class IngestSummary:
     consuming_seconds: float = 0.0  # from the first record received to the last batch stored
     stopped_because: str = ""
     pushed_metrics: bool = False
+    epochs: dict = field(default_factory=dict)  # partition -> the log epoch it was consumed in
+    log_resets: list = field(default_factory=list)  # one dict per new epoch this run started
+    log_gaps: dict = field(default_factory=dict)  # partition -> offsets the log no longer had
+    lease: int = 0  # the fencing token this run held
 
     def as_dict(self) -> dict:
         return {
@@ -118,7 +146,89 @@ class IngestSummary:
             "duration_seconds": round(self.duration_seconds, 3),
             "consuming_seconds": round(self.consuming_seconds, 3), "stopped_because": self.stopped_because,
             "pushed_metrics": self.pushed_metrics,
+            "epochs": {str(p): e for p, e in sorted(self.epochs.items())},
+            "log_resets": self.log_resets, "log_resets_total": len(self.log_resets),
+            "log_gaps": {str(p): n for p, n in sorted(self.log_gaps.items())}, "lease": self.lease,
         }
+
+
+# -- log epochs ---------------------------------------------------------------------------------
+EPOCH_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LogFacts:
+    """What the broker reports about a partition's log now (ids are None where it reports none)."""
+
+    topic_id: str | None
+    cluster_id: str | None
+    log_start: int
+    high_watermark: int  # from a fetch response (an end-offset listing may under-report)
+
+
+@dataclass(frozen=True)
+class LogEpoch:
+    """One epoch of one partition: the log it was stored from, and why it started. A pure function
+    of what was stored and what the broker reported (no clock, no group), so two runs that notice
+    the same reset write the same bytes."""
+
+    topic: str
+    partition: int
+    epoch: int
+    start_offset: int  # where this epoch's log started when the epoch began
+    topic_id: str | None
+    cluster_id: str | None
+    reason: str
+    previous_end: int | None = None  # first offset the previous epoch had not stored
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({"format": EPOCH_FORMAT, **asdict(self)}, indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LogEpoch:
+        record = json.loads(data)
+        record.pop("format", None)
+        return cls(**record)
+
+    def same_log(self, facts: LogFacts) -> bool:
+        return self.topic_id == facts.topic_id and self.cluster_id == facts.cluster_id
+
+
+def reset_reason(current: LogEpoch | None, stored_end: int, facts: LogFacts) -> str | None:
+    """Why the partition's log is not the one its current epoch was stored from, or None.
+
+    `current` is the current epoch's record (None for batches stored before epochs existed),
+    `stored_end` the first offset of that epoch not stored yet. An id counts only where both the
+    record and the broker have one (a broker too old to report topic ids is judged by offsets)."""
+    if current is not None:
+        for what, was, now in (("cluster id", current.cluster_id, facts.cluster_id),
+                               ("topic id", current.topic_id, facts.topic_id)):
+            if was and now and was != now:
+                return f"{what} changed from {was} to {now}"
+    if facts.high_watermark < stored_end:
+        return f"the log ends at offset {facts.high_watermark}, before the {stored_end} already stored"
+    return None
+
+
+def next_epoch(topic: str, partition: int, current_epoch: int, stored_end: int, facts: LogFacts,
+               reason: str) -> LogEpoch:
+    """The record of the epoch that starts after `current_epoch` (at the new log's start)."""
+    return LogEpoch(topic, partition, current_epoch + 1, facts.log_start, facts.topic_id, facts.cluster_id,
+                    reason, previous_end=stored_end)
+
+
+def first_epoch(topic: str, partition: int, facts: LogFacts, stored: bool) -> LogEpoch:
+    """The record of epoch 0: a partition seen for the first time, or stored before epochs existed
+    (then the broker's current ids are adopted: the log was checked against the stored offsets)."""
+    reason = "batches stored before log epochs were recorded" if stored else "first ingest of this partition"
+    return LogEpoch(topic, partition, 0, 0 if stored else facts.log_start, facts.topic_id, facts.cluster_id,
+                    reason)
+
+
+def ingest_lease_name(group_id: str) -> str:
+    """The lease of a consumer group's ingest runs (one store key part per group)."""
+    part = re.sub(r"[^A-Za-z0-9._-]", "_", group_id).strip(".")
+    return f"ingest/{part or '_'}"
 
 
 # -- metrics (job "ingest"; monitoring/alerts.yml's IngestStale reads the last one) ---------------
@@ -131,6 +241,8 @@ METRICS_DOC = {
     "ingest_consumer_lag_total": "records behind the end of the topic after the last run",
     "ingest_duration_seconds": "duration of the last run",
     "ingest_last_success_timestamp_seconds": "unix time the last run finished successfully",
+    "ingest_log_epoch": "log epoch of each partition consumed by the last run (one more per log reset)",
+    "ingest_log_resets": "partition logs found reset or replaced by the last run (each started a new epoch)",
 }
 
 
@@ -149,6 +261,9 @@ def summary_families(summary: IngestSummary, now: float) -> list[Family]:
     lag = family("ingest_consumer_lag", "topic", "partition")
     for partition, n in summary.lag.items():
         lag.set(n, summary.topic, str(partition))
+    epochs = family("ingest_log_epoch", "topic", "partition")
+    for partition, epoch in sorted(summary.epochs.items()):
+        epochs.set(epoch, summary.topic, str(partition))
     return [
         family("ingest_records").set(summary.records),
         events,
@@ -158,4 +273,6 @@ def summary_families(summary: IngestSummary, now: float) -> list[Family]:
         family("ingest_consumer_lag_total").set(summary.lag_total),
         family("ingest_duration_seconds").set(summary.duration_seconds),
         family("ingest_last_success_timestamp_seconds").set(now),
+        epochs,
+        family("ingest_log_resets", "topic").set(len(summary.log_resets), summary.topic),
     ]

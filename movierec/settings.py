@@ -77,6 +77,8 @@ SETTINGS: tuple[Setting, ...] = (
     _ingest("INGEST_BATCH_RECORDS", "int", "200000", "records per stored batch (per partition)", minimum=1),
     _ingest("INGEST_IDLE_SECONDS", "float", "3", "end the run when nothing new arrived for this long", minimum=0),
     _ingest("INGEST_BUILDER_PROCESS", "bool", "1", "parse batches in a child process (on the other core)"),
+    _ingest("INGEST_LEASE_GRACE", "duration", "60s", "a run holds its group's lease for INGEST_MAX_SECONDS plus "
+            "this; a run that died frees the group after that"),
     # -- training ----------------------------------------------------------------------------------
     _train("SVD_N_FACTORS", "int", "", "SVD factors; blank: params.yaml's, else 100", deployed="100", minimum=1),
     _train("SVD_N_EPOCHS", "int", "", "SVD epochs; blank: params.yaml's, else 20", deployed="20", minimum=0),

@@ -13,6 +13,13 @@ plus one, so it under-reports when producers batch. The high watermark in fetch 
 OffsetCommit, OffsetFetch) work with kafka-python; a group member joins in about 3 s with
 `session_timeout_ms=6000, heartbeat_interval_ms=1000`.
 
+Storage: memory. The wheel's Tansu has only its "dynostore" engine, i.e. `memory://` and `s3://`
+(`file://` and `sqlite://` are refused: "UnsupportedStorageUrl", "FeatureNotEnabled libsql"), and
+no S3 server that keeps data across restarts is at hand locally, so a restarted broker starts with
+an empty log and no consumer-group offsets, and topics get new topic ids. Ingest detects that and
+starts a new log epoch (`movierec.ingest.LogEpoch`, tests/test_ingest_epochs.py); what the old log
+held and ingest had not stored is gone.
+
 CLI:
     python -m scripts.broker start|stop|status [--port 9092] [--state-dir var] [--topic movielog1]
 """

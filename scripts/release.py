@@ -13,7 +13,9 @@ Owns the command line an operator uses against a running stack (local or remote 
 - `step`                        one analysis step of the running release, now (what cron runs),
                                 with the token `release-admin-token`;
 - `train`, `ingest`             invoke those functions now (a training can take minutes), with the
-                                token `cron-token` (what the scheduler sends);
+                                token `cron-token` (what the scheduler sends); an ingest while
+                                another run holds the consumer group says at once who holds it and
+                                when it is free (the function's 409), never `records 0`;
 - `drill-bad-model`             a release drill: copy the stable model into a new registry version
                                 whose manifest carries `"drill": {"delay_ms": N, "error_rate": F}`
                                 (movierec.serving then answers slowly and/or with 500s) and/or
@@ -106,8 +108,28 @@ def release_step(calls: StackCalls, args: argparse.Namespace) -> Any:
 
 def invoke(calls: StackCalls, args: argparse.Namespace) -> Any:
     token = calls.secret(CRON_TOKEN)
+    auth = {"Authorization": f"Bearer {token}"}
+    if args.action == "ingest":
+        return invoke_ingest(calls, auth)
     return calls.call("POST", args.action, "", timeout_s=CALL_TIMEOUT_S[args.action], token=CRON_TOKEN,
-                      data=b"", headers={"Authorization": f"Bearer {token}"})
+                      data=b"", headers=auth)
+
+
+def invoke_ingest(calls: StackCalls, auth: dict[str, str]) -> Any:
+    """Run ingest now, or say at once what holds the consumer group's lease and until when (409:
+    another run, e.g. the scheduled one, is ingesting; it is never reported as `records 0`)."""
+    try:
+        return calls.gateway.call("POST", "ingest", "", timeout_s=CALL_TIMEOUT_S["ingest"], data=b"",
+                                  headers=auth)
+    except FunctionError as e:
+        if e.status == 409:
+            detail = e.detail.partition(": ")[2] or e.detail  # drop the error's type name
+            raise CommandError(f"ingest not started: {detail}; run it again after that") from None
+        if e.status == 401:
+            raise CommandError(f"ingest: refused (401): check the secret {CRON_TOKEN}") from None
+        raise CommandError(str(e)) from None
+    except GatewayError as e:
+        raise CommandError(f"{e}: is the stack up (make status)?") from None
 
 
 def drill_settings(delay_ms: float | None, error_rate: float | None, ranking: str | None = None):

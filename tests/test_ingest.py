@@ -48,3 +48,29 @@ def test_the_summary_becomes_the_ingest_gauges_with_their_labels():
     assert 'ingest_consumer_lag{topic="movielog1",partition="0"} 4' in text
     assert 'ingest_quarantined{reason="truncated"} 1' in text
     assert "ingest_last_success_timestamp_seconds 1700000000" in text
+
+
+def test_a_run_holds_its_group_s_lease_for_its_own_bound_plus_the_grace():
+    assert IngestConfig.from_env({"INGEST_MAX_SECONDS": "45"}).lease_seconds == 105.0
+    assert IngestConfig.from_env({"INGEST_MAX_SECONDS": "5", "INGEST_LEASE_GRACE": "2s"}).lease_seconds == 7.0
+    with pytest.raises(ConfigError, match="INGEST_LEASE_GRACE must be a duration"):
+        IngestConfig.from_env({"INGEST_LEASE_GRACE": "soon"})
+
+
+def test_each_consumer_group_has_its_own_lease_whatever_characters_its_name_has():
+    from movierec.ingest import ingest_lease_name
+
+    assert ingest_lease_name("movierec-ingest") == "ingest/movierec-ingest"
+    assert ingest_lease_name("team/a b") == "ingest/team_a_b"
+    assert ingest_lease_name("..") == "ingest/_"
+
+
+def test_log_epochs_and_resets_become_gauges_and_summary_fields():
+    summary = IngestSummary(topic="movielog1", group_id="g", epochs={0: 2, 1: 1},
+                            log_resets=[{"partition": 0, "epoch": 2, "reason": "topic id changed from a to b"}])
+    families = {f.name: f for f in summary_families(summary, now=1.0)}
+    assert families["ingest_log_epoch"].samples == [(("movielog1", "0"), 2.0), (("movielog1", "1"), 1.0)]
+    assert families["ingest_log_resets"].samples == [(("movielog1",), 1.0)]
+    as_dict = summary.as_dict()
+    assert as_dict["epochs"] == {"0": 2, "1": 1} and as_dict["log_resets_total"] == 1
+    assert as_dict["log_resets"][0]["reason"] == "topic id changed from a to b"

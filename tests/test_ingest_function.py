@@ -5,6 +5,8 @@ server runs in a subprocess with nothing from the repository on its import path 
 tests/test_recommend_function.py, whose FunctionProcess this reuses)."""
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -130,3 +132,88 @@ def test_a_broker_that_is_down_gets_503_naming_it(build_context, tmp_path_factor
         fn.stop()
     assert reply.status_code == 503
     assert reply.json()["error"].startswith(f"IngestError: Kafka broker at {bootstrap} unreachable")
+
+
+def test_three_overlapping_calls_run_once_refuse_two_at_once_and_the_next_run_stores_everything(
+        build_context, tmp_path_factory, kafka_bootstrap, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_kafka_ingest_reliability import produced_facts, stored_lines
+
+    topic = f"overlap-{uuid.uuid4().hex[:8]}"
+    first = stream_lines(20_000)
+    produce(kafka_bootstrap, topic, first)
+    fn = serve(build_context, tmp_path_factory, kafka_bootstrap, topic, tmp_path / "store")
+    try:
+        def call(headers):
+            started = time.monotonic()
+            reply = requests.post(fn.url + "/", headers=headers, data=b"", timeout=120)
+            return reply, time.monotonic() - started
+
+        callers = [CRON, CRON, {}]  # the scheduled run fired twice (overlapping ticks) and a manual call
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(call, callers))
+        ok = [(r, t) for r, t in answers if r.status_code == 200]
+        refused = [(r, t) for r, t in answers if r.status_code == 409]
+        assert len(ok) == 1 and len(refused) == 2, [r.text for r, _ in answers]
+        run, run_took = ok[0]
+        assert run.json()["records"] == 20_000 and run.json()["lag_total"] == 0
+        for reply, took in refused:
+            error = reply.json()["error"]
+            assert error.startswith(f"LeaseHeld: ingest of consumer group g-{topic} is already running: held by ")
+            assert " ingest of " in error and " pid " in error and "free when it ends, at the latest " in error
+            assert took < min(3.0, run_took) and int(reply.headers["Retry-After"]) > 0
+
+        # The group is usable at once: the next scheduled run stores what came since, all of it.
+        second = stream_lines(3000, garbage_every=9)
+        produce(kafka_bootstrap, topic, second)
+        reply = requests.post(fn.url + "/", headers=CRON, data=b"", timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["records"] == 3000 and reply.json()["lease"] == run.json()["lease"] + 1
+    finally:
+        fn.stop()
+    assert stored_lines(LocalDirectoryStore(tmp_path / "store")) == produced_facts(first + second)
+    assert committed(kafka_bootstrap, f"g-{topic}", topic) == [11_500, 11_500]
+
+
+def test_the_operator_s_manual_ingest_says_at_once_what_holds_the_lease_and_until_when(tmp_path, monkeypatch, capsys):
+    """`python -m scripts.release ingest` while the scheduled run holds the group: one line, no
+    retries, naming the holder and when it is free (the body is the ingest handler's 409)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from scripts import release
+
+    error = ("LeaseHeld: ingest of consumer group movierec-ingest is already running: held by cron ingest of "
+             "movielog1 on host-a pid 41 (lease 7) since 2027-01-15T08:00:00Z; free when it ends, at the latest "
+             "2027-01-15T08:01:45Z (in 95 s)")
+    calls = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_POST(self):
+            calls.append(self.path)
+            body = json.dumps({"error": error}).encode()
+            self.send_response(409)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "96")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OPENFAAS_URL", f"http://127.0.0.1:{server.server_port}")
+        started = time.monotonic()
+        code = release.main(["--state-dir", str(tmp_path), "ingest"])
+        took = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert code == 1 and calls == ["/function/ingest"] and took < 5
+    assert capsys.readouterr().err == (
+        "error: ingest not started: ingest of consumer group movierec-ingest is already running: held by cron "
+        "ingest of movielog1 on host-a pid 41 (lease 7) since 2027-01-15T08:00:00Z; free when it ends, at the "
+        "latest 2027-01-15T08:01:45Z (in 95 s); run it again after that\n")

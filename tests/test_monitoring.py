@@ -69,7 +69,7 @@ def test_promtool_accepts_the_rendered_config_and_its_rules(profile, tmp_path):
     conf = write_config(settings, tmp_path / "prometheus.yml")
     run = subprocess.run([promtool_binary(), "check", "config", str(conf)], check=False, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 9 rules found" in run.stdout
+    assert "SUCCESS: 10 rules found" in run.stdout
 
 
 @needs_prometheus

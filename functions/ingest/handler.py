@@ -8,14 +8,18 @@ manual run. A run writes, so it needs the `cron-token` secret as `Authorization:
 secret is not configured. Replies with the run's JSON summary; any other method gets 405 (a stray
 GET must not start one); a bad bound (not a positive finite ASCII number) or setting gives 400 and
 a failing dependency 503, each with a one-line JSON error (movierec.adapters.replies).
+One run per consumer group: while another run (cron, manual, async) holds the group's lease, a
+call is refused at once with 409 naming the holder and when it will be free (`Retry-After` in
+seconds), never a 200 with nothing ingested.
 """
 import math
 import re
 
 from movierec.adapters.kafka_ingest import run_ingest
 from movierec.adapters.replies import CRON_TOKEN, check_token, error, from_exception, reply
-from movierec.errors import Rejected
+from movierec.errors import Rejected, one_line
 from movierec.ingest import IngestConfig
+from movierec.lease import LeaseHeld
 
 _NUMBER = {int: re.compile(r"[0-9]{1,12}"), float: re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")}
 
@@ -32,6 +36,11 @@ def _number(query, name, kind):
     return value
 
 
+def _caller(headers) -> str:
+    """Who started the run, as a refused second run is told: cron, or a manual call."""
+    return "cron" if (headers.get("X-Connector") or "").startswith("cron") else "manual"
+
+
 def handle(event, context):
     if event.method != "POST":
         return error(405, f"method {event.method} not allowed: POST starts an ingest run", Allow="POST")
@@ -42,8 +51,11 @@ def handle(event, context):
         config = IngestConfig.from_env(
             max_records=_number(event.query, "max_records", int),
             max_seconds=_number(event.query, "max_seconds", float),
+            caller=_caller(event.headers),
         )
         summary = run_ingest(config)
+    except LeaseHeld as e:
+        return error(409, one_line(e), **{"Retry-After": str(e.retry_after_s)})
     except Exception as e:  # noqa: BLE001 (from_exception answers by the error taxonomy; bugs are 500)
         return from_exception(e)
     return reply(200, summary.as_dict())

@@ -7,11 +7,25 @@ probe and the CLI: `python -m movierec.adapters.kafka_ingest [--max-records N] [
 
 Exactly once, across crashes at any point (with `movierec.batches`' write-once, pure-bytes
 objects and manifest-last commit point):
-- each partition restarts at max(committed offset, last manifest's end + 1), so a crash after the
-  manifest but before the Kafka commit does not re-ingest the range;
+- the store is the truth: each partition resumes where its current epoch's stored batches end
+  (a committed offset behind it is skipped forward, one ahead of it, which only a stale commit can
+  be, is sought back), so a crash after the manifest but before the Kafka commit does not
+  re-ingest the range;
 - Kafka offsets are committed only after the manifest is stored;
 - records handed to the builders but not stored when a partition is revoked or rewound are
   dropped and re-read by whoever consumes the partition next.
+
+Log epochs (`movierec.ingest.LogEpoch`): before consuming a partition, its log is compared with
+the one its current epoch was stored from (topic id and cluster id from kafka-python's cluster
+metadata, the high watermark of a fetch: Tansu's end-offset listing under-reports). A log that
+was reset or replaced starts a new epoch at the new log's start: earlier batches stay as they
+are, nothing is skipped, and the run's summary and metrics say so (`log_resets`,
+`ingest_log_epoch`). A log replaced while a run consumes it stops the run before anything more is
+stored (the next run starts the new epoch).
+
+One run per consumer group: the run holds the group's lease (`movierec.lease`) from before it
+reads the store until it has left the group, checks it before storing each batch, and a second
+run is refused at once (`movierec.lease.LeaseHeld`, 409) naming the holder and when it is free.
 
 Must not touch: the batch format, quality checks and loaders (`movierec.batches`), what a setting
 means (`movierec.ingest.IngestConfig`), HTTP replies (`functions/ingest`).
@@ -30,14 +44,15 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from movierec.adapters.kafka_epochs import PartitionEpochs, log_facts
 from movierec.adapters.pushgateway import push
 from movierec.adapters.retry import retry
 from movierec.adapters.stores import open_store
 from movierec.batches.builder import VOLUME_HISTORY, store_batch
 from movierec.batches.builders import InlineBuilders, ProcessBuilders
-from movierec.batches.layout import BatchRef, list_batches
-from movierec.errors import MovierecError, Unavailable
-from movierec.ingest import IngestConfig, IngestError, IngestSummary, summary_families
+from movierec.errors import Conflict, MovierecError, Unavailable
+from movierec.ingest import IngestConfig, IngestError, IngestSummary, ingest_lease_name, summary_families
+from movierec.lease import Lease, acquire, default_holder
 from movierec.store import ObjectStore, StoreError
 
 log = logging.getLogger("movierec.ingest")  # the component's name: operators grep "movierec.ingest: stored"
@@ -50,26 +65,37 @@ class _Ingester:
         self.summary = IngestSummary(config.topic, config.group_id)
         # partition -> (records handed to the builders and not stored yet, the last one's offset)
         self.pending: dict[int, tuple[int, int]] = {}
-        self.next_stored: dict[int, int] = {}  # partition -> first offset not yet in the store
+        self.next_stored: dict[int, int] = {}  # partition -> first offset of its epoch not yet stored
         self.volumes: dict[int, list[int]] = defaultdict(list)  # partition -> recent batch sizes
+        self.epochs = PartitionEpochs(config, store, self.summary)
+        self.sought: dict[int, int] = {}  # partition -> offset last sought to close a gap
         self.revoked: list[int] = []  # partitions revoked on kafka-python's IO thread, not yet dropped
         self.builders: InlineBuilders | ProcessBuilders | None = None
         self.consumer = None
         self.assigned = False
+        self.lease: Lease | None = None
 
-    # The store is read once up front: it fails fast (naming the store) before anything is
-    # consumed, and gives each partition's resume point and recent volumes.
+    # The store is read once up front (after taking the lease): it fails fast (naming the store)
+    # before anything is consumed, and gives each partition's epoch, resume point and volumes.
     def read_store_state(self) -> None:
         try:
-            refs = list_batches(self.store, self.config.topic)
+            self.epochs.read()
         except StoreError as e:
             raise IngestError(f"object store unavailable before consuming: {e}") from e
-        by_partition: dict[int, list[BatchRef]] = defaultdict(list)
-        for ref in refs:
-            by_partition[ref.partition].append(ref)
-        for partition, prefs in by_partition.items():
-            self.next_stored[partition] = max(r.last for r in prefs) + 1
-            self.volumes[partition] = [r.last - r.first + 1 for r in prefs[-VOLUME_HISTORY:]]
+        self.next_stored.update(self.epochs.stored_end)
+        self.volumes.update(self.epochs.volumes)
+
+    def check_new_partitions(self) -> None:
+        """Compare the log of each newly assigned partition with its epoch once its high watermark
+        is known (every fetch response carries it), and resume where its epoch's batches end."""
+        for tp in self.consumer.assignment():
+            if tp.partition not in self.epochs.checked and self.consumer.highwater(tp) is not None:
+                resume = self.epochs.check(tp, log_facts(self.consumer, tp), self.lease)
+                if self.next_stored.get(tp.partition) != resume:
+                    self.sought.pop(tp.partition, None)
+                self.next_stored[tp.partition] = resume
+                if self.consumer.position(tp) != resume:
+                    self.consumer.seek(tp, resume)
 
     def connect(self) -> None:
         def attempt():
@@ -102,18 +128,31 @@ class _Ingester:
 
     def accept(self, tp, records) -> list:
         """The polled records not stored yet. The consumer resumes at the committed offset; the
-        store may be ahead of it (a crash between storing a batch and committing it): skip there."""
-        pending = self.pending.get(tp.partition)
+        store may be ahead of it (a crash between storing a batch and committing it): skip there.
+        Records after a hole are sought back once; a hole the log really has is then accepted."""
+        p = tp.partition
+        pending = self.pending.get(p)
         if pending and records[0].offset <= pending[1]:
-            log.warning("partition %d rewound to offset %d: re-reading it", tp.partition, records[0].offset)
-            self.drop(tp.partition)
-        stored_up_to = self.next_stored.get(tp.partition)
-        if stored_up_to is None or records[0].offset >= stored_up_to:
+            log.warning("partition %d rewound to offset %d: re-reading it", p, records[0].offset)
+            self.drop(p)
+            pending = None
+        expected = pending[1] + 1 if pending else self.next_stored.get(p, 0)
+        first = records[0].offset
+        if first > expected:
+            if self.sought.get(p) != expected:
+                self.sought[p] = expected
+                log.info("partition %d: at offset %d, the store ends at %d: seeking back", p, first, expected)
+                self.consumer.seek(tp, expected)
+                return []
+            log.warning("partition %d: the log has no offsets %d-%d", p, expected, first - 1)
+            self.summary.log_gaps[p] = self.summary.log_gaps.get(p, 0) + first - expected
             return records
-        if records[-1].offset < stored_up_to:
-            self.consumer.seek(tp, stored_up_to)
-        log.info("partition %d: skipping to offset %d, already stored", tp.partition, stored_up_to)
-        return [r for r in records if r.offset >= stored_up_to]
+        if first == expected:
+            return records
+        if records[-1].offset < expected:
+            self.consumer.seek(tp, expected)
+        log.info("partition %d: skipping to offset %d, already stored", p, expected)
+        return [r for r in records if r.offset >= expected]
 
     def take(self, partition: int, records) -> None:
         """Hand records to the builders, storing a batch each time one fills up."""
@@ -133,7 +172,13 @@ class _Ingester:
         if not count:
             return
         batch = self.builders.build(partition, self.volumes[partition][-VOLUME_HISTORY:])
+        batch.epoch = self.epochs.epoch[partition]
+        replaced = self.epochs.replaced(self.consumer)
+        if replaced:
+            raise IngestError(f"Kafka broker at {self.config.bootstrap}: the log of {self.config.topic} was "
+                              f"replaced ({replaced}): nothing more stored; the next run starts a new epoch")
         try:
+            self.lease.check()  # a run that overran its lease stops before storing or committing
             self.summary.batches_written += store_batch(self.store, batch) > 0
         except StoreError as e:
             raise IngestError(f"object store failed, offsets not committed: {e}") from e
@@ -153,22 +198,55 @@ class _Ingester:
                 f"offset {batch.last + 1} failed ({type(e).__name__}: {e}); the batch is stored and "
                 "the next run resumes after it"
             ) from e
-        log.info("stored %s/p%d %d-%d (%d records)", self.config.topic, partition, batch.first,
-                 batch.last, batch.records)
+        log.info("stored %s/p%d %d-%d (%d records, epoch %d)", self.config.topic, partition, batch.first,
+                 batch.last, batch.records, batch.epoch)
 
     def run(self) -> IngestSummary:
         cfg = self.config
         started = time.monotonic()
-        self.read_store_state()
-        # Started before joining the group, so the child's start-up overlaps the join.
+        # Started first, so the child's start-up overlaps connecting and joining the group.
         self.builders = ProcessBuilders(cfg.topic) if cfg.builder_process else InlineBuilders(cfg.topic)
         try:
-            self.connect()
-            self.consume(started)
+            self.connect()  # a broker that is down fails here, before anything is written
+            try:
+                self.take_lease()  # before joining the group: one member per group at a time
+                try:
+                    self.read_store_state()
+                    self.consume(started)
+                finally:
+                    self.free_lease()
+            finally:
+                self.close_consumer()
         finally:
             self.builders.close()
         self.summary.duration_seconds = time.monotonic() - started
         return self.summary
+
+    def close_consumer(self) -> None:
+        """Leave the group (before the lease is freed, so the next run joins without a stale
+        member) and close; uncommitted positions are not committed."""
+        if self.consumer is not None:
+            consumer, self.consumer = self.consumer, None
+            consumer.close(autocommit=False)
+
+    def take_lease(self) -> None:
+        """The group's lease, or LeaseHeld (409) naming who holds it and until when."""
+        cfg = self.config
+        holder = default_holder(f"{cfg.caller} ingest of {cfg.topic}")
+        try:
+            self.lease = acquire(self.store, ingest_lease_name(cfg.group_id), holder, cfg.lease_seconds)
+        except StoreError as e:
+            raise IngestError(f"object store unavailable before consuming: {e}") from e
+        except Conflict as e:
+            e.args = (f"ingest of consumer group {cfg.group_id} is already running: {e}",)
+            raise
+        self.summary.lease = self.lease.token
+
+    def free_lease(self) -> None:
+        try:
+            self.lease.release()
+        except StoreError as e:  # the lease then frees itself at its expiry
+            log.warning("could not release the ingest lease (it expires at %s): %s", self.lease.expires_at, e)
 
     def consume(self, started: float) -> None:
         cfg = self.config
@@ -194,6 +272,7 @@ class _Ingester:
                 polled = consumer.poll(timeout_ms=200, max_records=min(remaining, 50_000))
                 while self.revoked:
                     self.drop(self.revoked.pop())
+                self.check_new_partitions()
                 if not self.assigned:
                     if time.monotonic() - started > cfg.join_timeout_s:
                         raise IngestError(f"Kafka broker at {cfg.bootstrap}: no partitions of topic "
@@ -207,6 +286,9 @@ class _Ingester:
                     if first_record_at is None:
                         first_record_at = now
                     for tp, records in polled.items():
+                        if tp.partition not in self.epochs.checked:  # not compared with its epoch yet:
+                            consumer.seek(tp, records[0].offset)  # read these again once it is
+                            continue
                         records = self.accept(tp, records)
                         if records:
                             self.take(tp.partition, records)
@@ -224,7 +306,7 @@ class _Ingester:
             self.summary.stopped_because = stop
             self.measure_lag()
         finally:
-            consumer.close(autocommit=False)
+            self.close_consumer()
 
     def caught_up(self) -> bool:
         """True when every assigned partition's position reached the high watermark of its last
@@ -274,7 +356,9 @@ def run_ingest(config: IngestConfig, store: ObjectStore | None = None) -> Ingest
     """One bounded ingest run; pushes its summary to the Pushgateway when one is configured
     (`summary.pushed_metrics`: True iff pushed; a Pushgateway that is down does not fail the run).
 
-    Raises IngestError naming the broker or the store when one of them fails."""
+    Raises IngestError naming the broker or the store when one of them fails, LeaseHeld (409) at
+    once when another run of the consumer group holds its lease, LeaseLost (409) when this run
+    overran its lease (it stopped before storing anything more)."""
     store = open_store() if store is None else store
     summary = _Ingester(config, store).run()
     if config.pushgateway_url:
@@ -302,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         config = IngestConfig.from_env(max_records=args.max_records, max_seconds=args.max_seconds,
-                                       batch_records=args.batch_records, idle_seconds=args.idle_seconds)
+                                       batch_records=args.batch_records, idle_seconds=args.idle_seconds,
+                                       caller="command-line")
         summary = run_ingest(config)
     except (MovierecError, StoreError, ValueError) as e:
         print(f"ingest failed: {e}", file=sys.stderr)

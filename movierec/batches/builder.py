@@ -1,7 +1,7 @@
 """One batch: one partition's consecutive records parsed into the batch objects, checked, stored.
 
 Owns: `BatchBuilder` (records in, as they arrive; a `ParsedBatch` out: a pure function of the
-records), `parse_batch` (the same in one call), `check_quality` and its thresholds (flags for
+records and the log epoch the consumer sets on it), `parse_batch` (the same in one call), `check_quality` and its thresholds (flags for
 people and alerts, never refusals), `manifest_bytes` (the batch's commit point) and `store_batch`
 (data objects first, the manifest last, each write-once).
 
@@ -52,6 +52,11 @@ class ParsedBatch:
     quarantined: Counter  # by reason
     objects: dict[str, bytes]  # kind -> encoded bytes (only kinds with rows)
     quality: dict
+    epoch: int = 0  # the partition's log epoch (set by the consumer; see layout)
+
+    @property
+    def ref(self) -> BatchRef:
+        return BatchRef(self.topic, self.partition, self.first, self.last, self.epoch)
 
 
 class BatchBuilder:
@@ -187,8 +192,10 @@ def check_quality(records: int, quarantined: int, duplicate_lines: int, duplicat
 
 
 def manifest_bytes(batch: ParsedBatch) -> bytes:
-    ref = BatchRef(batch.topic, batch.partition, batch.first, batch.last)
-    return json.dumps({
+    """The manifest; epoch 0's has no `epoch` field, so its bytes are those written before
+    epochs existed (a re-run of an old range stays a no-op)."""
+    ref = batch.ref
+    manifest = {
         "format": MANIFEST_FORMAT,
         "topic": batch.topic,
         "partition": batch.partition,
@@ -198,12 +205,15 @@ def manifest_bytes(batch: ParsedBatch) -> bytes:
         "events": dict(sorted(batch.events.items())),
         "quarantined": dict(sorted(batch.quarantined.items())),
         "quality": batch.quality,
-    }, indent=1, sort_keys=True).encode()
+    }
+    if batch.epoch:
+        manifest["epoch"] = batch.epoch
+    return json.dumps(manifest, indent=1, sort_keys=True).encode()
 
 
 def store_batch(store: ObjectStore, batch: ParsedBatch) -> int:
     """Write the batch's objects, then its manifest (the commit point). Returns objects written."""
-    ref = BatchRef(batch.topic, batch.partition, batch.first, batch.last)
+    ref = batch.ref
     written = 0
     for kind in KINDS:
         if kind in batch.objects:

@@ -1,7 +1,9 @@
 """Reading batches back: what snapshots, training and the release's online quality read.
 
 Every loader reads only committed batches (named by a manifest, `layout.list_batches`) and keeps
-each Kafka offset once, also where two stored ranges overlap (a rebalance race).
+each record once, also where two stored ranges overlap (a rebalance race). A record is named by
+(topic, partition, log epoch, offset): the same offset in two epochs is two records (the log was
+reset or replaced in between), so each epoch's offsets are kept once on their own.
 
 Owns: `load_ratings` (a `movierec.ratings.RatingsTable`), `load_watches` (`WatchColumns`),
 `load_quarantine`, `iter_recommendations`.
@@ -21,23 +23,39 @@ from movierec.batches.layout import list_batches
 from movierec.store import ObjectStore
 
 
-def _columns_once(store: ObjectStore, kind: str, topic: str | None) -> list[dict[str, np.ndarray]]:
-    """The columns of every committed batch of `kind`, each Kafka offset kept once."""
-    out = []
-    covered: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset already taken
+def _batches_once(store: ObjectStore, kind: str, topic: str | None):
+    """(key of the `kind` object, last offset already taken before it) of every committed batch
+    that adds records, in layout order (topic, partition, epoch, offsets)."""
+    covered: dict[tuple[str, int, int], int] = {}  # (topic, partition, epoch) -> last offset taken
     for ref in list_batches(store, topic):
         manifest = json.loads(store.get(ref.key("manifests")))
         key = manifest.get("objects", {}).get(kind)
-        seen = covered.get((ref.topic, ref.partition), -1)
-        covered[(ref.topic, ref.partition)] = max(seen, ref.last)
-        if key is None or ref.last <= seen:
-            continue
+        identity = (ref.topic, ref.partition, ref.epoch)
+        seen = covered.get(identity, -1)
+        covered[identity] = max(seen, ref.last)
+        if key is not None and ref.last > seen:
+            yield ref, key, seen
+
+
+def _columns_once(store: ObjectStore, kind: str, topic: str | None) -> list[dict[str, np.ndarray]]:
+    """The columns of every committed batch of `kind`, each record kept once."""
+    out = []
+    for ref, key, seen in _batches_once(store, kind, topic):
         columns = decode_columns(store.get(key))
         if ref.first <= seen:  # overlapping ranges from a rebalance race: keep each offset once
             keep = columns["offset"] > seen
             columns = {n: (c if n == "movie_vocab" else c[keep]) for n, c in columns.items()}
         out.append(columns)
     return out
+
+
+def _rows_once(store: ObjectStore, kind: str, topic: str | None) -> Iterable[dict]:
+    """The JSON lines of every committed batch of `kind`, each record once."""
+    for ref, key, seen in _batches_once(store, kind, topic):
+        for line in store.get(key).decode().splitlines():
+            row = json.loads(line)
+            if row["offset"] > seen:
+                yield row
 
 
 def _merged(batches: list[dict[str, np.ndarray]], value_column: str):
@@ -83,20 +101,11 @@ def load_watches(store: ObjectStore, topic: str | None = None) -> WatchColumns:
 
 
 def load_quarantine(store: ObjectStore, topic: str | None = None) -> list[dict]:
-    """Quarantined lines (offset, reason, detail, line) of committed batches."""
-    rows = []
-    for ref in list_batches(store, topic):
-        manifest = json.loads(store.get(ref.key("manifests")))
-        key = manifest.get("objects", {}).get("quarantine")
-        if key:
-            rows.extend(json.loads(line) for line in store.get(key).decode().splitlines())
-    return rows
+    """Quarantined lines (offset, reason, detail, line) of committed batches, each record once."""
+    return list(_rows_once(store, "quarantine", topic))
 
 
 def iter_recommendations(store: ObjectStore, topic: str | None = None) -> Iterable[dict]:
-    for ref in list_batches(store, topic):
-        manifest = json.loads(store.get(ref.key("manifests")))
-        key = manifest.get("objects", {}).get("recommendations")
-        if key:
-            yield from (json.loads(line) for line in store.get(key).decode().splitlines())
+    """Recommendation events of committed batches, each record once."""
+    return _rows_once(store, "recommendations", topic)
 
