@@ -150,7 +150,8 @@ def test_three_overlapping_calls_run_once_refuse_two_at_once_and_the_next_run_st
             reply = requests.post(fn.url + "/", headers=headers, data=b"", timeout=120)
             return reply, time.monotonic() - started
 
-        callers = [CRON, CRON, {}]  # the scheduled run fired twice (overlapping ticks) and a manual call
+        manual = {"Authorization": f"Bearer {CRON_TOKEN}"}  # what `scripts.release ingest` sends
+        callers = [CRON, CRON, manual]  # the scheduled run fired twice (overlapping ticks) and a manual call
         with ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(call, callers))
         ok = [(r, t) for r, t in answers if r.status_code == 200]
@@ -207,6 +208,8 @@ def test_the_operator_s_manual_ingest_says_at_once_what_holds_the_lease_and_unti
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("OPENFAAS_URL", f"http://127.0.0.1:{server.server_port}")
+        (tmp_path / "secrets").mkdir()
+        (tmp_path / "secrets" / "cron-token").write_text(CRON_TOKEN + "\n")  # the manual call sends it
         started = time.monotonic()
         code = release.main(["--state-dir", str(tmp_path), "ingest"])
         took = time.monotonic() - started

@@ -95,6 +95,12 @@ class RecordingDeployer:
     def update_env(self, name, changes):
         self.env[name].update(changes)
 
+    def env_of(self, name):  # the drift check reads back what was deployed ...
+        return dict(self.env[name])
+
+    def served_version(self, name):  # ... and what the stand-in answers with: the deployed version
+        return self.env[name].get("MODEL_VERSION")
+
 
 class Entry:
     """The public entry: nginx's split by movierec.canary's rule, each variant a ModelHolder

@@ -78,7 +78,10 @@ def test_a_min_interval_holds_retraining_once_a_stable_model_serves(store, world
 
 
 def cron_event():
-    return SimpleNamespace(method="POST", path="/", headers={"X-Topic": "cron-function"}, query={}, body=b"")
+    """What the local cron sends: the topic header and the cron token (the train fixture's)."""
+    return SimpleNamespace(method="POST", path="/", headers={"X-Topic": "cron-function",
+                                                             "Authorization": "Bearer cron-tok"},
+                           query={}, body=b"")
 
 
 def test_a_cron_call_answers_at_once_when_nothing_is_due_and_a_manual_call_trains(train_handler, world):  # noqa: F811

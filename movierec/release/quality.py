@@ -80,6 +80,7 @@ def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: flo
         import numpy as np  # only this optional analysis needs numpy and the batch loaders
 
         from movierec.batches.loaders import iter_recommendations, load_watches
+        from movierec.ratings import factorize_strings
 
         lo, hi = (t.astimezone(UTC).replace(tzinfo=None) for t in (start, end))
         recs = []
@@ -98,7 +99,9 @@ def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: flo
         keep = np.flatnonzero((watches.time_us <= hi_us) & np.isin(watches.user_ids, users))
         # The first watch of each (user, movie); one first watched before `start` never counts.
         _, user_code = np.unique(watches.user_ids[keep], return_inverse=True)
-        movies, movie_code = np.unique(watches.movie_ids[keep], return_inverse=True)
+        # Codes of the whole column, then of the kept rows: no copy of the (fixed-width) id column.
+        movies, movie_code_all = factorize_strings(watches.movie_ids)
+        movie_code = movie_code_all[keep]
         _, first = np.unique(user_code.astype(np.int64) * max(len(movies), 1) + movie_code, return_index=True)
         first = keep[first]
         first = first[watches.time_us[first] >= lo_us]
