@@ -92,6 +92,14 @@ SETTINGS: tuple[Setting, ...] = (
     _train("RMSE_MAX", "float", "", "gate: holdout RMSE at most; blank: params.yaml's, else 1.0", deployed="1.0"),
     _train("RMSE_TOLERANCE", "float", "", "gate: not worse than stable's RMSE by more; blank: params.yaml's, "
            "else 0.02", deployed="0.02"),
+    _train("RANKING_FACTORS", "int", "", "factors of the top-20 ranking model (PureSVD of watches + ratings); "
+           "blank: params.yaml's, else tuned on a validation split of training (4 to 64)", minimum=1),
+    _train("RANKING_POP_DAMPING", "float", "", "popularity damping of the ranking model (0..1); blank: "
+           "params.yaml's, else tuned on a validation split of training (0, 0.25 or 0.5)", minimum=0, maximum=1),
+    _train("RANKING_MIN_LIFT", "float", "", "gate: holdout NDCG@20 at least this times the popularity "
+           "baseline's; blank: params.yaml's, else 1.0", minimum=0),
+    _train("COLD_START_WINDOW", "duration", "", "unknown users get the movies most watched or rated in this "
+           "last stretch of the snapshot; blank: params.yaml's, else 7d"),
     _train("TRAIN_TOPIC", "str", "", "train on this topic's batches only; blank: every topic"),
     _train("AUTO_RELEASE", "bool", "1", "start a canary release when a model passes the gates"),
     _train("CODE_VERSION", "str", "", "recorded in each model version; blank: `git describe`, else unknown"),
