@@ -13,7 +13,14 @@ from movierec.artifact import load_model, save_model
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.events import WatchEvent
 from movierec.model import top_k_indices
-from movierec.ranking import Interactions, RankingParams, _top_k_rows, fit_ranker, rank_metrics, recent_popularity
+from movierec.ranking import (
+    Interactions,
+    RankingParams,
+    _top_k_rows,
+    fit_ranker,
+    rank_metrics,
+    recent_popularity,
+)
 from movierec.ratings import WatchPairs
 from movierec.registry import Registry, load_serving_model
 from movierec.snapshot import (
@@ -169,9 +176,8 @@ def test_a_ranking_below_popularity_by_the_margin_fails_the_gate(tmp_path):
 
 
 def test_a_model_that_does_not_beat_popularity_enough_is_not_released_and_the_notifier_says_why(tmp_path):
-    from tests.gateway_double import GatewayDouble
-
     from movierec.adapters.gateway import GatewayClient
+    from tests.gateway_double import GatewayDouble
 
     _, store = stored_world(tmp_path, 6)
     notifier = RecordingNotifier()
