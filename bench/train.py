@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factors", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.015)
-    parser.add_argument("--reg", type=float, default=0.04)
+    parser.add_argument("--reg", type=float, default=0.02)
     parser.add_argument("--batch-size", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2, help="alternate ours/baseline this often; best of each")
     parser.add_argument("--no-localfaas", action="store_true", help="skip register_to_canary_s (needs localfaas)")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from movierec.model import DEFAULT_K, RecommenderModel, lookup_sorted, top_k_indices
+from movierec.model import DEFAULT_K, RecommenderModel, top_k_indices
 from movierec.ratings import RatingsTable
 from movierec.settings import setting_field
 
@@ -183,7 +183,7 @@ def fit_ranker(inter: Interactions, params: RankingParams = RankingParams(), see
         users = np.sort(np.random.default_rng(seed).choice(users, MAX_VALIDATION_USERS, replace=False))
     if len(users):
         indptr, indices = fit.csr()
-        rel_rows, rel_cols = held.rows[relevant], held.cols[relevant]
+        rel_keys = pair_keys(held.rows[relevant], held.cols[relevant], inter.shape[1])
         x_users = {}
         decomposed = {}
         for damping in sorted({d for _, d in grid}):
@@ -195,7 +195,7 @@ def fit_ranker(inter: Interactions, params: RankingParams = RankingParams(), see
             singular, v = decomposed[damping]
             p = np.zeros((inter.shape[0], min(factors, v.shape[1])), np.float32)
             p[users] = (x_users[damping] @ v[:, :factors]) * _shrunk(singular, factors, shrink)
-            figures = rank_metrics(lambda b: p[b] @ v[:, :factors].T, users, indptr, indices, rel_rows, rel_cols,
+            figures = rank_metrics(lambda b: p[b] @ v[:, :factors].T, users, indptr, indices, rel_keys,
                                    inter.shape[1], k)
             tried.append({"factors": p.shape[1], "damping": damping, "shrink": shrink,
                           "ndcg": round(figures["ndcg"], 5)})
@@ -234,32 +234,34 @@ def _top_k_rows(scores: np.ndarray, k: int, n_available: np.ndarray) -> np.ndarr
     return top
 
 
+def pair_keys(rows: np.ndarray, cols: np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted distinct keys row * n_items + col of (row, col) pairs: `rank_metrics`' relevant set."""
+    return np.unique(np.asarray(rows, np.int64) * n_items + np.asarray(cols, np.int64))
+
+
 def rank_metrics(score_rows: Callable[[np.ndarray], np.ndarray], users: np.ndarray, exclude_indptr: np.ndarray,
-                 exclude_indices: np.ndarray, rel_rows: np.ndarray, rel_cols: np.ndarray, n_items: int,
-                 k: int = DEFAULT_K, batch: int = 512) -> dict[str, float]:
+                 exclude_indices: np.ndarray, rel_keys: np.ndarray, n_items: int, k: int = DEFAULT_K,
+                 batch: int = 512) -> dict[str, float]:
     """precision, recall, ndcg, hit_rate (means over `users`, sorted row ids) and coverage (share
     of the `n_items` in anyone's top k) of the scoring `score_rows(rows) -> rows x n_items`, where
-    each user's excluded columns (CSR) cannot be recommended and (rel_rows, rel_cols) are the
+    each user's excluded columns (CSR) cannot be recommended and `rel_keys` (`pair_keys`) are the
     relevant pairs. Every user must have at least one relevant pair."""
-    order = np.lexsort((rel_cols, rel_rows))
-    rel_rows, rel_cols = np.asarray(rel_rows)[order], np.asarray(rel_cols)[order]
+    rel_of_row = rel_keys // max(n_items, 1)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])
     sums = dict.fromkeys(("precision", "recall", "ndcg", "hit_rate"), 0.0)
     shown = np.zeros(n_items, dtype=bool)
     for start in range(0, len(users), batch):
         rows = np.asarray(users[start: start + batch], dtype=np.int64)
-        scores = np.array(score_rows(rows), dtype=np.float64)
+        scores = np.array(score_rows(rows), dtype=np.float32)
         lengths = exclude_indptr[rows + 1] - exclude_indptr[rows]
         pos = np.repeat(exclude_indptr[rows] - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
         scores[np.repeat(np.arange(len(rows)), lengths), exclude_indices[pos]] = -np.inf
         top = _top_k_rows(scores, k, n_items - lengths)
-        relevant = np.zeros((len(rows), n_items), dtype=bool)
-        lo, hi = np.searchsorted(rel_rows, rows[0]), np.searchsorted(rel_rows, rows[-1], side="right")
-        where = lookup_sorted(rows, rel_rows[lo:hi])
-        relevant[where[where >= 0], rel_cols[lo:hi][where >= 0]] = True
-        n_relevant = relevant.sum(axis=1)
-        hits = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+        n_relevant = np.searchsorted(rel_of_row, rows, side="right") - np.searchsorted(rel_of_row, rows)
+        keys = rows[:, None] * n_items + np.maximum(top, 0)
+        at = np.minimum(np.searchsorted(rel_keys, keys), len(rel_keys) - 1)
+        hits = (rel_keys[at] == keys) & (top >= 0)
         n_hits = hits.sum(axis=1)
         sums["precision"] += float((n_hits / k).sum())
         sums["recall"] += float((n_hits / n_relevant).sum())
@@ -311,9 +313,9 @@ def ranking_report(model: RecommenderModel, holdout: RatingsTable, k: int = DEFA
     }
     if model.has_ranker:
         scorings["svd"] = lambda b: model.user_factors[b] @ model.item_factors.T + model.item_bias
+    rel_keys = pair_keys(rows[ok], cols[ok], n)
     for name, scoring in scorings.items():
-        report[name] = rank_metrics(scoring, users, model.seen_indptr, model.seen_indices, rows[ok], cols[ok],
-                                    n, k, batch)
+        report[name] = rank_metrics(scoring, users, model.seen_indptr, model.seen_indices, rel_keys, n, k, batch)
     return report
 
 

@@ -18,6 +18,7 @@ from movierec.ranking import (
     RankingParams,
     _top_k_rows,
     fit_ranker,
+    pair_keys,
     rank_metrics,
     recent_popularity,
 )
@@ -130,7 +131,7 @@ def test_rank_metrics_by_hand():
     scores = np.array([[5.0, 4.0, 3.0, 2.0, 9.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
     indptr, indices = np.array([0, 1, 1]), np.array([4])
     got = rank_metrics(lambda rows: scores[rows], np.array([0, 1]), indptr, indices,
-                       np.array([0, 0, 1]), np.array([0, 3, 2]), n_items=5, k=2)
+                       pair_keys(np.array([0, 0, 1]), np.array([0, 3, 2]), 5), n_items=5, k=2)
     # user 0 top-2 = [0, 1]: one hit of two at rank 1; user 1 top-2 = [4, 3]: no hit.
     ndcg0 = 1.0 / (1.0 + 1 / np.log2(3))
     assert got == pytest.approx({"precision": (0.5 + 0) / 2, "recall": (0.5 + 0) / 2, "ndcg": ndcg0 / 2,
