@@ -15,8 +15,12 @@ to watch, popularity included:
   where W = diag(s^2 / (s^2 + shrink * s_k^2)) shrinks the weakest factors (a low-rank ridge,
   as EASE's closed form is a full-rank one). Movies nobody interacted with in training get the
   bias UNSEEN_BIAS, so they come after every movie the model knows.
-`factors`, `damping` and `shrink` are chosen on a validation split carved from the TRAINING
-pairs (never the reported holdout), by NDCG@k; the settings can fix the first two.
+- A popularity blend: + blend * sd_u * z(log(1 + pop_i)), sd_u the spread of user u's factor
+  scores; as the blend grows the list tends to the popularity list, which is what a stream whose
+  users pick by popularity alone calls for (0 where the factors know better).
+`factors`, `damping`, `shrink` and `blend` are chosen on a validation split carved from the
+TRAINING pairs (never the reported holdout), by NDCG@k; the settings can fix the first two.
+The blend is folded into the factors (one more column), so serving stays one product.
 
 Owns `RankingParams` (settings RANKING_FACTORS, RANKING_POP_DAMPING), `Interactions` (the
 training pairs as matrix coordinates), `fit_ranker` -> `Ranker`, `rank_metrics` (precision,
@@ -44,6 +48,7 @@ UNSEEN_BIAS = -1e6
 FACTOR_GRID = (4, 8, 16, 32, 64)
 DAMPING_GRID = (0.0, 0.25, 0.5)
 SHRINK_GRID = (0.0, 1.0, 4.0)
+BLEND_GRID = (0.0, 0.5, 2.0, 8.0)
 VALIDATION_FRACTION = 0.2
 VALIDATION_SALT = 0x5EED_0F_7A1D  # the validation split's seed differs from the holdout's
 MAX_VALIDATION_USERS = 1000
@@ -151,13 +156,38 @@ def _shrunk(singular: np.ndarray, factors: int, shrink: float) -> np.ndarray:
     return (s2 / (s2 + shrink * s2[-1])).astype(np.float32) if len(s2) else s2.astype(np.float32)
 
 
-def _ranker(x, singular: np.ndarray, v: np.ndarray, inter: Interactions, factors: int, shrink: float,
+def _popularity_feature(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """(z-scored log(1 + users) of the movies with interactions and 0 elsewhere, which are known)."""
+    pop = inter.popularity()
+    known = pop > 0
+    feature = np.zeros(len(pop), np.float32)
+    if known.any():
+        logged = np.log1p(pop[known])
+        feature[known] = (logged - logged.mean()) / (logged.std() or 1.0)
+    return feature, known
+
+
+def _blend(p: np.ndarray, v: np.ndarray, feature: np.ndarray, known: np.ndarray, blend: float):
+    """(user factors, movie factors) scoring p.v + blend * sd_u * feature, where sd_u is the spread
+    of user u's factor scores over the known movies (so `blend` means the same for every user):
+    one more column when blend > 0."""
+    if blend == 0 or v.shape[1] == 0:
+        return p, v
+    centred = v[known] - v[known].mean(axis=0)
+    cov = centred.T @ centred / max(int(known.sum()), 1)
+    spread = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", p, cov, p), 0.0)).astype(np.float32)
+    return np.hstack([p, (blend * spread)[:, None]]), np.hstack([v, feature[:, None]])
+
+
+def _ranker(x, singular: np.ndarray, v: np.ndarray, inter: Interactions, best: dict[str, Any],
             params: dict[str, Any]) -> Ranker:
-    v = v[:, :factors]
-    known = inter.popularity() > 0
+    v = v[:, : best["factors"]].astype(np.float32)
+    feature, known = _popularity_feature(inter)
+    user_factors = np.asarray(x @ v, dtype=np.float32) * _shrunk(singular, best["factors"], best["shrink"])
+    user_factors, item_factors = _blend(user_factors, v, feature, known, best["blend"])
     return Ranker(
-        user_factors=np.asarray(x @ v, dtype=np.float32) * _shrunk(singular, factors, shrink),
-        item_factors=v.astype(np.float32),
+        user_factors=np.ascontiguousarray(user_factors, np.float32),
+        item_factors=np.ascontiguousarray(item_factors, np.float32),
         item_bias=np.where(known, 0.0, UNSEEN_BIAS).astype(np.float32),
         users_ranked=np.bincount(inter.rows, minlength=inter.shape[0]) > 0,
         params=params,
@@ -167,13 +197,15 @@ def _ranker(x, singular: np.ndarray, v: np.ndarray, inter: Interactions, factors
 def fit_ranker(inter: Interactions, params: RankingParams = RankingParams(), seed: int = 0,
                k: int = DEFAULT_K) -> Ranker:
     """The ranking model of the training pairs. Its factors and damping (unless `params` fix
-    them) and its shrinkage are tuned by NDCG@k on a validation split of those pairs (a seeded
-    random fifth; the model is fitted on the rest): factors x damping at shrinkage 1, then the
-    shrinkage at the best of those. `params` of the result says what was tried and chosen."""
+    them), its shrinkage and its popularity blend are tuned by NDCG@k on a validation split of
+    those pairs (a seeded random fifth; the model is fitted on the rest): factors x damping at
+    shrinkage 1 and no blend, then the shrinkage, then the blend, each at the best so far.
+    `params` of the result says what was tried and chosen."""
     grid = params.grid()
     tried: list[dict[str, Any]] = []
-    best = {"factors": 32, "damping": 0.25, "shrink": 1.0} if len(grid) > 1 else \
-        {"factors": grid[0][0], "damping": grid[0][1], "shrink": 1.0}
+    best: dict[str, Any] = {"factors": 32, "damping": 0.25} if len(grid) > 1 else \
+        {"factors": grid[0][0], "damping": grid[0][1]}
+    best.update(shrink=1.0, blend=0.0)
     val = np.random.default_rng(seed ^ VALIDATION_SALT).random(len(inter.rows)) < VALIDATION_FRACTION
     fit, held = inter.take(~val), inter.take(val)
     relevant = held.stars >= RELEVANT_RATING
@@ -184,36 +216,44 @@ def fit_ranker(inter: Interactions, params: RankingParams = RankingParams(), see
     if len(users):
         indptr, indices = fit.csr()
         rel_keys = pair_keys(held.rows[relevant], held.cols[relevant], inter.shape[1])
-        x_users = {}
-        decomposed = {}
+        feature, known = _popularity_feature(fit)
+        bias = np.where(known, 0.0, UNSEEN_BIAS).astype(np.float32)
+        x_users, decomposed = {}, {}
         for damping in sorted({d for _, d in grid}):
             x = _matrix(fit, damping)
             decomposed[damping] = truncated_svd(x, max(f for f, _ in grid), seed)
             x_users[damping] = x[users]
 
-        def score(factors: int, damping: float, shrink: float) -> float:
+        def score(factors: int, damping: float, shrink: float, blend: float) -> None:
             singular, v = decomposed[damping]
-            p = np.zeros((inter.shape[0], min(factors, v.shape[1])), np.float32)
-            p[users] = (x_users[damping] @ v[:, :factors]) * _shrunk(singular, factors, shrink)
-            figures = rank_metrics(lambda b: p[b] @ v[:, :factors].T, users, indptr, indices, rel_keys,
+            v = v[:, :factors]
+            p, vb = _blend((x_users[damping] @ v) * _shrunk(singular, factors, shrink), v, feature, known, blend)
+            scores = np.zeros((inter.shape[0], p.shape[1]), np.float32)
+            scores[users] = p
+            figures = rank_metrics(lambda b: scores[b] @ vb.T + bias, users, indptr, indices, rel_keys,
                                    inter.shape[1], k)
-            tried.append({"factors": p.shape[1], "damping": damping, "shrink": shrink,
+            tried.append({"factors": v.shape[1], "damping": damping, "shrink": shrink, "blend": blend,
                           "ndcg": round(figures["ndcg"], 5)})
-            return figures["ndcg"]
+
+        def top() -> dict[str, Any]:
+            return max(tried, key=lambda t: t["ndcg"])  # the first best: the smaller model on ties
 
         for factors, damping in grid:
-            score(factors, damping, 1.0)
-        top = max(tried, key=lambda t: t["ndcg"])  # the first best: the smaller model on ties
+            score(factors, damping, 1.0, 0.0)
         for shrink in SHRINK_GRID:
             if shrink != 1.0:
-                score(top["factors"], top["damping"], shrink)
-        best = max(tried, key=lambda t: t["ndcg"])
+                score(top()["factors"], top()["damping"], shrink, 0.0)
+        for blend in BLEND_GRID:
+            if blend != 0.0:
+                score(top()["factors"], top()["damping"], top()["shrink"], blend)
+        best = top()
     x = _matrix(inter, best["damping"])
     singular, v = truncated_svd(x, best["factors"], seed)
-    chosen = {"model": "puresvd", "factors": int(v.shape[1]), "pop_damping": best["damping"],
-              "shrink": best["shrink"], "rating_weight": RATING_WEIGHT, "tuned_on_validation": tried,
-              **asdict(params)}
-    return _ranker(x, singular, v, inter, v.shape[1], best["shrink"], chosen)
+    best["factors"] = int(v.shape[1])
+    chosen = {"model": "puresvd", "factors": best["factors"], "pop_damping": best["damping"],
+              "shrink": best["shrink"], "popularity_blend": best["blend"], "rating_weight": RATING_WEIGHT,
+              "tuned_on_validation": tried, **asdict(params)}
+    return _ranker(x, singular, v, inter, best, chosen)
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ SETTINGS: tuple[Setting, ...] = (
     _train("RANKING_POP_DAMPING", "float", "", "popularity damping of the ranking model (0..1); blank: "
            "params.yaml's, else tuned on a validation split of training (0, 0.25 or 0.5)", minimum=0, maximum=1),
     _train("RANKING_MIN_LIFT", "float", "", "gate: holdout NDCG@20 at least this times the popularity "
-           "baseline's; blank: params.yaml's, else 1.0", minimum=0),
+           "baseline's on the same holdout; blank: params.yaml's, else 0.95 (at most 5% below)", minimum=0),
     _train("COLD_START_WINDOW", "duration", "", "unknown users get the movies most watched or rated in this "
            "last stretch of the snapshot; blank: params.yaml's, else 7d"),
     _train("TRAIN_TOPIC", "str", "", "train on this topic's batches only; blank: every topic"),

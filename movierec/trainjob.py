@@ -16,7 +16,8 @@ a user rated or watched anywhere in the snapshot (`movierec.training.build_model
 
 Gates: holdout RMSE < RMSE_MAX (default 1.0), not worse than the current stable model on the
 SAME holdout rows by more than RMSE_TOLERANCE (default 0.02), and a top-k ranking whose NDCG@20
-is at least RANKING_MIN_LIFT (default 1.0) times the popularity baseline's on the same holdout.
+is at least RANKING_MIN_LIFT (default 0.95: not more than 5% below) times the popularity
+baseline's on the same holdout.
 A model that fails a gate is still registered (its metrics are the record of why) but never
 released; the summary says why (`not_released_because`) and the notifier is told.
 
@@ -91,7 +92,7 @@ class TrainConfig:
     min_movies: int = setting_field("TRAIN_MIN_MOVIES", 10)
     rmse_max: float = setting_field("RMSE_MAX", 1.0)
     rmse_tolerance: float = setting_field("RMSE_TOLERANCE", 0.02)
-    ranking_min_lift: float = setting_field("RANKING_MIN_LIFT", 1.0)
+    ranking_min_lift: float = setting_field("RANKING_MIN_LIFT", 0.95)
     cold_start_window_s: float = setting_field("COLD_START_WINDOW", 7 * 86400.0)
     topic: str | None = setting_field("TRAIN_TOPIC", None)  # None: every topic's batches
     cache_dir: str = setting_field("MODEL_CACHE_DIR", model_cache_dir({}))  # $TMPDIR/movierec-model-cache
