@@ -2,9 +2,11 @@
 
 Owns the pipeline and its configuration (`TrainConfig.from_env`: the dataclass defaults, then
 params.yaml's `train:` section, then the environment, each variable typed by its row in
-`movierec.settings`), the data checks, the holdout split, the quality gates, the decision to
-start a release after a registration, and the job's metric families (`train_families`, job
-"train"). Fitting and evaluation are `movierec.training`'s; versions and aliases
+`movierec.settings`), the data checks, the holdout split (`holdout_split`, `split_watches`, both
+by `holdout_mask`), the quality gates, the decision to start a release after a registration, the
+notification of a model that is not released, and the job's metric families (`train_families`,
+job "train"). Fitting and evaluation are `movierec.training`'s (the ranking model
+`movierec.ranking`'s); versions and aliases
 `movierec.registry`'s; snapshots `movierec.snapshot`'s; releases `movierec.release`'s; the offline
 reproduction (DVC) `movierec.lineage`'s.
 
