@@ -11,7 +11,7 @@ import pytest
 
 from movierec.artifact import load_model, save_model
 from movierec.batches.builder import parse_batch, store_batch
-from movierec.events import WatchEvent
+from movierec.events import RateEvent, WatchEvent
 from movierec.model import top_k_indices
 from movierec.ranking import (
     Interactions,
@@ -34,7 +34,7 @@ from movierec.snapshot import (
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
-from movierec.trainjob import TrainConfig, gates, run_training, train_families
+from movierec.trainjob import TrainConfig, gates, holdout_mask, run_training, train_families
 
 T0 = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
 FAST = SVDParams(n_factors=8, n_epochs=15, random_state=0)
@@ -76,8 +76,15 @@ def test_no_user_of_a_snapshot_is_ever_recommended_a_movie_they_rated_or_watched
     extra_watcher = 4_000_000_000 + seed  # watched a few movies and rated none
     _, data_before = take_snapshot_data(store)
     watched = data_before.ratings.movie_ids[:3].tolist()
+    # ...and a user whose only ratings are held out: the "rated it, got it recommended".
+    held_only = 4_100_000_000 + seed
+    popular = np.unique(data_before.ratings.movie_ids, return_counts=True)
+    candidates = popular[0][np.argsort(-popular[1])][:40]
+    held = candidates[holdout_mask(np.full(40, held_only), candidates, np.arange(40), 0.2, 0)][:2].tolist()
+    assert held
     store_lines(store, [WatchEvent(datetime(2026, 3, 1) + timedelta(minutes=i), extra_watcher, m, 0).to_line()
-                        for i, m in enumerate(watched)], first_offset=10**7)
+                        for i, m in enumerate(watched)]
+                + [RateEvent(datetime(2026, 3, 1), held_only, m, 2).to_line() for m in held], first_offset=10**7)
     summary = run_training(config_for(tmp_path), store, now=T0)
     served = load_serving_model(summary["version"], store, str(tmp_path / "cache"))
     _, data = load_snapshot_data(store, summary["snapshot_id"])
@@ -86,7 +93,8 @@ def test_no_user_of_a_snapshot_is_ever_recommended_a_movie_they_rated_or_watched
                                                                            data.watches.movie_ids)):
         for u, m in zip(users.tolist(), movies.tolist(), strict=True):
             seen.setdefault(u, set()).add(m)
-    assert extra_watcher in seen and len(seen) > 100
+    assert extra_watcher in seen and held_only in seen and len(seen) > 100
+    assert not served.is_known_user(held_only)  # nothing of theirs was in training
     for user, movies in seen.items():
         recommended = served.recommend(user)
         assert recommended and not set(recommended) & movies, (user, set(recommended) & movies)
