@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train release-token release-status release-drill up down status demo simulate clean
+.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train bench-quality release-token release-status release-drill up down status demo simulate clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ release-token:
 	@test -s var/secrets/release-admin-token || \
 	  (umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > var/secrets/release-admin-token)
 	@echo "release-admin-token in var/secrets/release-admin-token"
+
+# Top-20 quality on the production path (ingest batches -> snapshot -> the train job's split, fit,
+# evaluation, gates, registration): the model vs popularity vs random, RMSE vs the noise floor,
+# seen violations, recommend p99; writes bench/results/quality.json. On your own data (a file of
+# stream lines): `make bench-quality ARGS="--stream lines.txt --out bench/results/quality-mine.json"`.
+bench-quality: $(STAMP)
+	$(PY) -m bench.quality $(ARGS)
 
 # The local stack on 127.0.0.1 (broker, localfaas gateway :8080, nginx :8082, Prometheus :9090,
 # Pushgateway :9091): started in the background by PID, logs in var/logs/. See scripts/stack/ and env/local.yml.

@@ -1,9 +1,12 @@
 """Benchmark: serving cost of the vectorised recommend() against the per-item surprise loop.
 
-Builds one model at serving scale (default 20k movies, 50k users, 100 factors, 50-200 seen
-movies per user drawn with Zipf-like popularity), saves it as the real artifact and loads it
-back, then measures on the same model and the same sampled users, in this one run:
-- ours: `RecommenderModel.recommend(user)` latency p50/p99 over many calls;
+Builds one model at serving scale (default 20k movies, 50k users, 100 SVD factors and a ranking
+model of 65 columns, 64 factors + the popularity blend: the widest the training job ships; 50-200
+seen movies per user drawn with Zipf-like popularity), saves it as the real artifact and loads
+it back, then measures on the same model and the same sampled users, in this one run:
+- ours: `RecommenderModel.recommend(user)` latency p50/p99 over many calls, ordered by the
+  ranking model (the production path), and the same for the SVD-ranked twin of the model (the
+  same arrays without the ranking model: what a model the SVD ranks costs);
 - baseline: what such services usually ship: for every unseen movie call scikit-surprise's
   `algo.predict(uid, iid)` and sort, on a real fitted surprise SVD whose bu/bi/pu/qi are set to
   the model's arrays (fewer calls: it is slow);
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from movierec.artifact import load_model, save_model
-from movierec.model import cold_start_ranking, from_arrays
+from movierec.model import ARRAY_NAMES, RecommenderModel, cold_start_ranking, from_arrays
 from movierec.ratings import RatingsTable
 from movierec.synthetic import SyntheticWorld
 
@@ -63,8 +66,8 @@ def probe_load(directory: str) -> None:
     print(json.dumps({"load_s": load_s, "rss_mb": rss_mb(), "rss_before_load_mb": before}))
 
 
-def build_bench_model(n_users: int, n_movies: int, n_factors: int, seed: int):
-    """A serving-scale model with SVD-like factors and realistic seen lists, plus its seen pairs."""
+def build_bench_model(n_users: int, n_movies: int, n_factors: int, seed: int, rank_factors: int = 64):
+    """A serving-scale model with SVD-like factors, ranking factors and realistic seen lists."""
     rng = np.random.default_rng(seed)
     world = SyntheticWorld(n_users=n_users, n_movies=n_movies, n_factors=2, seed=seed)
     order = np.argsort(world.movie_ids)
@@ -88,7 +91,34 @@ def build_bench_model(n_users: int, n_movies: int, n_factors: int, seed: int):
         cold_start=cold_start_ranking(seen_movies, ratings, n_movies),
         params={"n_factors": n_factors, "source": "bench: random SVD-like factors"},
     )
-    return model
+    if not rank_factors:
+        return model
+    return RecommenderModel(
+        **{name: getattr(model, name) for name in ARRAY_NAMES if not name.startswith(("rank_", "user_ranked"))},
+        user_ranked=np.ones(n_users, bool),
+        rank_user_factors=rng.normal(0, 0.1, (n_users, rank_factors)),
+        rank_item_factors=rng.normal(0, 0.1, (n_movies, rank_factors)),
+        rank_item_bias=np.zeros(n_movies),
+        params=model.params, ranking_params={"factors": rank_factors, "source": "bench: random ranking factors"},
+    )
+
+
+def svd_ranked(model):
+    """The same arrays without the ranking model: the SVD orders every list."""
+    return RecommenderModel(
+        **{name: getattr(model, name) for name in ARRAY_NAMES if not name.startswith(("rank_", "user_ranked"))},
+        params=model.params)
+
+
+def time_calls(model, users: list[int]) -> list[int]:
+    for u in users[:50]:  # warm-up: caches, lazy BLAS initialisation
+        model.recommend(u)
+    samples = []
+    for u in users:
+        t = time.perf_counter_ns()
+        model.recommend(u)
+        samples.append(time.perf_counter_ns() - t)
+    return samples
 
 
 def surprise_twin(model):
@@ -130,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--movies", type=int, default=20_000)
     parser.add_argument("--factors", type=int, default=100)
+    parser.add_argument("--rank-factors", type=int, default=65,
+                        help="ranking model columns (0: none); 65 = the widest the job ships: 64 + the blend")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--baseline-calls", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -141,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     t0 = time.perf_counter()
-    built = build_bench_model(args.users, args.movies, args.factors, args.seed)
+    built = build_bench_model(args.users, args.movies, args.factors, args.seed, args.rank_factors)
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="bench-recommend-") as tmp:
         manifest = save_model(built, tmp)
@@ -155,13 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     rng = np.random.default_rng(args.seed + 1)
     users = rng.choice(model.user_ids, size=args.calls, replace=True).tolist()
-    for u in users[:50]:  # warm-up: caches, lazy BLAS initialisation
-        model.recommend(u)
-    ours_ns = []
-    for u in users:
-        t = time.perf_counter_ns()
-        model.recommend(u)
-        ours_ns.append(time.perf_counter_ns() - t)
+    ours_ns = time_calls(model, users)
+    twin = svd_ranked(model)
+    svd_ns = time_calls(twin, users)
     cold_ns = []
     for u in range(10**12, 10**12 + 200):  # ids the model has never seen
         t = time.perf_counter_ns()
@@ -177,10 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter_ns()
         baseline_recommend(algo, u, all_movies, seen)  # default predict(): clipped, as services ship it
         baseline_ns.append(time.perf_counter_ns() - t)
-        if i < 5:  # sanity, untimed: unclipped surprise estimates rank exactly like recommend()
-            agree += baseline_recommend(algo, u, all_movies, seen, clip=False) == model.recommend(u)
+        if i < 5:  # sanity, untimed: unclipped surprise estimates rank exactly like the SVD-ranked twin
+            agree += baseline_recommend(algo, u, all_movies, seen, clip=False) == twin.recommend(u)
 
     p50, p99, mean = percentiles_ms(ours_ns)
+    s50, s99, _ = percentiles_ms(svd_ns)
     b50, b99, bmean = percentiles_ms(baseline_ns)
     c50, c99, _ = percentiles_ms(cold_ns)
     result = {
@@ -192,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_mean_ms": round(bmean, 2),
         "speedup_p50": round(b50 / p50, 1),
         "speedup_p99": round(b99 / p99, 1),
+        "svd_ranked_p50_ms": round(s50, 4),
+        "svd_ranked_p99_ms": round(s99, 4),
         "cold_start_p50_ms": round(c50, 4),
         "cold_start_p99_ms": round(c99, 4),
         "same_top20_as_surprise_unclipped": f"{agree}/{min(5, len(baseline_ns))}",
@@ -203,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n_users": model.n_users,
         "n_movies": model.n_movies,
         "n_factors": model.n_factors,
+        "n_ranking_factors": model.rank_item_factors.shape[1],
         "seen_pairs": len(model.seen_indices),
         "calls": len(ours_ns),
         "baseline_calls": len(baseline_ns),
@@ -212,10 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     rows = [
         ("vectorised recommend()", result["p50_ms"], result["p99_ms"], len(ours_ns)),
+        ("  same, SVD-ranked twin", result["svd_ranked_p50_ms"], result["svd_ranked_p99_ms"], len(svd_ns)),
         ("surprise predict() loop", result["baseline_p50_ms"], result["baseline_p99_ms"], len(baseline_ns)),
         ("cold start (unknown user)", result["cold_start_p50_ms"], result["cold_start_p99_ms"], len(cold_ns)),
     ]
-    print(f"model: {model.n_users} users, {model.n_movies} movies, {model.n_factors} factors, "
+    print(f"model: {model.n_users} users, {model.n_movies} movies, {model.n_factors} SVD factors, "
+          f"{result['n_ranking_factors']} ranking factors, "
           f"{result['seen_pairs']} seen pairs, artifact {result['artifact_mb']} MiB")
     print(f"{'':28} {'p50 ms':>10} {'p99 ms':>10} {'calls':>7}")
     for name, a, b, n in rows:

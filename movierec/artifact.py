@@ -2,8 +2,11 @@
 
 Owns the artifact format: `model.npz` holds plain numeric and unicode arrays only (loaded with
 allow_pickle=False, so nothing in it can run code) and `manifest.json` its format, sha256, size,
-counts, params and metrics. Loading verifies the sha256 and every array's name, dtype and shape
-and raises `ModelIntegrityError` when anything is off. Files are written atomically with
+counts, params (the SVD's), ranking (the ranking model's parameters, when it has one) and
+metrics. Format version 1 is a model the SVD ranks; version 2 adds the ranking model's arrays
+(`user_ranked`, `rank_user_factors`, `rank_item_factors`, `rank_item_bias`); both load. Loading
+verifies the sha256 and every array's name, dtype and shape and raises `ModelIntegrityError`
+when anything is off. Files are written atomically with
 `movierec.store.write_atomic`, readable by the function's user inside a container (0644: a model
 is not a secret).
 
@@ -25,12 +28,12 @@ from movierec.model import ModelIntegrityError, RecommenderModel
 from movierec.store import write_atomic
 
 FORMAT = "movierec-svd"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written for a model with a ranking model; an SVD-only model is written as v1
 MODEL_FILE = "model.npz"
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_MODE = 0o644  # read by the function's own user in a container
-# What model.npz holds: name -> (dtype kind, ndim). Nothing else is accepted.
-_ARRAYS = {
+# What model.npz holds, per format version: name -> (dtype kind, ndim). Nothing else is accepted.
+_SVD_ARRAYS = {
     "global_mean": ("f", 0),
     "user_ids": ("i", 1),
     "user_has_factors": ("b", 1),
@@ -43,25 +46,23 @@ _ARRAYS = {
     "seen_indices": ("i", 1),
     "cold_start": ("i", 1),
 }
-_RESERVED_MANIFEST_KEYS = {"format", "format_version", "sha256", "size_bytes", "counts", "created_at"}
-
+_ARRAYS_BY_VERSION = {
+    1: _SVD_ARRAYS,
+    2: {**_SVD_ARRAYS, "user_ranked": ("b", 1), "rank_user_factors": ("f", 2), "rank_item_factors": ("f", 2),
+        "rank_item_bias": ("f", 1)},
+}
+_RESERVED_MANIFEST_KEYS = {"format", "format_version", "sha256", "size_bytes", "counts", "created_at", "ranking"}
 
 
 # -- the artifact -----------------------------------------------------------------------------
+def _format_version(model: RecommenderModel) -> int:
+    return 2 if model.has_ranker else 1
+
+
 def _model_arrays(model: RecommenderModel) -> dict[str, np.ndarray]:
-    return {
-        "global_mean": np.array(model.global_mean, dtype=np.float64),
-        "user_ids": model.user_ids,
-        "user_has_factors": model.user_has_factors,
-        "user_bias": model.user_bias,
-        "user_factors": model.user_factors,
-        "movie_ids": model.movie_ids,
-        "item_bias": model.item_bias,
-        "item_factors": model.item_factors,
-        "seen_indptr": model.seen_indptr,
-        "seen_indices": model.seen_indices,
-        "cold_start": model.cold_start,
-    }
+    arrays = {name: getattr(model, name) for name in _ARRAYS_BY_VERSION[_format_version(model)]}
+    arrays["global_mean"] = np.array(model.global_mean, dtype=np.float64)
+    return arrays
 
 
 def serialize_model(model: RecommenderModel, extra_manifest: dict | None = None) -> tuple[bytes, dict]:
@@ -75,12 +76,13 @@ def serialize_model(model: RecommenderModel, extra_manifest: dict | None = None)
     data = buf.getvalue()
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": _format_version(model),
         "sha256": hashlib.sha256(data).hexdigest(),
         "size_bytes": len(data),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "counts": model.counts(),
         "params": model.params,
+        **({"ranking": model.ranking_params} if model.has_ranker else {}),
         **extra,
     }
     json.dumps(manifest)  # fail here, not half-way through writing, if extra is not JSON
@@ -119,11 +121,13 @@ def load_model_bytes(npz_bytes: bytes, manifest: dict, source: str = "model arti
     """Load a model from model.npz bytes and its manifest, verifying both."""
     if not isinstance(manifest, dict):
         raise ModelIntegrityError(f"{source}: manifest is not a JSON object")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if manifest.get("format") != FORMAT or version not in _ARRAYS_BY_VERSION or isinstance(version, bool):
         raise ModelIntegrityError(
             f"{source}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-            f"expected {FORMAT!r} v{FORMAT_VERSION}"
+            f"expected {FORMAT!r} v1..v{FORMAT_VERSION}"
         )
+    expected_arrays = _ARRAYS_BY_VERSION[version]
     expected = manifest.get("sha256")
     actual = hashlib.sha256(npz_bytes).hexdigest()
     if actual != expected:
@@ -134,19 +138,20 @@ def load_model_bytes(npz_bytes: bytes, manifest: dict, source: str = "model arti
     try:
         with np.load(io.BytesIO(npz_bytes), allow_pickle=False) as npz:
             names = set(npz.files)
-            if names != set(_ARRAYS):
-                missing, unexpected = sorted(set(_ARRAYS) - names), sorted(names - set(_ARRAYS))
+            if names != set(expected_arrays):
+                missing, unexpected = sorted(set(expected_arrays) - names), sorted(names - set(expected_arrays))
                 raise ModelIntegrityError(f"{source}: arrays missing {missing}, unexpected {unexpected}")
-            arrays = {name: npz[name] for name in _ARRAYS}
+            arrays = {name: npz[name] for name in expected_arrays}
     except ModelIntegrityError:
         raise
     except (ValueError, OSError, EOFError) as e:  # includes "Object arrays cannot be loaded..."
         raise ModelIntegrityError(f"{source}: {MODEL_FILE} is not a loadable array file: {e}") from None
-    for name, (kind, ndim) in _ARRAYS.items():
+    for name, (kind, ndim) in expected_arrays.items():
         a = arrays[name]
         if a.dtype.kind != kind or a.ndim != ndim:
             raise ModelIntegrityError(f"{source}: array {name!r} has dtype {a.dtype} ndim {a.ndim}, expected {kind}/{ndim}")
     arrays["global_mean"] = float(arrays["global_mean"])
     return RecommenderModel(
-        **arrays, params=manifest.get("params"), manifest=manifest, sha256=actual
+        **arrays, params=manifest.get("params"), ranking_params=manifest.get("ranking"), manifest=manifest,
+        sha256=actual,
     )

@@ -1,13 +1,16 @@
 """The recommendation model: its arrays and vectorised scoring.
 
 Owns `RecommenderModel` (SVD factors and biases as float32 numpy arrays, sorted user and movie
-ids, each user's seen movies as CSR, a cold-start list), `build_model` (from a fitted
-scikit-surprise SVD and its training table), `from_arrays`, top-k selection and
-`ModelIntegrityError` (raised when arrays are inconsistent). The on-disk artifact is
-`movierec.artifact`.
+ids, each user's seen movies as CSR, a cold-start list, and optionally the ranking model's
+factors), `build_model` (from a fitted scikit-surprise SVD and its training table), `svd_arrays`,
+`from_arrays`, top-k selection and `ModelIntegrityError` (raised when arrays are inconsistent).
+The on-disk artifact is `movierec.artifact`; the ranking model is fitted by `movierec.ranking`.
 
-Scoring follows surprise's SVD: est = mu + bu[u] + bi[i] + qi[i] . pu[u], over all movies at once.
-Ranking drops the per-user constant (mu + bu[u]), so it orders exactly as est does.
+Rating prediction follows surprise's SVD: est = mu + bu[u] + bi[i] + qi[i] . pu[u].
+The top-k order: for a user with ranking factors (`user_ranked`), rank_bi[i] + rank_qi[i] . rank_pu[u]
+(an implicit-feedback model of what users watch and rate); otherwise the SVD's est minus the
+per-user constant (mu + bu[u]), which orders exactly as est does. Either way one matrix-vector
+product over all movies at once.
 
 Must not touch: HTTP, OpenFaaS, the object store (callers move the two files), training, and
 importing surprise (the serving function does not ship it; `build_model` only reads attributes).
@@ -29,6 +32,10 @@ COLD_START_SIZE = 200
 # prefers movies rated at least COLD_START_MIN_COUNT times, so one 5-star rating is not "best".
 COLD_START_DAMPING = 10.0
 COLD_START_MIN_COUNT = 5
+# The arrays a model is made of (what `with_seen` copies and the artifact stores).
+ARRAY_NAMES = ("global_mean", "user_ids", "user_has_factors", "user_bias", "user_factors", "movie_ids",
+               "item_bias", "item_factors", "seen_indptr", "seen_indices", "cold_start", "user_ranked",
+               "rank_user_factors", "rank_item_factors", "rank_item_bias")
 
 class ModelIntegrityError(Rejected):
     """The artifact is missing, tampered with, or not a model this code can serve. A data error
@@ -54,7 +61,12 @@ class RecommenderModel:
         seen_indptr: np.ndarray,
         seen_indices: np.ndarray,
         cold_start: np.ndarray,
+        user_ranked: np.ndarray | None = None,
+        rank_user_factors: np.ndarray | None = None,
+        rank_item_factors: np.ndarray | None = None,
+        rank_item_bias: np.ndarray | None = None,
         params: dict | None = None,
+        ranking_params: dict | None = None,
         manifest: dict | None = None,
         sha256: str | None = None,
     ) -> None:
@@ -69,7 +81,16 @@ class RecommenderModel:
         self.seen_indptr = np.ascontiguousarray(seen_indptr, dtype=np.int64)
         self.seen_indices = np.ascontiguousarray(seen_indices, dtype=np.int32)
         self.cold_start = np.ascontiguousarray(cold_start, dtype=np.int32)
+        # No ranking model: zero-width factors, nobody ranked (the SVD orders every list).
+        nu, nm, f32 = len(self.user_ids), len(self.movie_ids), np.float32
+        self.user_ranked = np.ascontiguousarray(np.zeros(nu, bool) if user_ranked is None else user_ranked, bool)
+        self.rank_user_factors = np.ascontiguousarray(np.zeros((nu, 0)) if rank_user_factors is None
+                                                      else rank_user_factors, f32)
+        self.rank_item_factors = np.ascontiguousarray(np.zeros((nm, 0)) if rank_item_factors is None
+                                                      else rank_item_factors, f32)
+        self.rank_item_bias = np.ascontiguousarray(np.zeros(nm) if rank_item_bias is None else rank_item_bias, f32)
         self.params = dict(params or {})
+        self.ranking_params = dict(ranking_params or {})
         self.manifest = dict(manifest or {})
         self.sha256 = sha256
         _check_consistent(self)
@@ -96,6 +117,20 @@ class RecommenderModel:
     def n_factors(self) -> int:
         return self.item_factors.shape[1]
 
+    @property
+    def has_ranker(self) -> bool:
+        """True when a ranking model (not the SVD) orders known users' lists."""
+        return self.rank_item_factors.shape[1] > 0 or bool(self.user_ranked.any())
+
+    def with_seen(self, seen_indptr: np.ndarray, seen_indices: np.ndarray,
+                  cold_start: np.ndarray | None = None) -> RecommenderModel:
+        """The same model (arrays shared) with another seen set and, optionally, cold-start list."""
+        arrays = {name: getattr(self, name) for name in ARRAY_NAMES}
+        arrays.update(seen_indptr=seen_indptr, seen_indices=seen_indices)
+        if cold_start is not None:
+            arrays["cold_start"] = cold_start
+        return RecommenderModel(**arrays, params=self.params, ranking_params=self.ranking_params)
+
     def counts(self) -> dict[str, int]:
         return {
             "users": self.n_users,
@@ -104,6 +139,8 @@ class RecommenderModel:
             "factors": self.n_factors,
             "seen_pairs": len(self.seen_indices),
             "cold_start": len(self.cold_start),
+            **({"users_ranked": int(self.user_ranked.sum()), "ranking_factors": self.rank_item_factors.shape[1]}
+               if self.has_ranker else {}),
         }
 
     # -- lookups ------------------------------------------------------------------------------
@@ -117,9 +154,10 @@ class RecommenderModel:
         return -1
 
     def is_known_user(self, user_id: int) -> bool:
-        """True if the user had ratings in training (has personal factors)."""
+        """True if the user had ratings (SVD factors) or interactions (ranking factors) in training."""
         row = self._user_row(user_id)
-        return row >= 0 and bool(self.user_has_factors[row])
+        return row >= 0 and bool(self.user_has_factors[row] or self.user_ranked[row])
+
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
         """Rows of many user ids; -1 for users the model has never seen."""
@@ -153,8 +191,12 @@ class RecommenderModel:
         return np.clip(est, RATING_MIN, RATING_MAX) if clip else est
 
     def _ranking_scores(self, row: int) -> np.ndarray:
-        """bi + qi.pu[u] for every movie: est minus the per-user constant, a fresh array."""
-        scores = self.item_factors @ self.user_factors[row]
+        """The top-k order's scores of every movie for one user row: a fresh array."""
+        if self.user_ranked[row]:
+            scores = self.rank_item_factors @ self.rank_user_factors[row]
+            scores += self.rank_item_bias
+            return scores
+        scores = self.item_factors @ self.user_factors[row]  # est minus the per-user constant
         scores += self.item_bias
         return scores
 
@@ -170,7 +212,7 @@ class RecommenderModel:
         if row < 0:
             return self._cold_start_list[:k]
         seen = self.seen_of_row(row)
-        if not self.user_has_factors[row]:
+        if not (self.user_has_factors[row] or self.user_ranked[row]):
             if len(seen) == 0:
                 return self._cold_start_list[:k]
             keep = ~np.isin(self.cold_start, seen)
@@ -239,16 +281,22 @@ def _check_consistent(m: RecommenderModel) -> None:
     for name, idx in (("seen_indices", m.seen_indices), ("cold_start", m.cold_start)):
         if len(idx) and (idx.min() < 0 or idx.max() >= n_movies):
             problems.append(f"{name} point outside the movie list")
+    if (m.rank_user_factors.ndim != 2 or m.rank_item_factors.ndim != 2
+            or m.rank_user_factors.shape != (n_users, m.rank_item_factors.shape[1])
+            or len(m.rank_item_factors) != n_movies or len(m.user_ranked) != n_users
+            or len(m.rank_item_bias) != n_movies):
+        problems.append("ranking arrays do not match the id arrays")
     if not np.isfinite(m.global_mean):
         problems.append("global_mean is not finite")
-    for name in ("user_bias", "user_factors", "item_bias", "item_factors"):
+    for name in ("user_bias", "user_factors", "item_bias", "item_factors", "rank_user_factors",
+                 "rank_item_factors", "rank_item_bias"):
         if not np.all(np.isfinite(getattr(m, name))):
             problems.append(f"{name} holds NaN or infinite values")
     if problems:
         raise ModelIntegrityError("inconsistent model: " + "; ".join(problems))
 
 
-def _seen_csr(
+def seen_csr(
     user_ids: np.ndarray, seen_user_ids: np.ndarray, seen_movie_idx: np.ndarray, n_movies: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr, indices) of distinct seen movies per user row; pairs of unknown users are dropped."""
@@ -325,12 +373,37 @@ def from_arrays(
             seen_user_ids = np.concatenate([seen_user_ids, watch_users])
             seen_movie_idx = np.concatenate([seen_movie_idx, watch_idx])
 
-    indptr, indices = _seen_csr(user_ids, seen_user_ids, seen_movie_idx, len(movie_ids))
+    indptr, indices = seen_csr(user_ids, seen_user_ids, seen_movie_idx, len(movie_ids))
     return RecommenderModel(
         global_mean=global_mean, user_ids=user_ids, user_has_factors=has_factors, user_bias=user_bias,
         user_factors=user_factors, movie_ids=movie_ids, item_bias=item_bias, item_factors=item_factors,
         seen_indptr=indptr, seen_indices=indices, cold_start=cold_start, params=params,
     )
+
+
+def svd_arrays(algo: Any, train: RatingsTable) -> dict[str, Any]:
+    """A fitted surprise SVD's parameters in the table's order: sorted distinct user ids and
+    movie ids (`users`, `movies`) with their biases and factors, and the global mean."""
+    if len(train) == 0:
+        raise ValueError("cannot build a model from an empty training table")
+    trainset = algo.trainset
+    users, _, movies, _ = train.codes
+    try:
+        u_inner = np.fromiter((trainset.to_inner_uid(u) for u in users.tolist()), np.int64, len(users))
+        i_inner = np.fromiter((trainset.to_inner_iid(m) for m in movies.tolist()), np.int64, len(movies))
+    except ValueError as e:
+        raise ValueError(f"the SVD was not fitted on this training table: {e}") from None
+    return {"global_mean": float(trainset.global_mean), "users": users, "user_bias": algo.bu[u_inner],
+            "user_factors": algo.pu[u_inner], "movies": movies, "item_bias": algo.bi[i_inner],
+            "item_factors": algo.qi[i_inner]}
+
+
+def svd_params(algo: Any) -> dict:
+    return {
+        name: getattr(algo, name)
+        for name in ("n_factors", "n_epochs", "lr_pu", "reg_pu", "random_state")
+        if isinstance(getattr(algo, name, None), (int, float, str, type(None)))
+    }
 
 
 def build_model(
@@ -339,37 +412,25 @@ def build_model(
     watches: tuple[np.ndarray, np.ndarray] | None = None,
     params: dict | None = None,
 ) -> RecommenderModel:
-    """The serving model of a fitted surprise SVD and the table it was fitted on.
+    """The SVD-ranked model of a fitted surprise SVD and the table it was fitted on.
 
     Seen = every (user, movie) of `train`, plus the optional `watches` (user ids, movie ids).
-    Works with any trainset whose raw ids are the table's ids (int users, str movies).
+    Works with any trainset whose raw ids are the table's ids (int users, str movies). The
+    training job's model (with a ranking model) is `movierec.training.build_models`'.
     """
-    if len(train) == 0:
-        raise ValueError("cannot build a model from an empty training table")
-    trainset = algo.trainset
-    users, _, movies, movie_idx = train.codes
-    try:
-        u_inner = np.fromiter((trainset.to_inner_uid(u) for u in users.tolist()), np.int64, len(users))
-        i_inner = np.fromiter((trainset.to_inner_iid(m) for m in movies.tolist()), np.int64, len(movies))
-    except ValueError as e:
-        raise ValueError(f"the SVD was not fitted on this training table: {e}") from None
-    if params is None:
-        params = {
-            name: getattr(algo, name)
-            for name in ("n_factors", "n_epochs", "lr_pu", "reg_pu", "random_state")
-            if isinstance(getattr(algo, name, None), (int, float, str, type(None)))
-        }
+    svd = svd_arrays(algo, train)
+    movie_idx = train.codes.movie_codes
     return from_arrays(
-        global_mean=float(trainset.global_mean),
-        user_ids=users,
-        user_bias=algo.bu[u_inner],
-        user_factors=algo.pu[u_inner],
-        movie_ids=movies,
-        item_bias=algo.bi[i_inner],
-        item_factors=algo.qi[i_inner],
+        global_mean=svd["global_mean"],
+        user_ids=svd["users"],
+        user_bias=svd["user_bias"],
+        user_factors=svd["user_factors"],
+        movie_ids=svd["movies"],
+        item_bias=svd["item_bias"],
+        item_factors=svd["item_factors"],
         seen_user_ids=train.user_ids,
         seen_movie_idx=movie_idx,
-        cold_start=cold_start_ranking(movie_idx, train.ratings, len(movies)),
+        cold_start=cold_start_ranking(movie_idx, train.ratings, len(svd["movies"])),
         watches=watches,
-        params=params,
+        params=svd_params(algo) if params is None else params,
     )

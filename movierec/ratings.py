@@ -1,10 +1,11 @@
 """Ratings as columns: the in-memory table that training, evaluation and the model are built from.
 
 Owns `RatingsTable` (user ids int64, movie ids as a numpy unicode array, ratings float32, one row
-per rating, rows in chronological order) and the operations on it that need no model: codes
-(sorted distinct ids, computed once and carried by `take`), keeping the latest rating per
-(user, movie), and the fast factorisers behind the codes. Also the package's one 64-bit mixer,
-`splitmix64`.
+per rating, rows in chronological order, and each row's event time when it is known) and the
+operations on it that need no model: codes (sorted distinct ids, computed once and carried by
+`take`), keeping the latest rating per (user, movie), and the fast factorisers behind the codes.
+Also `WatchPairs` (the watch lines of a snapshot folded into one row per (user, movie): minutes
+watched and the last time) and the package's one 64-bit mixer, `splitmix64`.
 
 Tables are built by the batch loaders (from stored ingest batches) and the ratings file of a
 snapshot; the holdout split is the training job's (`movierec.trainjob.holdout_split`).
@@ -130,8 +131,14 @@ class RatingsTable:
     user_ids: np.ndarray  # int64
     movie_ids: np.ndarray  # numpy unicode ('<U..')
     ratings: np.ndarray  # float32, RATING_MIN..RATING_MAX
+    time_us: np.ndarray | None = None  # int64 microseconds since the epoch (UTC), when known
 
     def __post_init__(self) -> None:
+        if self.time_us is not None:
+            times = np.asarray(self.time_us, dtype=np.int64)
+            if times.shape != np.shape(self.user_ids):
+                raise ValueError(f"RatingsTable time_us has {times.shape} rows, user ids {np.shape(self.user_ids)}")
+            object.__setattr__(self, "time_us", times)
         users = np.asarray(self.user_ids)
         movies = np.asarray(self.movie_ids)
         ratings = np.asarray(self.ratings)
@@ -197,7 +204,8 @@ class RatingsTable:
         If this table's codes are known, the new table's are derived from them (integer work)
         instead of factorising its movie-id strings again.
         """
-        taken = RatingsTable(self.user_ids[rows], self.movie_ids[rows], self.ratings[rows])
+        times = None if self.time_us is None else self.time_us[rows]
+        taken = RatingsTable(self.user_ids[rows], self.movie_ids[rows], self.ratings[rows], times)
         codes = self.__dict__.get("_codes")
         if codes is not None:
             users, user_codes = _compact(codes.users, codes.user_codes[rows])
@@ -217,3 +225,64 @@ class RatingsTable:
         # Scan from the end so np.unique's "first occurrence" is the latest row.
         _, first_from_end = np.unique(pair_keys[::-1], return_index=True)
         return self.take(np.sort(len(self) - 1 - first_from_end))  # take() carries the codes
+
+
+@dataclass(frozen=True, eq=False)
+class WatchPairs:
+    """One row per (user, movie) the user watched: how many watch lines (minutes) and the time
+    of the last one. Built from a snapshot's watch lines by `from_lines`."""
+
+    user_ids: np.ndarray  # int64
+    movie_ids: np.ndarray  # numpy unicode
+    minutes: np.ndarray  # int32, watch lines of the pair
+    last_time_us: np.ndarray  # int64 microseconds since the epoch (UTC)
+
+    def __post_init__(self) -> None:
+        n = len(self.user_ids)
+        if not len(self.movie_ids) == len(self.minutes) == len(self.last_time_us) == n:
+            raise ValueError("WatchPairs columns differ in length")
+        movies = np.asarray(self.movie_ids)
+        object.__setattr__(self, "user_ids", np.asarray(self.user_ids, dtype=np.int64))
+        object.__setattr__(self, "movie_ids", movies if movies.dtype.kind == "U" else movies.astype(str))
+        object.__setattr__(self, "minutes", np.asarray(self.minutes, dtype=np.int32))
+        object.__setattr__(self, "last_time_us", np.asarray(self.last_time_us, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls) -> WatchPairs:
+        return cls(np.empty(0, np.int64), np.empty(0, "<U1"), np.empty(0, np.int32), np.empty(0, np.int64))
+
+    @classmethod
+    def from_lines(cls, time_us: np.ndarray, user_ids: np.ndarray, movie_ids: np.ndarray) -> WatchPairs:
+        """Fold watch lines (any order) into pairs, sorted by user id then movie id."""
+        if len(user_ids) == 0:
+            return cls.empty()
+        users, user_codes = factorize_ints(np.asarray(user_ids, dtype=np.int64))
+        movies, movie_codes = factorize_strings(np.asarray(movie_ids))
+        keys = user_codes * len(movies) + movie_codes
+        pair_keys, inverse, minutes = np.unique(keys, return_inverse=True, return_counts=True)
+        last = np.full(len(pair_keys), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, inverse.reshape(-1), np.asarray(time_us, dtype=np.int64))
+        u, m = np.divmod(pair_keys, len(movies))
+        pairs = cls(users[u], movies[m], minutes.astype(np.int32), last)
+        object.__setattr__(pairs, "_codes", Codes(*_compact(users, u), *_compact(movies, m)))
+        return pairs
+
+    @property
+    def codes(self) -> Codes:
+        """Sorted distinct ids and per-row codes, computed once (as `RatingsTable.codes`)."""
+        cached = self.__dict__.get("_codes")
+        if cached is None:
+            cached = Codes(*factorize_ints(self.user_ids), *factorize_strings(self.movie_ids))
+            object.__setattr__(self, "_codes", cached)
+        return cached
+
+    def take(self, rows: np.ndarray) -> WatchPairs:
+        taken = WatchPairs(self.user_ids[rows], self.movie_ids[rows], self.minutes[rows], self.last_time_us[rows])
+        codes = self.__dict__.get("_codes")
+        if codes is not None:
+            object.__setattr__(taken, "_codes", Codes(*_compact(codes.users, codes.user_codes[rows]),
+                                                      *_compact(codes.movies, codes.movie_codes[rows])))
+        return taken

@@ -94,6 +94,14 @@ SETTINGS: tuple[Setting, ...] = (
     _train("RMSE_MAX", "float", "", "gate: holdout RMSE at most; blank: params.yaml's, else 1.0", deployed="1.0"),
     _train("RMSE_TOLERANCE", "float", "", "gate: not worse than stable's RMSE by more; blank: params.yaml's, "
            "else 0.02", deployed="0.02"),
+    _train("RANKING_FACTORS", "int", "", "factors of the top-20 ranking model (PureSVD of watches + ratings); "
+           "blank: params.yaml's, else tuned on a validation split of training (4 to 64)", minimum=1),
+    _train("RANKING_POP_DAMPING", "float", "", "popularity damping of the ranking model (0..1); blank: "
+           "params.yaml's, else tuned on a validation split of training (0, 0.25 or 0.5)", minimum=0, maximum=1),
+    _train("RANKING_MIN_LIFT", "float", "", "gate: holdout NDCG@20 at least this times the popularity "
+           "baseline's on the same holdout; blank: params.yaml's, else 0.95 (at most 5% below)", minimum=0),
+    _train("COLD_START_WINDOW", "duration", "", "unknown users get the movies most watched or rated in this "
+           "last stretch of the snapshot; blank: params.yaml's, else 7d"),
     _train("TRAIN_TOPIC", "str", "", "train on this topic's batches only; blank: every topic"),
     _train("TRAIN_MIN_INTERVAL", "duration", "0", "scheduled trainings skip while the newest model is younger "
            "than this (the first model never waits)"),

@@ -1,19 +1,24 @@
-"""Dataset snapshots: a named, reproducible set of stored rating batches.
+"""Dataset snapshots: a named, reproducible set of stored rating and watch batches.
 
 A snapshot is the set of committed ingest batches at one moment (see `movierec.batches` for the
-layout): for each batch, its manifest key and its ratings object key, each with the sha256 of
-its bytes. Its id is derived from that list only,
+layout): for each batch, its manifest key and its ratings and watches object keys, each with the
+sha256 of its bytes. Its id is derived from that list only,
 `snap-<first 16 hex of sha256("<key> <sha256>\\n" for each object, sorted)>`, so the same batches
 always give the same id, and any added, removed or changed batch gives another. The snapshot
 manifest is stored write-once at `data/snapshots/<id>.json`; it holds nothing time-dependent,
 so taking the same snapshot twice is a no-op.
 
-Ratings are read with the batches' own loader (`movierec.batches.loaders.load_ratings`, which keeps
+Ratings and watches are read with the batches' own loaders (`movierec.batches.loaders`, which keep
 every Kafka offset once) through `SnapshotView`: a read-only store that shows only the snapshot's
 objects and refuses any whose bytes changed. One loader, and a snapshot cannot silently grow.
+`take_snapshot`/`load_snapshot` give the ratings; `take_snapshot_data`/`load_snapshot_data` give
+`SnapshotData`: the ratings (with their times) and the watches folded into (user, movie) pairs
+(`movierec.ratings.WatchPairs`), what training reads. A snapshot recorded before watches were
+part of snapshots holds no watch objects: its watches are empty.
 
-`export_ratings` / `read_ratings_file` write and read a snapshot's ratings as one `.npz` file
-(plain arrays, loaded without pickle): the file DVC tracks and the offline training reads.
+`export_ratings` / `read_ratings_file` / `read_snapshot_file` write and read a snapshot's ratings
+and watch pairs as one `.npz` file (plain arrays, loaded without pickle): the file DVC tracks and
+the offline training reads.
 
 Must not touch: how batches are written (ingest), training, the registry.
 """
@@ -29,12 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from movierec.batches.layout import list_batches
-from movierec.batches.loaders import load_ratings
+from movierec.batches.loaders import load_ratings, load_watches
 from movierec.errors import Rejected
-from movierec.ratings import RatingsTable
+from movierec.ratings import RatingsTable, WatchPairs
 from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
 
 SNAPSHOTS = "data/snapshots"
+SNAPSHOT_KINDS = ("ratings", "watches")  # the batch objects a snapshot holds, besides manifests
 
 
 class SnapshotError(Rejected):
@@ -100,29 +106,44 @@ class SnapshotView:
     replace = put_once
 
 
-def take_snapshot(store: ObjectStore, topic: str | None = None) -> tuple[Snapshot, RatingsTable]:
-    """Snapshot every committed batch (of `topic`, or all) now, store its manifest, and return
-    its ratings."""
+@dataclass(frozen=True, eq=False)
+class SnapshotData:
+    """What training reads from a snapshot: every rating (event-time order, with times) and every
+    watched (user, movie) pair."""
+
+    ratings: RatingsTable
+    watches: WatchPairs
+
+    @property
+    def last_time_us(self) -> int | None:
+        """The latest event time in the snapshot (ratings and watches), or None without times."""
+        ends = [int(t.max()) for t in (self.ratings.time_us, self.watches.last_time_us) if t is not None and len(t)]
+        return max(ends) if ends else None
+
+
+def _collect(store: ObjectStore, topic: str | None) -> tuple[Snapshot, SnapshotView]:
+    """Snapshot every committed batch (of `topic`, or all) now and store its manifest."""
     objects: dict[str, str] = {}
     fetched: dict[str, bytes] = {}
     for ref in list_batches(store, topic):
         manifest_key = ref.key("manifests")
         data = store.get(manifest_key)
         objects[manifest_key], fetched[manifest_key] = sha256_hex(data), data
-        ratings_key = json.loads(data).get("objects", {}).get("ratings")
-        if ratings_key:
-            data = store.get(ratings_key)
-            objects[ratings_key], fetched[ratings_key] = sha256_hex(data), data
+        batch_objects = json.loads(data).get("objects", {})
+        for kind in SNAPSHOT_KINDS:
+            key = batch_objects.get(kind)
+            if key:
+                data = store.get(key)
+                objects[key], fetched[key] = sha256_hex(data), data
     if not objects:
         where = f"topic {topic!r}" if topic else "any topic"
         raise SnapshotError(f"no committed rating batches for {where} in {store.describe()}")
     snapshot = Snapshot(snapshot_id(objects.items()), topic, tuple(sorted(objects.items())))
     store.put_once(f"{SNAPSHOTS}/{snapshot.id}.json", _dump(snapshot.manifest()))
-    return snapshot, load_ratings(SnapshotView(store, objects, fetched), topic)
+    return snapshot, SnapshotView(store, objects, fetched)
 
 
-def load_snapshot(store: ObjectStore, snap_id: str) -> tuple[Snapshot, RatingsTable]:
-    """The ratings of an earlier snapshot, each object verified against its recorded sha256."""
+def _recorded(store: ObjectStore, snap_id: str) -> tuple[Snapshot, SnapshotView]:
     try:
         manifest = json.loads(store.get(f"{SNAPSHOTS}/{snap_id}.json"))
     except ObjectNotFoundError:
@@ -130,14 +151,53 @@ def load_snapshot(store: ObjectStore, snap_id: str) -> tuple[Snapshot, RatingsTa
     objects = tuple((o["key"], o["sha256"]) for o in manifest["objects"])
     if snapshot_id(objects) != snap_id:
         raise SnapshotError(f"snapshot {snap_id}: manifest does not match its id")
-    snapshot = Snapshot(snap_id, manifest.get("topic"), objects)
-    return snapshot, load_ratings(SnapshotView(store, dict(objects)), snapshot.topic)
+    return Snapshot(snap_id, manifest.get("topic"), objects), SnapshotView(store, dict(objects))
 
 
-def export_ratings(table: RatingsTable, path: str | os.PathLike[str], snap_id: str | None = None) -> str:
-    """Write the ratings to one .npz file (deterministic bytes); returns its sha256."""
+def _data(snapshot: Snapshot, view: SnapshotView) -> SnapshotData:
+    ratings = load_ratings(view, snapshot.topic)
+    if not any(k.startswith("data/watches/") for k, _ in snapshot.objects):
+        return SnapshotData(ratings, WatchPairs.empty())  # recorded before snapshots held watches
+    watches = load_watches(view, snapshot.topic)
+    return SnapshotData(ratings, WatchPairs.from_lines(watches.time_us, watches.user_ids, watches.movie_ids))
+
+
+def take_snapshot(store: ObjectStore, topic: str | None = None) -> tuple[Snapshot, RatingsTable]:
+    """Snapshot every committed batch (of `topic`, or all) now, store its manifest, and return
+    its ratings."""
+    snapshot, view = _collect(store, topic)
+    return snapshot, load_ratings(view, topic)
+
+
+def take_snapshot_data(store: ObjectStore, topic: str | None = None) -> tuple[Snapshot, SnapshotData]:
+    """As `take_snapshot`, returning the ratings and the watches."""
+    snapshot, view = _collect(store, topic)
+    return snapshot, _data(snapshot, view)
+
+
+def load_snapshot(store: ObjectStore, snap_id: str) -> tuple[Snapshot, RatingsTable]:
+    """The ratings of an earlier snapshot, each object verified against its recorded sha256."""
+    snapshot, view = _recorded(store, snap_id)
+    return snapshot, load_ratings(view, snapshot.topic)
+
+
+def load_snapshot_data(store: ObjectStore, snap_id: str) -> tuple[Snapshot, SnapshotData]:
+    """The ratings and watches of an earlier snapshot, each object verified."""
+    snapshot, view = _recorded(store, snap_id)
+    return snapshot, _data(snapshot, view)
+
+
+def export_ratings(table: RatingsTable, path: str | os.PathLike[str], snap_id: str | None = None,
+                   watches: WatchPairs | None = None) -> str:
+    """Write the ratings (and their times, and the watch pairs, when given) to one .npz file
+    (deterministic bytes); returns its sha256."""
     buf = io.BytesIO()
     arrays = {"user_ids": table.user_ids, "movie_ids": table.movie_ids, "ratings": table.ratings}
+    if table.time_us is not None:
+        arrays["time_us"] = table.time_us
+    if watches is not None:
+        arrays.update(watch_user_ids=watches.user_ids, watch_movie_ids=watches.movie_ids,
+                      watch_minutes=watches.minutes, watch_last_time_us=watches.last_time_us)
     if snap_id:
         arrays["snapshot_id"] = np.array(snap_id)
     np.savez(buf, **arrays)
@@ -147,15 +207,33 @@ def export_ratings(table: RatingsTable, path: str | os.PathLike[str], snap_id: s
     return sha256_hex(data)
 
 
-def read_ratings_file(path: str | os.PathLike[str]) -> tuple[RatingsTable, str | None]:
-    """(ratings, snapshot id if recorded) from a file written by `export_ratings`."""
+def export_snapshot_data(data: SnapshotData, path: str | os.PathLike[str], snap_id: str | None = None) -> str:
+    """A snapshot's ratings and watch pairs as one .npz file; returns its sha256."""
+    return export_ratings(data.ratings, path, snap_id, data.watches)
+
+
+def read_snapshot_file(path: str | os.PathLike[str]) -> tuple[SnapshotData, str | None]:
+    """(ratings and watches, snapshot id if recorded) from a file written by `export_ratings`;
+    a file without watch pairs gives none."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            table = RatingsTable(npz["user_ids"], npz["movie_ids"], npz["ratings"])
-            snap_id = str(npz["snapshot_id"]) if "snapshot_id" in npz.files else None
+            files = set(npz.files)
+            times = npz["time_us"] if "time_us" in files else None
+            table = RatingsTable(npz["user_ids"], npz["movie_ids"], npz["ratings"], times)
+            watches = WatchPairs.empty()
+            if "watch_user_ids" in files:
+                watches = WatchPairs(npz["watch_user_ids"], npz["watch_movie_ids"], npz["watch_minutes"],
+                                     npz["watch_last_time_us"])
+            snap_id = str(npz["snapshot_id"]) if "snapshot_id" in files else None
     except (OSError, KeyError, ValueError) as e:
         raise SnapshotError(f"cannot read ratings file {path}: {str(e).splitlines()[0]}") from None
-    return table, snap_id
+    return SnapshotData(table, watches), snap_id
+
+
+def read_ratings_file(path: str | os.PathLike[str]) -> tuple[RatingsTable, str | None]:
+    """(ratings, snapshot id if recorded) from a file written by `export_ratings`."""
+    data, snap_id = read_snapshot_file(path)
+    return data.ratings, snap_id
 
 
 def _dump(obj: dict) -> bytes:

@@ -1,12 +1,16 @@
-"""Fitting and evaluating the SVD: from a RatingsTable to a RecommenderModel and its metrics.
+"""Fitting and evaluating: from ratings and watches to the models and their metrics.
 
 Owns `SVDParams` (scikit-surprise SVD hyper-parameters, defaults as surprise's), `build_trainset`
 (a surprise Trainset made straight from the table's arrays, no pandas/Dataset detour, so the
-pipeline costs little beyond surprise's own SGD), `fit_svd` and `evaluate` (RMSE,
-MAE with predictions clipped to 1..5 as surprise does, and precision/recall/NDCG@k where relevant
-means a holdout rating >= 4 and candidates are all movies the user has not seen in training).
-The serving model is built from a fit by `movierec.model.build_model`; the job that splits, fits,
-builds and evaluates is `movierec.trainjob.fit_and_evaluate`.
+pipeline costs little beyond surprise's own SGD), `fit_svd`, `build_models` (the SVD and the
+ranking model of `movierec.ranking` over the snapshot's whole catalogue, as two models sharing
+their arrays: the EVALUATION model, whose seen movies are the training pairs, and the SERVED
+model, whose seen movies are every rating and watch of the snapshot, holdout included, and whose
+cold-start list is recent popularity) and `evaluate` (RMSE, MAE with predictions clipped to 1..5
+as surprise does, and precision/recall/NDCG/hit rate/coverage@k of the model, of popularity and
+of random on the same holdout, where relevant means a holdout rating >= 4 and candidates are all
+movies the user has not seen in training: `movierec.ranking.ranking_report`). The job that
+splits, fits, builds and evaluates is `movierec.trainjob.fit_and_evaluate`.
 
 Must not touch: stream parsing, data snapshots, the object store/registry, release policy, HTTP.
 """
@@ -21,11 +25,27 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from movierec.events import RATING_MAX, RATING_MIN
-from movierec.model import DEFAULT_K, RecommenderModel, top_k_indices
-from movierec.ratings import RatingsTable
+from movierec.model import (
+    COLD_START_SIZE,
+    DEFAULT_K,
+    RecommenderModel,
+    lookup_sorted,
+    seen_csr,
+    svd_arrays,
+)
+from movierec.ranking import (
+    METRICS,
+    RANKERS,
+    RELEVANT_RATING,  # noqa: F401 (re-exported: what "relevant" means for every ranking metric)
+    Interactions,
+    RankingParams,
+    fit_ranker,
+    ranking_report,
+    recent_popularity,
+)
+from movierec.ratings import RatingsTable, WatchPairs
 from movierec.settings import setting_field
 
-RELEVANT_RATING = 4.0
 # Ranking metrics on more users than this use a seeded random sample of them (keeps evaluation
 # time bounded on big holdouts; the metric's standard error is already small at this size).
 MAX_RANKING_USERS = 10_000
@@ -149,8 +169,11 @@ def evaluate(
     """Rating and ranking quality of `model` on `holdout`.
 
     Returns rmse, mae (clipped predictions), rmse_global_mean (the predict-the-mean baseline on
-    the same rows), precision_at_k, recall_at_k, ndcg_at_k (means over holdout users with
-    personal factors and at least one relevant holdout movie the model knows), and counts.
+    the same rows), precision_at_k, recall_at_k, ndcg_at_k, hit_rate_at_k, coverage_at_k of the
+    model (means over holdout users with a personal ranking and at least one relevant holdout
+    movie the model knows), `ranking` ({model, popularity, random, and svd when a ranking model
+    ranks} -> {precision, recall, ndcg, hit_rate, coverage} on those same users),
+    ndcg_lift_vs_popularity, and counts.
     """
     if len(holdout) == 0:
         raise ValueError("cannot evaluate on an empty holdout")
@@ -158,51 +181,83 @@ def evaluate(
     rmse, mae = _rmse_mae(model.predict(holdout.user_ids, holdout.movie_ids, clip=True), truth)
     rmse_mean, _ = _rmse_mae(np.full(len(truth), np.clip(model.global_mean, RATING_MIN, RATING_MAX)), truth)
     metrics = {"rmse": rmse, "mae": mae, "rmse_global_mean": rmse_mean, "n_holdout": len(holdout), "k": k}
-
-    # Relevant (row, movie) pairs of users the SVD knows.
-    rows = model.user_rows(holdout.user_ids)
-    items = model.movie_indices(holdout.movie_ids)
-    ok = (rows >= 0) & (items >= 0) & (holdout.ratings >= RELEVANT_RATING)
-    ok[ok] = model.user_has_factors[rows[ok]]
-    rel_rows, rel_items = rows[ok], items[ok]
-    users = np.unique(rel_rows)
-    if len(users) > max_ranking_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, size=max_ranking_users, replace=False))
-    metrics["n_ranking_users"] = len(users)
-    if len(users) == 0:
-        metrics.update(precision_at_k=None, recall_at_k=None, ndcg_at_k=None)
+    report = ranking_report(model, holdout, k, max_ranking_users, seed, batch_users) if max_ranking_users else {}
+    metrics["n_ranking_users"] = report.get("n_users", 0)
+    if not metrics["n_ranking_users"]:
+        metrics.update({f"{name}_at_k": None for name in METRICS}, ranking=None, ndcg_lift_vs_popularity=None)
         return metrics
-
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    precision, recall, ndcg = [], [], []
-    rel_order = np.argsort(rel_rows, kind="stable")
-    rel_rows, rel_items = rel_rows[rel_order], rel_items[rel_order]
-    for start in range(0, len(users), batch_users):
-        batch = users[start: start + batch_users]
-        # One matrix product scores the whole batch; ranking drops the per-user constant, as recommend().
-        scores = model.user_factors[batch] @ model.item_factors.T
-        scores += model.item_bias
-        lengths = model.seen_indptr[batch + 1] - model.seen_indptr[batch]
-        seen_pos = np.repeat(model.seen_indptr[batch] - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
-        seen_pos += np.arange(lengths.sum())
-        scores[np.repeat(np.arange(len(batch)), lengths), model.seen_indices[seen_pos]] = -np.inf
-        relevant = np.zeros(scores.shape, dtype=bool)
-        lo, hi = np.searchsorted(rel_rows, batch[0]), np.searchsorted(rel_rows, batch[-1], side="right")
-        in_batch = np.searchsorted(batch, rel_rows[lo:hi])
-        member = (in_batch < len(batch)) & (batch[np.minimum(in_batch, len(batch) - 1)] == rel_rows[lo:hi])
-        relevant[in_batch[member], rel_items[lo:hi][member]] = True
-        n_relevant = relevant.sum(axis=1)
-        for j in range(len(batch)):
-            top = top_k_indices(scores[j], k, n_available=model.n_movies - int(lengths[j]))
-            hits = relevant[j, top]
-            n_hits = int(hits.sum())
-            precision.append(n_hits / k)
-            recall.append(n_hits / n_relevant[j])
-            ideal = discounts[: min(int(n_relevant[j]), k)].sum()
-            ndcg.append(float(discounts[: len(top)][hits].sum() / ideal))
-    metrics.update(
-        precision_at_k=float(np.mean(precision)),
-        recall_at_k=float(np.mean(recall)),
-        ndcg_at_k=float(np.mean(ndcg)),
-    )
+    metrics.update({f"{name}_at_k": report["model"][name] for name in METRICS})
+    metrics["ranking"] = {ranker: report[ranker] for ranker in RANKERS if ranker in report}
+    popular = report["popularity"]["ndcg"]
+    metrics["ndcg_lift_vs_popularity"] = report["model"]["ndcg"] / popular if popular > 0 else None
     return metrics
+
+
+# -- the job's models -------------------------------------------------------------------------
+def _pairs(users: np.ndarray, movies: np.ndarray, table: RatingsTable | WatchPairs):
+    """(catalogue row, catalogue column) of each row of `table`, through its codes (only the
+    distinct ids are looked up)."""
+    codes = table.codes
+    return lookup_sorted(users, codes.users)[codes.user_codes], lookup_sorted(movies, codes.movies)[codes.movie_codes]
+
+
+def build_models(
+    algo,
+    train: RatingsTable,
+    train_watches: WatchPairs,
+    everything: RatingsTable,
+    watches: WatchPairs,
+    ranking: RankingParams | None = None,
+    cold_start_window_s: float = 7 * 86400,
+    seed: int = 0,
+    params: dict | None = None,
+) -> tuple[RecommenderModel, RecommenderModel]:
+    """(evaluation model, served model) of a fitted SVD (on `train`) and a ranking model fitted
+    here on `train` + `train_watches`. `everything` and `watches` are the whole snapshot (train
+    and holdout): the catalogue of both models and the served model's seen set."""
+    users = np.union1d(everything.codes.users, watches.codes.users)
+    movies = np.union1d(everything.codes.movies, watches.codes.movies)
+    nu, nm = len(users), len(movies)
+    svd = svd_arrays(algo, train)
+    rows, cols = lookup_sorted(users, svd["users"]), lookup_sorted(movies, svd["movies"])
+    f = svd["user_factors"].shape[1]
+    has_factors, user_bias, user_factors = np.zeros(nu, bool), np.zeros(nu), np.zeros((nu, f))
+    has_factors[rows], user_bias[rows], user_factors[rows] = True, svd["user_bias"], svd["user_factors"]
+    item_bias, item_factors = np.zeros(nm), np.zeros((nm, f))
+    item_bias[cols], item_factors[cols] = svd["item_bias"], svd["item_factors"]
+
+    (tr_r, tr_c), (tw_r, tw_c) = _pairs(users, movies, train), _pairs(users, movies, train_watches)
+    inter = Interactions.build(np.concatenate([tr_r, tw_r]), np.concatenate([tr_c, tw_c]),
+                               np.concatenate([train.ratings, np.zeros(len(tw_r))]), (nu, nm))
+    ranker = fit_ranker(inter, ranking or RankingParams(), seed)
+
+    (all_r, all_c), (aw_r, aw_c) = _pairs(users, movies, everything), _pairs(users, movies, watches)
+    seen_rows, seen_cols = np.concatenate([all_r, aw_r]), np.concatenate([all_c, aw_c])
+    times = None
+    if everything.time_us is not None or len(watches):
+        rating_times = (everything.time_us if everything.time_us is not None
+                        else np.full(len(everything), np.iinfo(np.int64).min))
+        times = np.concatenate([rating_times, watches.last_time_us])
+    cold_start = recent_popularity(*_last_per_pair(seen_rows, seen_cols, times, nm), nm, cold_start_window_s,
+                                   COLD_START_SIZE)
+    served = RecommenderModel(
+        global_mean=svd["global_mean"], user_ids=users, user_has_factors=has_factors, user_bias=user_bias,
+        user_factors=user_factors, movie_ids=movies, item_bias=item_bias, item_factors=item_factors,
+        seen_indptr=np.zeros(nu + 1, np.int64), seen_indices=np.empty(0, np.int32), cold_start=cold_start,
+        user_ranked=ranker.users_ranked, rank_user_factors=ranker.user_factors,
+        rank_item_factors=ranker.item_factors, rank_item_bias=ranker.item_bias,
+        params=params, ranking_params=ranker.params,
+    )
+    evaluation = served.with_seen(*inter.csr())
+    served = served.with_seen(*seen_csr(users, users[seen_rows], seen_cols, nm))
+    return evaluation, served
+
+
+def _last_per_pair(rows: np.ndarray, cols: np.ndarray, times: np.ndarray | None, n_cols: int):
+    """(columns, last time or None) of the distinct (row, column) pairs."""
+    keys = rows.astype(np.int64) * n_cols + cols
+    if times is None:
+        return np.unique(keys) % n_cols, None
+    order = np.lexsort((times, keys))
+    last = np.r_[keys[order][1:] != keys[order][:-1], True]
+    return keys[order][last] % n_cols, times[order][last]

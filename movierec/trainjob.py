@@ -2,15 +2,26 @@
 
 Owns the pipeline and its configuration (`TrainConfig.from_env`: the dataclass defaults, then
 params.yaml's `train:` section, then the environment, each variable typed by its row in
-`movierec.settings`), the data checks, the holdout split, the quality gates, the decision to
-start a release after a registration, and the job's metric families (`train_families`, job
-"train"). Fitting and evaluation are `movierec.training`'s; versions and aliases
+`movierec.settings`), the data checks, the holdout split (`holdout_split`, `split_watches`, both
+by `holdout_mask`), the quality gates, the decision to start a release after a registration, the
+notification of a model that is not released, and the job's metric families (`train_families`,
+job "train"). Fitting and evaluation are `movierec.training`'s (the ranking model
+`movierec.ranking`'s); versions and aliases
 `movierec.registry`'s; snapshots `movierec.snapshot`'s; releases `movierec.release`'s; the offline
 reproduction (DVC) `movierec.lineage`'s.
 
-Gates: holdout RMSE < RMSE_MAX (default 1.0), and not worse than the current stable model on
-the SAME holdout rows by more than RMSE_TOLERANCE (default 0.02). A model that fails a gate is
-still registered (its metrics are the record of why) but never released.
+The data is the snapshot's ratings AND watches (`movierec.snapshot.take_snapshot_data`); the split
+hashes each (user, movie) pair, so a pair's rating and its watches fall on the same side. The
+SVD and the ranking model are fitted on the training side; the holdout is evaluated with the
+training-only EVALUATION model, and the SERVED model (what is registered) excludes every movie
+a user rated or watched anywhere in the snapshot (`movierec.training.build_models`).
+
+Gates: holdout RMSE < RMSE_MAX (default 1.0), not worse than the current stable model on the
+SAME holdout rows by more than RMSE_TOLERANCE (default 0.02), and a top-k ranking whose NDCG@20
+is at least RANKING_MIN_LIFT (default 0.95: not more than 5% below) times the popularity
+baseline's on the same holdout.
+A model that fails a gate is still registered (its metrics are the record of why) but never
+released; the summary says why (`not_released_because`) and the notifier is told.
 
 Composed by the train function (functions/train/handler.py) and the command line
 (`python -m scripts.train`), which inject the store, the gateway client and the notifier and push
@@ -33,8 +44,8 @@ import numpy as np
 
 from movierec.errors import ConfigError, Rejected
 from movierec.metrics import Family
-from movierec.model import build_model
-from movierec.ratings import GOLDEN_GAMMA, RatingsTable, splitmix64
+from movierec.ranking import METRICS, RANKERS, RankingParams
+from movierec.ratings import GOLDEN_GAMMA, RatingsTable, WatchPairs, splitmix64
 from movierec.registry import (
     STABLE,
     Registry,
@@ -50,9 +61,9 @@ from movierec.release import (
     start_release,
 )
 from movierec.settings import BY_NAME, Settings, parse_value, setting_field
-from movierec.snapshot import take_snapshot
+from movierec.snapshot import take_snapshot_data
 from movierec.store import ObjectStore
-from movierec.training import SVDParams, evaluate, fit_svd
+from movierec.training import SVDParams, build_models, evaluate, fit_svd
 
 log = logging.getLogger("movierec.trainjob")
 
@@ -70,9 +81,11 @@ class TrainConfigError(TrainError, ConfigError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Each field but `svd` names its row in movierec.settings (SVDParams' fields name theirs)."""
+    """Each field but `svd` and `ranking` names its row in movierec.settings (SVDParams' and
+    RankingParams' fields name theirs)."""
 
     svd: SVDParams = field(default_factory=SVDParams)
+    ranking: RankingParams = field(default_factory=RankingParams)
     test_fraction: float = setting_field("TEST_FRACTION", 0.2)
     split_seed: int = setting_field("SPLIT_SEED", 0)
     min_ratings: int = setting_field("TRAIN_MIN_RATINGS", 1000)
@@ -80,6 +93,8 @@ class TrainConfig:
     min_movies: int = setting_field("TRAIN_MIN_MOVIES", 10)
     rmse_max: float = setting_field("RMSE_MAX", 1.0)
     rmse_tolerance: float = setting_field("RMSE_TOLERANCE", 0.02)
+    ranking_min_lift: float = setting_field("RANKING_MIN_LIFT", 0.95)
+    cold_start_window_s: float = setting_field("COLD_START_WINDOW", 7 * 86400.0)
     topic: str | None = setting_field("TRAIN_TOPIC", None)  # None: every topic's batches
     cache_dir: str = setting_field("MODEL_CACHE_DIR", "")  # blank: registry.model_cache_dir(store=...)
     auto_release: bool = setting_field("AUTO_RELEASE", True)
@@ -90,10 +105,11 @@ class TrainConfig:
         """Defaults <- `params` (params.yaml's `train:` section) <- environment variables."""
         settings, params = Settings(env), dict(params or {})
         try:
-            return _layered(cls, settings, params, svd=_layered(SVDParams, settings, params))
+            return _layered(cls, settings, params, svd=_layered(SVDParams, settings, params),
+                            ranking=_layered(RankingParams, settings, params))
         except ConfigError as e:
             raise TrainConfigError(f"training configuration: {e}") from None
-        except (TypeError, ValueError) as e:  # SVDParams' own range checks
+        except (TypeError, ValueError) as e:  # SVDParams' and RankingParams' own range checks
             raise TrainConfigError(f"training configuration: {e}") from None
 
 
@@ -166,6 +182,21 @@ def _string_hash(strings: np.ndarray) -> np.ndarray:
     return h
 
 
+def holdout_mask(user_ids: np.ndarray, movies: np.ndarray, movie_codes: np.ndarray, test_fraction: float,
+                 seed: int = 0) -> np.ndarray:
+    """Which (user, movie) pairs are holdout: a function of the pair and the seed only (movies
+    given as distinct ids and per-row codes)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise TrainError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    with np.errstate(over="ignore"):
+        # Hash each distinct movie id once and spread by the codes (the same values as hashing
+        # every row's string).
+        movie_hash = _string_hash(movies)[movie_codes]
+        key = splitmix64((np.asarray(user_ids).astype(np.uint64) ^ np.uint64(seed)) + GOLDEN_GAMMA) ^ movie_hash
+        bucket = splitmix64(key + GOLDEN_GAMMA) % np.uint64(1_000_000)
+    return bucket < np.uint64(round(test_fraction * 1_000_000))
+
+
 def holdout_split(table: RatingsTable, test_fraction: float, seed: int = 0) -> tuple[RatingsTable, RatingsTable]:
     """(train, holdout) where a (user, movie) pair's side depends only on the pair and the seed.
 
@@ -175,33 +206,44 @@ def holdout_split(table: RatingsTable, test_fraction: float, seed: int = 0) -> t
     every new model would look worse. Hashing the pair keeps a pair in the holdout of every
     snapshot that contains it: the stable model has never trained on the holdout either.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise TrainError(f"test fraction must be between 0 and 1, got {test_fraction}")
-    with np.errstate(over="ignore"):
-        # Hash each distinct movie id once and spread by the table's codes (the same values as
-        # hashing every row's string: the distinct ids keep the column's dtype).
-        movies, movie_codes = table.codes.movies, table.codes.movie_codes
-        movie_hash = _string_hash(movies.astype(table.movie_ids.dtype, copy=False))[movie_codes]
-        key = splitmix64((table.user_ids.astype(np.uint64) ^ np.uint64(seed)) + GOLDEN_GAMMA) ^ movie_hash
-        bucket = splitmix64(key + GOLDEN_GAMMA) % np.uint64(1_000_000)
-    is_holdout = bucket < np.uint64(round(test_fraction * 1_000_000))
+    movies = table.codes.movies.astype(table.movie_ids.dtype, copy=False)
+    is_holdout = holdout_mask(table.user_ids, movies, table.codes.movie_codes, test_fraction, seed)
     return table.take(~is_holdout), table.take(is_holdout)
 
 
-def fit_and_evaluate(deduped: RatingsTable, config: TrainConfig, timings: dict[str, float] | None = None):
-    """(model, holdout, metrics) for a deduplicated table: split, fit, evaluate."""
+def split_watches(watches: WatchPairs, test_fraction: float, seed: int = 0) -> tuple[WatchPairs, WatchPairs]:
+    """(train, holdout) watch pairs, each on the side `holdout_split` puts the same pair."""
+    if len(watches) == 0:
+        return watches, watches
+    codes = watches.codes
+    movies = codes.movies.astype(watches.movie_ids.dtype, copy=False)
+    is_holdout = holdout_mask(watches.user_ids, movies, codes.movie_codes, test_fraction, seed)
+    return watches.take(~is_holdout), watches.take(is_holdout)
+
+
+def fit_and_evaluate(deduped: RatingsTable, config: TrainConfig, timings: dict[str, float] | None = None,
+                     watches: WatchPairs | None = None):
+    """(served model, holdout, metrics) for a deduplicated table and the snapshot's watch pairs:
+    split, fit the SVD and the ranking model on the training side, evaluate the training-only
+    model on the holdout."""
     timings = {} if timings is None else timings
+    watches = WatchPairs.empty() if watches is None else watches
     with _timed(timings, "split_s"):
         train, holdout = holdout_split(deduped, config.test_fraction, config.split_seed)
+        train_watches, _ = split_watches(watches, config.test_fraction, config.split_seed)
     if len(holdout) == 0:
         raise TrainError("data check failed: the split left no holdout")
     with _timed(timings, "fit_s"):
         # The table is deduplicated once, by the caller (the checks counted it already).
-        model = build_model(fit_svd(train, config.svd), train, params=config.svd.as_dict())
+        algo = fit_svd(train, config.svd)
+    with _timed(timings, "rank_fit_s"):
+        evaluation, served = build_models(algo, train, train_watches, deduped, watches, config.ranking,
+                                          config.cold_start_window_s, config.split_seed, config.svd.as_dict())
     with _timed(timings, "evaluate_s"):
-        metrics = evaluate(model, holdout)
+        metrics = evaluate(evaluation, holdout)
     metrics["n_train"] = len(train)
-    return model, holdout, metrics
+    metrics["n_train_watch_pairs"] = len(train_watches)
+    return served, holdout, metrics
 
 
 @contextlib.contextmanager
@@ -228,7 +270,20 @@ def gates(metrics: Mapping[str, Any], stable_rmse: float | None, config: TrainCo
                 "detail": f"rmse {rmse:.4f} <= stable {stable_rmse:.4f} + {config.rmse_tolerance} on the same holdout",
             }
         )
+    if "ranking" in metrics:  # evaluate()'s metrics always say; a measure that is missing fails
+        result.append(_ranking_gate(metrics, config.ranking_min_lift))
     return result
+
+
+def _ranking_gate(metrics: Mapping[str, Any], min_lift: float) -> dict[str, Any]:
+    ranking, k = metrics.get("ranking"), metrics.get("k", 20)
+    if not ranking:
+        return {"gate": "ranking_vs_popularity", "passed": False,
+                "detail": "ranking not measured: no holdout user with a relevant movie"}
+    ndcg, popular = ranking["model"]["ndcg"], ranking["popularity"]["ndcg"]
+    return {"gate": "ranking_vs_popularity", "passed": ndcg >= min_lift * popular,
+            "detail": f"ndcg@{k} {ndcg:.4f} >= {min_lift:g} x popularity's {popular:.4f} on the same holdout "
+                      f"(random: {ranking['random']['ndcg']:.4f})"}
 
 
 def run_training(
@@ -246,11 +301,13 @@ def run_training(
     registry = Registry(store)
     timings: dict[str, float] = {}
     with _timed(timings, "snapshot_s"):
-        snapshot, table = take_snapshot(store, config.topic)
+        snapshot, snapshot_data = take_snapshot_data(store, config.topic)
+    table = snapshot_data.ratings
     with _timed(timings, "checks_s"):
         deduped = table.dedupe()
         data = check_data(table, config, deduped)
-    model, holdout, metrics = fit_and_evaluate(deduped, config, timings)
+        data["watch_pairs"] = len(snapshot_data.watches)
+    model, holdout, metrics = fit_and_evaluate(deduped, config, timings, snapshot_data.watches)
 
     stable_version = registry.alias_version(STABLE)
     with _timed(timings, "compare_s"):
@@ -267,10 +324,17 @@ def run_training(
             metrics=metrics,
             snapshot_id=snapshot.id,
             code=code_version(),
-            extra={"data": data, "gates": gate_results, "compared_with": stable_version},
+            extra={"data": data, "gates": gate_results, "compared_with": stable_version,
+                   "ranking": model.ranking_params},
             now=now,
         )
     release = _release(entry.version, passed, stable_version, store, deployer, notifier, release_config, now, config)
+    failed = [g["detail"] for g in gate_results if not g["passed"]]
+    notifications = None
+    if failed and notifier is not None:
+        notifications = notifier.send(f"model {entry.version} not released: {'; '.join(failed)}", {
+            "event": "model_not_released", "version": entry.version, "snapshot_id": snapshot.id,
+            "reasons": failed, "gates": gate_results, "metrics": _headline(metrics)})
     summary = {
         "version": entry.version,
         "sha256": entry.sha256,
@@ -282,11 +346,20 @@ def run_training(
         "gates_passed": passed,
         "stable_version": stable_version,
         "release": release,
+        **({"not_released_because": failed} if failed else {}),
+        **({"notifications": notifications} if notifications is not None else {}),
         "duration_s": round(time.monotonic() - started, 3),
         "timings": timings,
     }
     log.info("trained %s: rmse %.4f gates %s release %s", entry.version, metrics["rmse"], passed, release)
     return summary
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    ranking = metrics.get("ranking") or {}
+    return {"rmse": metrics.get("rmse"), "ndcg_at_k": metrics.get("ndcg_at_k"),
+            **{f"ndcg_at_k_{name}": ranking[name]["ndcg"] for name in RANKERS[1:] if name in ranking},
+            "ndcg_lift_vs_popularity": metrics.get("ndcg_lift_vs_popularity")}
 
 
 def _stable_rmse(stable_version, store, holdout, config) -> tuple[float | None, list[dict[str, Any]]]:
@@ -330,14 +403,15 @@ _MODEL_METRICS = (
 
 def train_families(summary: Mapping[str, Any], now: float | None = None) -> list[Family]:
     """The metric families of a run's summary (job "train"); `now` (epoch seconds) stamps
-    train_last_success_timestamp_seconds."""
+    train_last_success_timestamp_seconds. `train_ranking` holds every ranking metric of the
+    model and of the popularity and random baselines on the same holdout."""
     version, metrics = summary["version"], summary["metrics"]
     families = [
         Family(name, doc, ("model_version",)).set(metrics[key], version)
         for name, key, doc in _MODEL_METRICS
         if metrics.get(key) is not None
     ]
-    return families + [
+    families += [
         Family("train_gates_passed", "1 when the model passed every quality gate", ("model_version",)).set(
             1 if summary["gates_passed"] else 0, version),
         Family("train_ratings", "Unique ratings in the training snapshot").set(summary["data"]["unique_ratings"]),
@@ -345,3 +419,16 @@ def train_families(summary: Mapping[str, Any], now: float | None = None) -> list
         Family("train_last_success_timestamp_seconds", "When the job last registered a model").set(
             time.time() if now is None else now),
     ]
+    ranking = metrics.get("ranking")
+    if ranking:
+        family = Family("train_ranking", "Holdout top-k (k=20) ranking metrics of the model and of the "
+                        "popularity and random baselines", ("model_version", "ranker", "metric"))
+        for ranker in (r for r in RANKERS if r in ranking):
+            for metric in METRICS:
+                family.set(ranking[ranker][metric], version, ranker, metric)
+        families.append(family)
+    if metrics.get("ndcg_lift_vs_popularity") is not None:
+        families.append(Family("train_ndcg_lift_vs_popularity", "Holdout NDCG@k of the model over the "
+                               "popularity baseline's", ("model_version",)).set(
+            metrics["ndcg_lift_vs_popularity"], version))
+    return families

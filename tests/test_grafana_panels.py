@@ -105,6 +105,8 @@ def test_dashboard_has_the_views_operators_need():
                    "recommend-canary: latency p50 / p95 / p99", "Canary share observed", "Serving model version",
                    "Ingest rate (records/s in the last run)", "Quarantined lines by reason (last run)",
                    "Consumer lag", "Training metrics per model version",
+                   "Top-20 ranking per model version: model vs popularity vs random",
+                   "NDCG@20 over popularity's, per model version",
                    "Online quality per variant (share of recommendations watched)"):
         assert needed in titles
     # Stable and canary latency sit side by side on the same row, same size.
@@ -254,6 +256,10 @@ functions:
       MODEL_VERSION: v2
 '''
 STABLE_CALLS, CANARY_CALLS, FAILED_CALLS = 8, 2, 1  # per round
+# A train summary's ranking figures (movierec.training.evaluate's `ranking`), as the job pushes them.
+RANKING = {ranker: {"precision": p, "recall": 2 * p, "ndcg": n, "hit_rate": 0.5, "coverage": c}
+           for ranker, p, n, c in (("model", 0.05, 0.09, 0.4), ("popularity", 0.04, 0.06, 0.02),
+                                   ("random", 0.002, 0.003, 1.0), ("svd", 0.01, 0.02, 0.6))}
 QUALITY = {"canary": (50, 10), "stable": (200, 30)}  # (recommended, watched) the analysis step is given
 
 
@@ -402,7 +408,8 @@ def observed(tmp_path_factory):
         assert push_metrics(summary, stack.pushgateway)
         for version, rmse in (("v1", 0.95), ("v2", 0.91)):
             assert trainjob.push_metrics(stack.pushgateway, {
-                "version": version, "metrics": {"rmse": rmse, "mae": 0.74, "precision_at_k": 0.05, "ndcg_at_k": 0.09},
+                "version": version, "metrics": {"rmse": rmse, "mae": 0.74, "precision_at_k": 0.05, "ndcg_at_k": 0.09,
+                                                "ranking": RANKING, "ndcg_lift_vs_popularity": 0.09 / 0.06},
                 "gates_passed": True, "data": {"unique_ratings": 5000}, "duration_s": 12.0}) == "pushed"
             # Each push replaces the job's group: let Prometheus see v1 before v2 replaces it.
             stack.wait_for(f'train_rmse{{model_version="{version}"}}', bool)
@@ -477,3 +484,14 @@ def test_training_table_lists_every_model_version_pushed_in_the_range(observed):
     table = next(q for q in all_queries() if q.panel_title == "Training metrics per model version" and q.ref_id == "A")
     series = observed.wait_for(table.promql, lambda s: len(s) >= 2)
     assert {s["metric"]["model_version"]: float(s["value"][1]) for s in series} == {"v1": 0.95, "v2": 0.91}
+
+
+@pytest.mark.stack
+def test_ranking_table_shows_the_model_and_both_baselines_per_version(observed):
+    table = next(q for q in all_queries()
+                 if q.panel_title == "Top-20 ranking per model version: model vs popularity vs random" and q.ref_id == "A")
+    series = observed.wait_for(table.promql, lambda s: len(s) >= 8)  # v1 and v2, four rankers each
+    got = {(s["metric"]["model_version"], s["metric"]["ranker"]): float(s["value"][1]) for s in series}
+    assert got == {(v, ranker): RANKING[ranker]["ndcg"] for v in ("v1", "v2") for ranker in RANKING}
+    [lift] = observed.wait_for(_panel("NDCG@20 over popularity's, per model version"), lambda s: len(s) == 1)
+    assert lift["metric"]["model_version"] == "v2" and float(lift["value"][1]) == pytest.approx(1.5)

@@ -115,3 +115,20 @@ def test_stream_ratings_become_a_table_of_world_users_and_movies(world, tmp_path
     assert len(table) == 200
     assert np.isin(table.user_ids, world.user_ids).all()
     assert np.isin(table.movie_ids, world.movie_ids).all()
+
+
+def test_what_users_watch_follows_preference_and_popularity():
+    w = SyntheticWorld(n_users=400, n_movies=300, n_factors=5, seed=12)
+    table = w.sample_ratings(20_000)
+    u = np.searchsorted(w.user_ids, table.user_ids)
+    m = np.array([w.movie_ids.tolist().index(x) for x in table.movie_ids.tolist()])
+    taste = np.einsum("ij,ij->i", w.user_factors[u], w.movie_factors[m])
+    everything = w.user_factors @ w.movie_factors.T
+    assert taste.mean() > everything.mean() + 0.2  # users pick what they like...
+    counts = np.bincount(m, minlength=300)
+    popular = np.argsort(-w.movie_popularity)[:30]
+    assert counts[popular].sum() > 2 * 0.1 * len(table)  # ...and the popular tenth, twice its share
+    assert (np.bincount(u, minlength=400)[u] <= 300 - 60).all()  # nobody has seen everything
+    # The weights are the documented ones.
+    logits = w.watch_logits(np.array([3]))[0]
+    np.testing.assert_allclose(logits, np.log(w.movie_popularity) + 3.0 * (everything[3] + w.movie_bias))

@@ -219,7 +219,11 @@ def test_the_job_reports_its_figures_as_train_metric_families(store, world, tmp_
     families = {f.name: f for f in train_families(summary, now=1_700_000_000.0)}
     assert list(families) == ["train_rmse", "train_mae", "train_precision_at_k", "train_ndcg_at_k",
                               "train_gates_passed", "train_ratings", "train_duration_seconds",
-                              "train_last_success_timestamp_seconds"]
+                              "train_last_success_timestamp_seconds", "train_ranking",
+                              "train_ndcg_lift_vs_popularity"]
+    ranking = summary["metrics"]["ranking"]
+    assert len(families["train_ranking"].samples) == 4 * 5  # model, popularity, random, svd
+    assert ((summary["version"], "popularity", "ndcg"), ranking["popularity"]["ndcg"]) in families["train_ranking"].samples
     assert families["train_rmse"].samples == [((summary["version"],), summary["metrics"]["rmse"])]
     assert families["train_gates_passed"].samples == [((summary["version"],), 1.0)]
     assert families["train_ratings"].samples == [((), float(summary["data"]["unique_ratings"]))]

@@ -1,7 +1,8 @@
 """train: one training job per POST (the cron trigger every 2 days, or by hand).
 
-Thin on purpose: the pipeline (snapshot, checks, fit, gates, register, start a release) is
-movierec.trainjob; this composes it with the store, the gateway client, the notifier and the
+Thin on purpose: the pipeline (snapshot, checks, fit the SVD and the ranking model, gates,
+register, start a release, or tell the notifier why not) is movierec.trainjob; this composes it
+with the store, the gateway client, the notifier and the
 Pushgateway (PUSHGATEWAY_URL; blank: no push), and maps errors to replies by their class
 (movierec.errors: rejected data or configuration 4xx, TrainError/SnapshotError 422, an unavailable
 dependency 503). `GET /` (or `/status`) answers the registry's versions and aliases. JSON bodies.

@@ -77,8 +77,8 @@ def load_ratings(store: ObjectStore, topic: str | None = None):
     merged = _merged(_columns_once(store, "ratings", topic), "rating")
     if merged is None:
         return RatingsTable.empty()
-    _, users, movies, ratings = merged
-    return RatingsTable(users, movies, ratings.astype(np.float32))
+    times, users, movies, ratings = merged
+    return RatingsTable(users, movies, ratings.astype(np.float32), time_us=times)
 
 
 @dataclass(frozen=True)
