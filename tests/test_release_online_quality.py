@@ -288,7 +288,9 @@ def test_a_worse_ranker_with_the_same_latency_and_errors_is_rolled_back_on_watch
     assert checks and all(checks.values()), checks  # success rate, p99, error rate, p99 ratio: all passed
     assert release.reason.startswith("watched canary")
     assert ev["canary"].recommended >= CONFIG.min_recommended and ev["p_canary_lower"] < 0.001
-    assert ev["canary"].share < 0.5 * ev["stable"].share
+    # Clearly worse, not just significantly: the synthetic users also watch popular movies whatever
+    # the order they are shown, so even a reversed list keeps about half the watch-through.
+    assert ev["canary"].share < 0.6 * ev["stable"].share
     assert run["canary_after"]["MODEL_VERSION"] == released["versions"]["model"]  # the canary is back on stable
 
 
