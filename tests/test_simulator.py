@@ -451,3 +451,18 @@ def test_bad_arguments_get_a_one_line_error():
     done = subprocess.run(simulator_argv("--replay", "/nonexistent/stream.log"), check=False, cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "cannot read replay file" in done.stderr
+
+
+def test_the_periodic_line_reports_latency_over_the_last_interval_and_the_final_line_over_the_run():
+    from scripts.simulator import Stats
+
+    stats = Stats()
+    for _ in range(100):
+        stats.record(200, 1000.0)
+    assert "p50 1000 ms p99 1000 ms" in stats.interval_line()
+    for _ in range(10):
+        stats.record(200, 10.0)
+    window = stats.interval_line()
+    assert "(10 calls) p50 10 ms p99 10 ms" in window and "requests by status 200:110" in window
+    assert "p50 1000 ms" in stats.line()  # the whole run: mostly the slow calls
+    assert "(0 calls) p50 - ms p99 - ms" in stats.interval_line()  # a quiet interval says so

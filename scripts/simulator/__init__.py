@@ -7,7 +7,7 @@ Owns, by module:
 - `caller`: `call_recommend`, `CallResult`, `server_name`: the real caller of GET /recommend/<uid>.
 - `sink`: `KafkaSink`, `SinkError`: the producer the lines go to.
 - `runner`: `run_live`, `run_replay`, `Bounds`, `Stop`, `Stats`: pacing, bounds, signals, summary.
-- `cli`: `build_parser`, `main`.
+- `cli`: `build_parser`, `example_user_ids`, `main`.
 
 Must not touch: parsing rules (movierec.events), the model, the object store, the services it calls
 (it only calls them, like a client would), processes it did not start.
@@ -15,7 +15,7 @@ Must not touch: parsing rules (movierec.events), the model, the object store, th
 The names below are the package's public surface (`from scripts.simulator import Simulation`).
 """
 from scripts.simulator.caller import CALLER_TIMEOUT_MS, CallResult, call_recommend, server_name
-from scripts.simulator.cli import build_parser, main
+from scripts.simulator.cli import build_parser, example_user_ids, main
 from scripts.simulator.runner import Bounds, Stats, Stop, run_live, run_replay
 from scripts.simulator.simulation import (
     GARBAGE_KINDS,
@@ -29,4 +29,4 @@ from scripts.simulator.sink import DEFAULT_BOOTSTRAP, DEFAULT_TOPIC, KafkaSink, 
 
 __all__ = ["CALLER_TIMEOUT_MS", "DEFAULT_BOOTSTRAP", "DEFAULT_TOPIC", "GARBAGE_KINDS", "Behaviour", "Bounds",
            "CallResult", "KafkaSink", "Planned", "RecommendationCall", "Simulation", "SinkError", "Stats", "Stop",
-           "build_parser", "call_recommend", "main", "run_live", "run_replay", "server_name", "utc_now"]
+           "build_parser", "call_recommend", "example_user_ids", "main", "run_live", "run_replay", "server_name", "utc_now"]

@@ -1,6 +1,6 @@
 """The stream simulator's command line: synthetic users who watch, rate and ask for recommendations.
 
-Owns: the options and `main`: a live simulation (optionally after a backfill of history) or a
+Owns: the options, `example_user_ids` (users a run with given options is sure to produce) and `main`: a live simulation (optionally after a backfill of history) or a
 file replay, produced to Kafka (`KafkaSink`), calling the public entry (`call_recommend`), printing
 a summary line every --report-every seconds and at the end, the final one also as one JSON line
 starting with `summary ` (tests and scripts read it). Exit 0, or 1 when lines could not be produced,
@@ -87,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def example_user_ids(argv: list[str], n: int = 3) -> list[int]:
+    """Users a run with these options is sure to produce (the population's most active), with the same
+    seeded world and behaviour `main` builds; [] for a replay, which has no population."""
+    args = build_parser().parse_args(argv)
+    if args.replay:
+        return []
+    return _simulation(args).most_active_user_ids(n)
+
+
+def _simulation(args: argparse.Namespace) -> Simulation:
+    behaviour = Behaviour(request_share=args.request_share, new_user_share=args.new_user_share,
+                          garbage_share=args.garbage_share)
+    return Simulation(SyntheticWorld(args.users, args.movies, seed=args.seed), behaviour, seed=args.seed + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bounds = Bounds(duration_s=args.duration or None, events=args.events)
@@ -111,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.replay, encoding="utf-8", errors="surrogateescape", newline="") as lines:
                 run_replay(lines, sink.send, args.rate or 0.0, bounds, stop, stats, report_every, report)
         else:
-            behaviour = Behaviour(request_share=args.request_share, new_user_share=args.new_user_share,
-                                  garbage_share=args.garbage_share)
-            world = SyntheticWorld(args.users, args.movies, seed=args.seed)
-            sim = Simulation(world, behaviour, seed=args.seed + 1)
+            sim = _simulation(args)
             if args.backfill > 0:
                 for line in sim.backfill(args.backfill, utc_now()):
                     if stop.requested or bounds.reached(stats, time.monotonic()):

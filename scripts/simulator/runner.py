@@ -4,7 +4,7 @@ Owns: `run_live` (sessions paced at about `rate` lines/s; recommendation calls o
 a slow service does not stall the stream; each answer logged as a recommendation line and the
 user's reaction scheduled after it), `run_replay` (a file's lines as they are, in order, at a rate or
 as fast as possible), `Bounds` (--duration / --events), `Stop` (SIGTERM/SIGINT) and `Stats` (the
-periodic and final summary).
+periodic line, whose latency is over the interval since the previous one, and the final summary).
 
 Must not touch: what the population does (scripts/simulator/simulation.py), how a call is made
 (it is given a `caller`) or where lines go (it is given `send`); processes it did not start.
@@ -36,6 +36,15 @@ class Stats:
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50_000))
     new_users: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Latencies since the last periodic line: what `interval_line` reports (then starts afresh).
+    window_ms: list = field(default_factory=list)
+    window_started: float | None = None
+
+    def record(self, status: int, latency_ms: float) -> None:
+        """One recommendation call's outcome, in the totals and in the current interval."""
+        self.requests[status] += 1
+        self.latencies_ms.append(latency_ms)
+        self.window_ms.append(latency_ms)
 
     @property
     def total(self) -> int:
@@ -56,13 +65,28 @@ class Stats:
         }
 
     def line(self) -> str:
+        """The run so far: counts and latency since the start (the final line)."""
+        return self._line(self.latencies_ms, "")
+
+    def interval_line(self) -> str:
+        """The periodic line: counts since the start, latency over the calls since the previous
+        periodic line (a window, so a slowdown shows when it happens); then the window starts afresh."""
+        now = time.monotonic()
+        window_s = now - (self.started if self.window_started is None else self.window_started)
+        text = self._line(self.window_ms, f" over the last {window_s:.0f}s ({len(self.window_ms)} calls)")
+        self.window_ms = []
+        self.window_started = now
+        return text
+
+    def _line(self, latencies, over: str) -> str:
         s = self.summary()
+        lat = np.array(latencies, dtype=float)
         produced = " ".join(f"{k}={v}" for k, v in s["produced"].items()) or "none"
         statuses = " ".join(f"{k}:{v}" for k, v in s["requests_by_status"].items()) or "none"
-        p50 = "-" if s["latency_p50_ms"] is None else f"{s['latency_p50_ms']:.0f}"
-        p99 = "-" if s["latency_p99_ms"] is None else f"{s['latency_p99_ms']:.0f}"
+        p50 = f"{np.percentile(lat, 50):.0f}" if len(lat) else "-"
+        p99 = f"{np.percentile(lat, 99):.0f}" if len(lat) else "-"
         return (f"simulator: {s['elapsed_s']:.0f}s produced {s['total']} ({produced}); requests by status "
-                f"{statuses}; latency p50 {p50} ms p99 {p99} ms; new users {s['new_users']}")
+                f"{statuses}; latency{over} p50 {p50} ms p99 {p99} ms; new users {s['new_users']}")
 
 
 @dataclass
@@ -143,8 +167,7 @@ def run_live(sim: Simulation, send: Callable[[str], None], caller: Callable[[int
                                         result.error if result.status != 200 else None, result.latency_ms)
             send(event.to_line())
             stats.produced["recommendation"] += 1
-            stats.requests[result.status] += 1
-            stats.latencies_ms.append(result.latency_ms)
+            stats.record(result.status, result.latency_ms)
             if result.status == 200:
                 schedule(sim.on_recommendations(user, result.movie_ids, event.time), time.monotonic())
 
@@ -162,7 +185,7 @@ def run_live(sim: Simulation, send: Callable[[str], None], caller: Callable[[int
             if bound_reached(now):
                 break
             if now >= next_report:
-                report(stats.line())
+                report(stats.interval_line())
                 next_report = now + report_every_s
             if now < next_slot:
                 stop.event.wait(min(next_slot - now, 0.05))
@@ -207,6 +230,6 @@ def run_replay(lines: Iterable[str], send: Callable[[str], None], rate: float, b
         send(line)
         stats.produced["replay"] += 1
         if time.monotonic() >= next_report:
-            report(stats.line())
+            report(stats.interval_line())
             next_report = time.monotonic() + report_every_s
     return stats

@@ -124,6 +124,12 @@ class Simulation:
         """Users that may appear in the stream now (new users join this list when they appear)."""
         return self.world.user_ids[self._active].tolist()
 
+    def most_active_user_ids(self, n: int = 3) -> list[int]:
+        """The `n` established users who act most often: the backfill and the stream are sure to carry
+        them, so a model trained on either knows them (`make up` prints them as examples)."""
+        top = np.argsort(-self._activity, kind="stable")[:n]
+        return self.world.user_ids[self._active[top]].tolist()
+
     @property
     def unseen_user_ids(self) -> list[int]:
         return self.world.user_ids[self._new_pool].tolist()

@@ -1,10 +1,13 @@
 """The local stack on one machine: `make up`, `make status`, `make down`.
 
-Owns: the commands `up` (Debian packages present, the release token made, every service not
-already running started in order and, when one fails, what this run started stopped again),
-`down` (in reverse, by verified PID), `status` (one line per service; the functions' replicas
-through the one gateway API client `movierec.adapters.gateway`), `ensure_packages`,
-`ensure_release_token`, and `main` (the argument parser).
+Owns: the commands `up` (every port it will bind checked free first, `check_ports`, naming the
+variable that moves a taken one; Debian packages present, the release token made, every service not
+already running started in order and, when one fails, what this run started stopped again; at the
+end a few users the simulator is sure to produce, `example_users`), `down` (in reverse, by verified
+PID), `status` ("stack is down" and exit 0 when nothing runs, else one line per service, the
+functions' replicas through the one gateway API client `movierec.adapters.gateway`, and exit 3 when
+the stack is half up or unhealthy), `ensure_packages`, `ensure_release_token`, and `main` (the
+argument parser).
 
 Must not touch: processes it did not start (scripts/stack/processes.py signals only verified
 pids); the services' definitions (scripts/stack/services.py); anything about movies.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from movierec.adapters.gateway import GatewayClient
 from movierec.errors import ConfigError, MovierecError
+from scripts._proc import free_port, port_open
 from scripts.stack.config import StackConfig, StackError, local_defaults
 from scripts.stack.processes import log_file, pid_file, running_pid, start_service, stop_pid
 from scripts.stack.services import PACKAGES, Service, services
@@ -63,10 +68,43 @@ def ensure_release_token(secrets_dir: Path) -> Path:
     return path
 
 
+def check_ports(config: StackConfig) -> None:
+    """Every port `up` will bind, checked before anything starts: one line naming each port that is
+    taken by a process this stack did not start (or claimed twice) and the variable that moves it."""
+    problems: list[str] = []
+    claimed: dict[int, str] = {}
+    for service in services(config):
+        if service.port is None:
+            continue
+        if service.port in claimed:
+            problems.append(f"port {service.port} is set for both {claimed[service.port]} and {service.port_env}: "
+                            f"set {service.port_setting(free_port())}")
+            continue
+        claimed[service.port] = service.port_env or service.name
+        if running_pid(config, service) is None and port_open(service.port):
+            problems.append(f"port {service.port} ({service.port_env}) is in use by another process: "
+                            f"set {service.port_setting(free_port())} or stop it")
+    if problems:
+        raise StackError("; ".join(problems))
+
+
+def example_users(config: StackConfig, n: int = 3) -> list[int]:
+    """Users the simulator `up` starts is sure to produce (same seed and options, SIMULATOR_ARGS)."""
+    if not any(s.name == "simulator" for s in services(config)):
+        return []
+    from scripts.simulator.cli import example_user_ids
+
+    try:
+        return example_user_ids(shlex.split(config.service_env().get("SIMULATOR_ARGS", "")), n)
+    except SystemExit:  # SIMULATOR_ARGS the simulator rejects: it said why when it failed to start
+        return []
+
+
 def up(config: StackConfig) -> int:
     """Start every service that is not already running (so a second `up` starts nothing)."""
-    ensure_packages()
     local_defaults()  # a malformed env/local.yml is one line now, before anything starts
+    check_ports(config)
+    ensure_packages()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     ensure_release_token(config.state_dir / "secrets")
     started_now: list[tuple[Service, int]] = []
@@ -97,6 +135,11 @@ Pushgateway      {config.url(config.pushgateway_port)}
 Kafka            {config.kafka_bootstrap}  topic {config.kafka_topic}
 credentials      {secrets}/basic-auth-user, {secrets}/basic-auth-password
 logs             {config.state_dir / 'logs'}/<service>.log      stop with: make down""")
+    users = example_users(config)
+    if users:
+        print(f"""
+users in the simulated data (personalised once the first model serves, a few minutes after `up`):
+{chr(10).join(f"  curl {config.url(config.public_port)}/recommend/{u}" for u in users)}""")
     return 0
 
 
@@ -117,11 +160,17 @@ def down(config: StackConfig) -> int:
 
 
 def status(config: StackConfig) -> int:
-    """One line per service; exit 0 only when every service runs and is healthy."""
+    """One line per service; exit 0 when every service runs and is healthy, and when none runs ("stack
+    is down", one line); 3 for a half-up stack (naming the services that are down) or an unhealthy one."""
+    stack = services(config)
+    running = {service.name: running_pid(config, service) for service in stack}
+    if not any(running.values()):
+        print("stack is down")
+        return 0
     all_ok = True
     print(f"{'service':<12} {'pid':>8}  {'port':<6} {'state':<10} health")
-    for service in services(config):
-        pid = running_pid(config, service)
+    for service in stack:
+        pid = running[service.name]
         healthy = pid is not None and service.health()
         all_ok &= healthy
         state = "running" if pid is not None else "stopped"
@@ -134,6 +183,11 @@ def status(config: StackConfig) -> int:
         print("\nfunction             replicas  available")
         for name, wanted, available in functions:
             print(f"{name:<20} {wanted:>8}  {available:>9}")
+    down = [name for name, pid in running.items() if pid is None]
+    if down:
+        print(f"\nstack is half up: {', '.join(down)} not running (make up starts them, make down stops the rest)")
+    elif not all_ok:
+        print("\nstack is up but not healthy: see the logs named above")
     return 0 if all_ok else 3
 
 

@@ -1,6 +1,6 @@
 """The local stack's services, in start order: what each runs, how it is told healthy, how it stops.
 
-Owns: `Service` (name, port, the marker its /proc cmdline must carry, argv or its own starter,
+Owns: `Service` (name, port and the variable that moves it, the marker its /proc cmdline must carry, argv or its own starter,
 health check, timeouts, stop signal), `services(config)` (broker when ours, localfaas, Pushgateway,
 Prometheus, nginx and, when present, the simulator), the Debian `PACKAGES` the stack needs, and the
 stop grace periods.
@@ -39,6 +39,12 @@ class Service:
     start: Callable[[], int] | None = None   # returns the pid, for services with their own starter
     stop_signal: int = signal.SIGTERM
     min_uptime_s: float = 0.0                # for services without a health URL: still alive after this
+    port_env: str | None = None              # the variable that moves `port` (named when it is taken)
+
+    def port_setting(self, port: int) -> str:
+        """`VAR=value` that would move this service to `port`."""
+        value = f"127.0.0.1:{port}" if self.port_env == "KAFKA_BOOTSTRAP_SERVERS" else f"http://127.0.0.1:{port}"
+        return f"{self.port_env}={value}"
 
 
 def _http_ok(url: str) -> bool:
@@ -63,14 +69,14 @@ def services(config: StackConfig) -> list[Service]:
             return handle.pid
 
         found.append(Service("broker", config.broker_port, "tansu", None, lambda: port_open(config.broker_port),
-                             start=start_broker))
+                             start=start_broker, port_env="KAFKA_BOOTSTRAP_SERVERS"))
 
     found.append(Service(
         "localfaas", config.gateway_port, "localfaas",
         lambda: [config.python, "-m", "localfaas", "up", "--stack", str(config.stack_file),
                  "--port", str(config.gateway_port), "--state-dir", str(state)],
         lambda: _http_ok(f"{config.url(config.gateway_port)}/healthz"),
-        start_timeout_s=180.0, stop_grace_s=LOCALFAAS_STOP_GRACE_S,
+        start_timeout_s=180.0, stop_grace_s=LOCALFAAS_STOP_GRACE_S, port_env="OPENFAAS_URL",
     ))
 
     def pushgateway_argv() -> list[str]:
@@ -80,7 +86,8 @@ def services(config: StackConfig) -> list[Service]:
         return argv(state / "pushgateway", f"127.0.0.1:{config.pushgateway_port}")
 
     found.append(Service("pushgateway", config.pushgateway_port, "pushgateway", pushgateway_argv,
-                         lambda: _http_ok(f"{config.url(config.pushgateway_port)}/-/ready")))
+                         lambda: _http_ok(f"{config.url(config.pushgateway_port)}/-/ready"),
+                         port_env="PUSHGATEWAY_URL"))
 
     def prometheus_argv() -> list[str]:
         from monitoring.render import MonitoringSettings, write_config
@@ -90,7 +97,8 @@ def services(config: StackConfig) -> list[Service]:
         return argv(conf, state / "prometheus", f"127.0.0.1:{config.prometheus_port}")
 
     found.append(Service("prometheus", config.prometheus_port, "prometheus", prometheus_argv,
-                         lambda: _http_ok(f"{config.url(config.prometheus_port)}/-/ready")))
+                         lambda: _http_ok(f"{config.url(config.prometheus_port)}/-/ready"),
+                         port_env="PROMETHEUS_URL"))
 
     def nginx_argv() -> list[str]:
         from gateway.render import NginxSettings, write_config
@@ -101,7 +109,8 @@ def services(config: StackConfig) -> list[Service]:
         return argv(write_config(settings, state / "nginx" / "nginx.conf"), settings)
 
     found.append(Service("nginx", config.public_port, "nginx", nginx_argv,
-                         lambda: _http_ok(f"{config.url(config.public_port)}/healthz"), stop_signal=signal.SIGQUIT))
+                         lambda: _http_ok(f"{config.url(config.public_port)}/healthz"), stop_signal=signal.SIGQUIT,
+                         port_env="PUBLIC_URL"))
 
     if config.simulator and (ROOT / "scripts" / "simulator" / "__main__.py").exists():
         # Runs until `down` (--duration 0); SIMULATOR_ARGS adds options (env/local.yml has the default).
