@@ -1,7 +1,8 @@
 """The gateway's invoke path: `/function/<name>` and `/async-function/<name>`.
 
 Owns: proxying a call to a ready replica over pooled keep-alive connections (one client session),
-round-robin, retry on another replica when a connection fails before any response, buffering or
+round-robin, retry on another replica when a connection fails before any response (a replica dying
+between its answer's head and body is a one-line 502, never a 500), buffering or
 streaming of bodies, the `X-Call-Id`/`X-Start-Time`/`X-Duration-Seconds` headers, scale from zero
 (a call to a function at 0 replicas starts one and waits for it, bounded, as the gateway's
 scale_from_zero does; a function meant to have replicas but with none ready, e.g. while one
@@ -237,7 +238,11 @@ class FunctionProxy:
                 out_headers.update(reply_headers)
                 length = up.content_length
                 if length is not None and length <= MAX_BUFFERED_RESPONSE:
-                    data = await up.read()
+                    try:
+                        data = await up.read()
+                    except aiohttp.ClientError as exc:  # the replica died between head and body
+                        raise GatewayError(502, f"function {runtime.config.name}: replica dropped the "
+                                                f"connection mid-answer: {type(exc).__name__}") from None
                     out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
                     return web.Response(status=code, body=data, headers=out_headers)
                 out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
