@@ -50,9 +50,11 @@ class NginxSettings:
     error_log: str
     daemon: bool = False  # off: the supervisor (scripts/stack, a container runtime) owns the process
     read_timeout: str = "5s"
-    # The callers give up after 600-800 ms: a canary silent for longer is treated as down and its
-    # user gets stable's answer while the caller still waits.
-    canary_read_timeout: str = "1s"
+    connect_timeout: str = "1s"
+    # The callers give up after 600-800 ms: a canary silent for 300 ms is treated as down and its
+    # user gets stable's answer (a few ms more) while the caller still waits.
+    canary_read_timeout: str = "300ms"
+    canary_connect_timeout: str = "100ms"
     worker_processes: str = "2"
 
     @classmethod
@@ -105,7 +107,9 @@ def render(settings: NginxSettings) -> str:
         if not re.fullmatch(r"[\w.\-\[\]:]+", value):
             raise RenderError(f"{name} must be HOST:PORT or PORT, got {value!r}")
     for name, value in (("read_timeout", settings.read_timeout),
-                        ("canary_read_timeout", settings.canary_read_timeout)):
+                        ("connect_timeout", settings.connect_timeout),
+                        ("canary_read_timeout", settings.canary_read_timeout),
+                        ("canary_connect_timeout", settings.canary_connect_timeout)):
         if not re.fullmatch(r"\d+(ms|s)", value):
             raise RenderError(f"{name} must be like 800ms or 5s, got {value!r}")
     proxy_lines = [line for line in PROXY_SETTINGS.read_text().splitlines()
@@ -121,6 +125,8 @@ def render(settings: NginxSettings) -> str:
         "listen": settings.listen,
         "read_timeout": settings.read_timeout,
         "canary_read_timeout": settings.canary_read_timeout,
+        "connect_timeout": settings.connect_timeout,
+        "canary_connect_timeout": settings.canary_connect_timeout,
         "canary_percent": str(settings.canary_percent),
         "canary_map_entries": canary_map_entries(settings.canary_percent),
         "proxy_settings": proxy_lines,

@@ -34,6 +34,7 @@ from localfaas.cron import CRON_TOKEN, CronConnector, ensure_cron_token
 from localfaas.functionconfig import DeployError, FunctionConfig
 from localfaas.gateway import Gateway
 from localfaas.images import Image, ImageStore
+from localfaas.proxy import DEFAULT_MAX_BODY
 from localfaas.records import DeploymentRecord
 from localfaas.stackfile import Stack, StackError, load_stack
 from localfaas.supervisor import Supervisor
@@ -161,7 +162,9 @@ async def up(args: argparse.Namespace) -> int:
     )
     gateway = Gateway(supervisor, images, credentials,
                       upstream_timeout=_env_float("LOCALFAAS_UPSTREAM_TIMEOUT", 65.0),
-                      deploy_wait=_env_float("LOCALFAAS_DEPLOY_WAIT", 30.0), scale_from_zero_wait=ready_timeout)
+                      deploy_wait=_env_float("LOCALFAAS_DEPLOY_WAIT", 30.0), scale_from_zero_wait=ready_timeout,
+                      no_replica_wait=_env_float("LOCALFAAS_NO_REPLICA_WAIT", 0.0),
+                      max_body=int(_env_float("LOCALFAAS_MAX_BODY", DEFAULT_MAX_BODY)))
     redeploy = args.redeploy_stack or _env_bool("LOCALFAAS_REDEPLOY_STACK")
     stack_configs = {name: FunctionConfig.from_spec(stack.functions[name]) for name in contexts}
     recorded = supervisor.records.load()

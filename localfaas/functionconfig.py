@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from localfaas import validate
 from localfaas.stackfile import DEFAULT_NAMESPACE, FunctionSpec
 
 SCALE_MIN_LABEL = "com.openfaas.scale.min"
@@ -121,9 +122,23 @@ class FunctionConfig:
 
     @classmethod
     def from_deployment(cls, body: object) -> FunctionConfig:
-        """A FunctionDeployment as faas-cli sends it; the namespace is left for the caller to check."""
+        """A FunctionDeployment as faas-cli sends it, its names checked as the providers do
+        (`localfaas.validate`: secret names, env names and values, the namespace); the namespace's
+        existence and `envProcess` (which needs the image) are left for the caller to check."""
         if not isinstance(body, dict):
             raise InvalidDeployment("request body must be a JSON object")
+        try:
+            config = cls._from_body(body)
+            validate.function_name(config.name)
+            validate.namespace(config.namespace)
+            validate.secret_names(config.secrets)
+            validate.environment(config.env_vars)
+        except validate.ValidationError as exc:
+            raise InvalidDeployment(str(exc)) from None
+        return config
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any]) -> FunctionConfig:
         return cls(
             name=check_function_name(body.get("service")), image=str(body.get("image") or ""),
             namespace=str(body.get("namespace") or DEFAULT_NAMESPACE),

@@ -24,7 +24,7 @@ from localfaas.credentials import Credentials
 from localfaas.images import ImageStore
 from localfaas.logs import LogsApi
 from localfaas.metrics import GatewayMetrics
-from localfaas.proxy import MAX_BUFFERED_BODY, FunctionProxy
+from localfaas.proxy import DEFAULT_MAX_BODY, MAX_BUFFERED_BODY, FunctionProxy
 from localfaas.replies import GatewayError, text_response
 from localfaas.secrets_api import SecretsApi
 from localfaas.secretstore import SecretStore
@@ -38,15 +38,15 @@ _GUARDED = ("/system/", "/ui/", PROVIDER_PREFIX + "/system/")
 
 class Gateway:
     def __init__(self, supervisor: Supervisor, images: ImageStore, credentials: Credentials, *,
-                 upstream_timeout: float = 65.0, no_replica_wait: float = 5.0, max_async_inflight: int = 16,
-                 deploy_wait: float = 0.0, scale_from_zero_wait: float = 60.0):
+                 upstream_timeout: float = 65.0, no_replica_wait: float = 0.0, max_async_inflight: int = 16,
+                 deploy_wait: float = 0.0, scale_from_zero_wait: float = 60.0, max_body: int = DEFAULT_MAX_BODY):
         self.supervisor = supervisor
         self.credentials = credentials
         self.metrics = GatewayMetrics(supervisor)
         self.secrets = SecretStore(supervisor.state_dir / "secrets")
         options: dict[str, Any] = {"upstream_timeout": upstream_timeout, "no_replica_wait": no_replica_wait,
                                    "max_async_inflight": max_async_inflight,
-                                   "scale_from_zero_wait": scale_from_zero_wait}
+                                   "scale_from_zero_wait": scale_from_zero_wait, "max_body": max_body}
         self.proxy = FunctionProxy(supervisor, self.metrics, **options)
         self.provider_proxy = FunctionProxy(supervisor, self.metrics, provider=True, **options)
         self.system = SystemApi(supervisor, images, deploy_wait=deploy_wait)

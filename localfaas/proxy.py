@@ -1,10 +1,13 @@
 """The gateway's invoke path: `/function/<name>` and `/async-function/<name>`.
 
 Owns: proxying a call to a ready replica over pooled keep-alive connections (one client session),
-round-robin, retry on another replica when a connection fails before any response, buffering or
+round-robin, retry on another replica when a connection fails before any response (a replica dying
+between its answer's head and body is a one-line 502, never a 500), buffering or
 streaming of bodies, the `X-Call-Id`/`X-Start-Time`/`X-Duration-Seconds` headers, scale from zero
 (a call to a function at 0 replicas starts one and waits for it, bounded, as the gateway's
-scale_from_zero does), async calls (a bounded number in flight, like the queue-worker's
+scale_from_zero does; a function meant to have replicas but with none ready, e.g. while one
+restarts, is 503 at once by default so a caller's budget is spent on a fallback, not a wait), the
+per-function request body cap (413 before any byte reaches a replica), async calls (a bounded number in flight, like the queue-worker's
 max_inflight, and their `X-Callback-Url`), and reporting each call to the gateway metrics, calls
 to unknown functions included (code 404). Under `/provider/` (for a real gateway in front) it
 answers as faas-provider's proxy does: an unknown function is 503 `No endpoints available for:
@@ -36,6 +39,10 @@ log = logging.getLogger("localfaas.proxy")
 # larger or chunked bodies are streamed through (and not retried once sent).
 MAX_BUFFERED_BODY = 4 * 1024 * 1024
 MAX_BUFFERED_RESPONSE = 1024 * 1024
+# A body over this many bytes is refused with 413 (the gateway-wide default; a function may set its
+# own with the label below, in bytes).
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+MAX_BODY_LABEL = "com.openfaas.localfaas.max-body-bytes"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
@@ -43,15 +50,37 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 ))
 
 
+class CappedBody:
+    """A streamed request body counted as it passes: past `limit` the upstream request is broken
+    off and the caller gets 413 (`exceeded`), so the function never receives the whole body."""
+
+    def __init__(self, request: web.Request, name: str, limit: int):
+        self.request, self.name, self.limit = request, name, limit
+        self.exceeded = False
+
+    def error(self) -> GatewayError:
+        return GatewayError(413, f"request body too large for function {self.name}: over {self.limit} bytes")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.request.content.iter_chunked(64 * 1024):
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise self.error()
+            yield chunk
+
+
 class FunctionProxy:
     def __init__(self, supervisor: Supervisor, metrics: GatewayMetrics, *, upstream_timeout: float,
                  no_replica_wait: float, max_async_inflight: int, scale_from_zero_wait: float = 60.0,
-                 provider: bool = False):
+                 provider: bool = False, max_body: int = DEFAULT_MAX_BODY):
         self.supervisor = supervisor
         self.metrics = metrics
         self.upstream_timeout = upstream_timeout
         self.no_replica_wait = no_replica_wait
         self.scale_from_zero_wait = scale_from_zero_wait
+        self.max_body = max_body
         self.provider = provider  # faas-provider's proxy (behind a real gateway), not the gateway's
         self.session: aiohttp.ClientSession | None = None
         self._async_slots = asyncio.Semaphore(max_async_inflight)
@@ -129,16 +158,21 @@ class FunctionProxy:
                     if not await self.supervisor.scale_from_zero(name, self.scale_from_zero_wait):
                         raise GatewayError(503, f"function {name}: scaled from zero, but no replica was ready "
                                                 f"within {self.scale_from_zero_wait:g}s")
-                elif not await self.supervisor.wait_ready(name, self.no_replica_wait):
+                elif self.no_replica_wait <= 0 or not await self.supervisor.wait_ready(name, self.no_replica_wait):
                     raise GatewayError(503, f"no ready replicas for function {name}")
                 replica = runtime.pick(tried) or runtime.pick()
                 if replica is None:
                     continue
             with self.supervisor.lease(replica):
                 try:
-                    response = await self.session.request(
-                        method, URL(replica.url + rest, encoded=True), headers=headers, data=body,
-                        timeout=timeout, allow_redirects=False)
+                    try:
+                        response = await self.session.request(
+                            method, URL(replica.url + rest, encoded=True), headers=headers, data=body,
+                            timeout=timeout, allow_redirects=False)
+                    except Exception:
+                        if isinstance(body, CappedBody) and body.exceeded:
+                            raise body.error() from None
+                        raise
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                     log.info("function %s: %r unreachable (%s); trying another replica", name, replica, exc)
                     tried.add(replica.pid)
@@ -161,11 +195,29 @@ class FunctionProxy:
                 return
         raise GatewayError(502, f"function {name}: no replica could be reached")
 
-    async def _request_body(self, request: web.Request) -> Any:
+    def body_limit(self, runtime: FunctionRuntime) -> int:
+        raw = runtime.config.labels.get(MAX_BODY_LABEL, "")
+        try:
+            value = int(raw)
+        except ValueError:
+            return self.max_body  # as the scaling labels are read: not a number means the default
+        return value if value >= 0 else self.max_body
+
+    async def _request_body(self, request: web.Request, limit: int) -> Any:
         length = request.content_length
-        if request.body_exists and (length is None or length > MAX_BUFFERED_BODY):
-            return request.content  # streamed through
-        return await request.read() if request.body_exists else b""
+        name = request.match_info["name"]
+        if length is not None and length > limit:
+            raise GatewayError(413, f"request body too large for function {name}: "
+                                    f"{length} bytes, the limit is {limit}")
+        if not request.body_exists:
+            return b""
+        if length is None or length > MAX_BUFFERED_BODY:
+            return self._capped_stream(request, name, limit)  # streamed through, counted
+        return await request.read()
+
+    @staticmethod
+    def _capped_stream(request: web.Request, name: str, limit: int) -> CappedBody:
+        return CappedBody(request, name, limit)
 
     async def call_function(self, request: web.Request) -> web.StreamResponse:
         label = self._label(request.match_info["name"])
@@ -178,7 +230,7 @@ class FunctionProxy:
         runtime: FunctionRuntime | None = None
         try:
             runtime = self._runtime(request.match_info["name"])
-            body = await self._request_body(request)
+            body = await self._request_body(request, self.body_limit(runtime))
             headers = self._upstream_headers(request, call_id, start_ns)
             async with self._upstream(runtime, request.method, self._rest_of_path(request), headers, body) as up:
                 code = up.status
@@ -186,7 +238,11 @@ class FunctionProxy:
                 out_headers.update(reply_headers)
                 length = up.content_length
                 if length is not None and length <= MAX_BUFFERED_RESPONSE:
-                    data = await up.read()
+                    try:
+                        data = await up.read()
+                    except aiohttp.ClientError as exc:  # the replica died between head and body
+                        raise GatewayError(502, f"function {runtime.config.name}: replica dropped the "
+                                                f"connection mid-answer: {type(exc).__name__}") from None
                     out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
                     return web.Response(status=code, body=data, headers=out_headers)
                 out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
@@ -212,6 +268,10 @@ class FunctionProxy:
             return text_response(405, "async-function only accepts POST", Allow="POST")
         runtime, label = self._runtime(request.match_info["name"]), self._label(request.match_info["name"])
         call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        limit = min(self.body_limit(runtime), MAX_BUFFERED_BODY)
+        if request.content_length is not None and request.content_length > limit:
+            return text_response(413, f"request body too large for function {runtime.config.name}: "
+                                      f"{request.content_length} bytes, the limit is {limit}")
         body = await request.read()
         start_ns = time.time_ns()
         headers = self._upstream_headers(request, call_id, start_ns)

@@ -5,7 +5,8 @@ faasd does; update with PUT, 404 when absent; delete), `/system/function/<name>`
 plus `imageDigest`: the snapshot it runs), `/system/scale-function/<name>`, `/system/info` (the
 gateway's shape on the gateway's route, the provider's `ProviderInfo` under `/provider/`),
 `/system/namespaces` and `/system/namespace/<ns>` (one namespace, `openfaas-fn`, as faasd CE has
-one), resolving a deploy's image (`localfaas.images`), validating request bodies and the namespace,
+one), resolving a deploy's image (`localfaas.images`), validating request bodies (names via `localfaas.validate`;
+`envProcess` only the image's own) and the namespace,
 and mapping supervisor and image errors to HTTP statuses. Secrets: `localfaas.secrets_api`.
 Must not touch: processes (the supervisor deploys, scales and removes), image files, secret
 files, the invoke path, auth (the gateway's middleware).
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from localfaas import validate
 from localfaas.functionconfig import (
     DeployError,
     FunctionConfig,
@@ -151,7 +153,12 @@ class SystemApi:
 
     async def _resolve(self, config: FunctionConfig) -> Image:
         with _supervisor_errors(400):
-            return await asyncio.to_thread(self.images.resolve, config.image)
+            image = await asyncio.to_thread(self.images.resolve, config.image)
+        try:  # only the process the stack gives the image may run: anything else is a host command
+            validate.env_process(config.env_process, image.fprocess)
+        except validate.ValidationError as exc:
+            raise GatewayError(400, f"function {config.name}: {exc}") from None
+        return image
 
     async def _apply(self, config: FunctionConfig, image: Image) -> web.Response:
         # Shielded: a client that hangs up must not leave a half-done deploy behind.

@@ -18,12 +18,10 @@ Service, so it is checked before anything uses it:
   it is meant to be in (a build context inside the build folder), and never follows a symlink out.
 
 Used by `stackfile` (every function of a stack file), `build` (paths, and the one delete) and
-`secretstore` (secret names). The gateway's deployment body (`secrets`, `envVars`, `namespace`,
-`envProcess` of PUT/POST /system/functions) is to be checked with the same functions where the
-gateway builds its FunctionConfig and where the supervisor picks the process to start
-(`secret_names`, `environment`, `namespace`, `env_process`): that wiring waits for the split of
-gateway.py and supervisor.py; until then a deployment can only name functions of the stack file
-(the gateway refuses others), whose names, namespaces and secrets were checked here.
+`secretstore` (secret names), and for the gateway's deployment body (PUT/POST /system/functions):
+`functionconfig.FunctionConfig.from_deployment` checks its `service`, `namespace`, `secrets` and
+`envVars`, and `system_api` its `envProcess` against the image's own process; each refusal is a
+400 with one line.
 
 Owns: the rules above and `ValidationError`. Must not touch: reading the stack file, building,
 running processes, HTTP (callers turn a ValidationError into their own error or a 400).

@@ -189,6 +189,11 @@ SETTINGS: tuple[Setting, ...] = (
     _lf("LOCALFAAS_DRAIN_TIMEOUT", "float", "30", "seconds a stopping replica may finish its calls"),
     _lf("LOCALFAAS_DEPLOY_WAIT", "float", "30",
         "seconds a deploy call waits for its new replicas to serve before answering 202 anyway (0: at once)"),
+    _lf("LOCALFAAS_NO_REPLICA_WAIT", "float", "0",
+        "seconds a call waits for a ready replica of a function that should have one (0: 503 at once)"),
+    _lf("LOCALFAAS_MAX_BODY", "int", "16777216",
+        "request body bytes the local gateway passes to a function (413 above; label "
+        "com.openfaas.localfaas.max-body-bytes per function)", minimum=0),
     _lf("LOCALFAAS_KEEP_IMAGES", "int", "5", "unused image snapshots kept besides those in use", minimum=0),
     _lf("LOCALFAAS_REDEPLOY_STACK", "bool", "0",
         "`up` deploys stack.yml for every function instead of restoring what was deployed"),

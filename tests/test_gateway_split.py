@@ -282,7 +282,7 @@ def test_canary_users_fall_back_to_stable_when_the_canary_is_down(nginx, stand_i
 
 
 def test_canary_users_get_stable_when_the_canary_is_silent_beyond_the_callers_budget(nginx, stand_in, session):
-    stand_in.canary_delay_s = 1.5  # the canary's read timeout is 1s: callers give up at 600-800 ms
+    stand_in.canary_delay_s = 1.5  # the canary's read timeout is 300ms: callers give up at 600-800 ms
     try:
         response = session.get(f"{nginx.url}/recommend/3")
     finally:

@@ -7,12 +7,14 @@ checks Prometheus scraped the runtime's gateway_* metrics, and that `down` leave
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -149,10 +151,12 @@ def test_canary_users_get_stable_answers_when_the_canary_has_no_replica(stack):
                            json={"serviceName": "recommend-canary", "replicas": 0, "namespace": "openfaas-fn"})
     assert scaled.status_code in (200, 202), scaled.text
     # A call to a function at 0 replicas starts one (the gateway's scale from zero), so the canary is
-    # kept without a serving replica by redeploying it with a process that exits at once.
+    # kept without a serving replica by redeploying it with a setting that makes its process exit at
+    # once (a deployment may not name another envProcess: that would run a host command).
     body = {key: canary[key] for key in ("image", "namespace", "envVars", "labels", "annotations", "secrets")}
     body["service"] = "recommend-canary"
-    broken = requests.put(f"{gateway}/system/functions", auth=auth, timeout=60, json={**body, "envProcess": "false"})
+    broken = requests.put(f"{gateway}/system/functions", auth=auth, timeout=60, json={
+        **body, "envVars": {**(body["envVars"] or {}), "SERVER_THREADS": "not-a-number"}})
     assert broken.status_code in (200, 202), broken.text
     try:
         for user_id in (5, 10**12 + 17):
@@ -160,6 +164,61 @@ def test_canary_users_get_stable_answers_when_the_canary_has_no_replica(stack):
             assert (response.status_code, response.headers["X-Served-By"]) == (200, "recommend"), response.text
     finally:
         requests.put(f"{gateway}/system/functions", auth=auth, timeout=60, json=body)
+
+
+def _canary_pids(state: Path) -> list[int]:
+    replicas = json.loads((state / "run" / "localfaas-replicas.json").read_text())
+    return [r["pid"] for r in replicas["functions"].get("recommend-canary", [])]
+
+
+def test_no_answer_takes_over_800ms_when_the_canary_replica_dies(stack):
+    """Issue 12 item 5: a canary restart costs its users no more than the callers' budget."""
+    public = f"http://127.0.0.1:{stack['ports']['public']}"
+    canary_user = next(u for u in range(1, 1000) if variant_for_user(u) == CANARY)
+    deadline = time.monotonic() + 90
+    while requests.get(f"{public}/recommend/{canary_user}", timeout=10).headers.get("X-Served-By") != "recommend-canary":
+        assert time.monotonic() < deadline, "the canary did not serve within 90s"
+        time.sleep(0.5)
+    users = [u for u in range(1, 400) if variant_for_user(u) == CANARY][:30] + [21, 55, 10**12 + 5]
+    results: list[tuple[int, float, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:
+            i = 0
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    response = session.get(f"{public}/recommend/{users[i % len(users)]}", timeout=5)
+                    outcome = (response.status_code, response.headers.get("X-Served-By", "-"))
+                except requests.RequestException as exc:
+                    outcome = (0, type(exc).__name__)
+                results.append((outcome[0], time.perf_counter() - started, outcome[1]))
+                i += 1
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        killed = 0
+        for _round in range(2):  # the replica, then its replacement once it serves
+            time.sleep(1.0)
+            for pid in _canary_pids(stack["state"]):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+            time.sleep(3.0)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=10)
+    assert killed >= 1
+    failed = [r for r in results if r[0] != 200]
+    slowest = max(r[1] for r in results)
+    assert not failed, failed[:5]
+    assert slowest <= 0.8, f"slowest answer {slowest:.3f}s of {len(results)}"
+    assert any(r[2] == "recommend" for r in results if r[0] == 200)  # stable did answer canary users
 
 
 def test_down_stops_everything_and_removes_pid_files(stack):
