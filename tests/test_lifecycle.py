@@ -4,9 +4,10 @@ One lifecycle runs once for the module on a fresh stack (scripts/stack on free p
 state dir, fast release settings): simulator backfill, ingest, a first model -> stable, a second
 -> canary -> judged by the release controller from Prometheus and online quality (the driver
 ingests in the background meanwhile) -> promoted; then a drill model (`scripts.release
-drill-bad-model`, delay only) -> rolled back by the controller; then a worse ranking at the same
-latency (`drill-bad-model --ranking reverse`) -> rolled back on online quality alone; then one
-`recommend` replica killed with SIGKILL. Steady load goes through nginx the whole time, and the
+drill-bad-model`, delay only) -> rolled back by the controller; then one `recommend` replica
+killed with SIGKILL. (A worse ranking at the same latency, judged on online quality alone, is the
+demo's opt-in `--ranking-drill` phase; tests/test_release_online_quality.py proves that loop on
+enough evidence.) Steady load goes through nginx the whole time, and the
 release notifications go to a local SMTP sink and webhook receiver (scripts/sinks.py). The tests
 below each check one promise against what that run recorded. The drill adds latency only, so no
 client request has any reason to fail: every 5xx or connection error counts as a failure.
@@ -157,22 +158,6 @@ def test_bad_candidate_is_rolled_back_automatically_and_stable_is_untouched(life
     assert failed & {"p99_latency", "p99_vs_stable"}, release["reason"]  # the drill's delay is what gave it away
     assert lifecycle.result.stable_after_drill == {
         "alias": second, "recommend_deployed": second, "recommend_serving": second, "canary_deployed": second}
-
-
-@on_stack
-def test_a_worse_ranking_at_the_same_latency_is_rolled_back_on_online_quality_alone(lifecycle):
-    version = lifecycle.result.versions.get("ranking_drill")
-    lifecycle.require(version)
-    release = next((r for r in lifecycle.result.releases if r["candidate"] == version), None)
-    lifecycle.require(release)
-    assert (release["state"], release["actor"]) == ("rolled_back", "controller"), release["reason"]
-    assert release["stable"] == lifecycle.result.versions["second"]
-    checks = {c["name"]: c["passed"] for c in release["analysis"]["decision"]["checks"]}
-    assert checks.pop("watched_share_vs_stable") is False, release["reason"]
-    assert checks and all(checks.values()), checks  # latency and errors as good as stable's
-    q = release["analysis"]["quality"]
-    print(f"watch-through canary {q['canary']} stable {q['stable']}: {release['reason']}")
-    assert q["canary"]["watched"] * q["stable"]["recommended"] < q["stable"]["watched"] * q["canary"]["recommended"]
 
 
 @on_stack

@@ -37,7 +37,7 @@ class LifecycleOptions:
     load_rate: float = 25.0
     load_threads: int = 4
     kill_replica: bool = True
-    ranking_drill: str | None = "reverse"  # the worse-ranking release (None: skip that phase)
+    ranking_drill: str | None = None  # the worse-ranking release, opt-in (None: skip that phase)
     release_timeout_s: float = 240.0
     train_timeout_s: float = 600.0
     wait_backfill: bool = True
