@@ -44,6 +44,7 @@ MAX_BUFFERED_RESPONSE = 1024 * 1024
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 MAX_BODY_LABEL = "com.openfaas.localfaas.max-body-bytes"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+MID_ANSWER_ATTEMPTS = 3  # a buffered idempotent call asked again when a replica dies mid-answer
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
@@ -232,28 +233,38 @@ class FunctionProxy:
             runtime = self._runtime(request.match_info["name"])
             body = await self._request_body(request, self.body_limit(runtime))
             headers = self._upstream_headers(request, call_id, start_ns)
-            async with self._upstream(runtime, request.method, self._rest_of_path(request), headers, body) as up:
-                code = up.status
-                out_headers = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
-                out_headers.update(reply_headers)
-                length = up.content_length
-                if length is not None and length <= MAX_BUFFERED_RESPONSE:
-                    try:
-                        data = await up.read()
-                    except aiohttp.ClientError as exc:  # the replica died between head and body
-                        raise GatewayError(502, f"function {runtime.config.name}: replica dropped the "
-                                                f"connection mid-answer: {type(exc).__name__}") from None
+            # A replica that dies between its answer's head and its body: a buffered idempotent call
+            # is asked again elsewhere (nothing reached the client yet), anything else is a 502.
+            retriable = request.method in IDEMPOTENT and isinstance(body, bytes)
+            for attempt in range(MID_ANSWER_ATTEMPTS):
+                async with self._upstream(runtime, request.method, self._rest_of_path(request), headers,
+                                          body) as up:
+                    code = up.status
+                    out_headers = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
+                    out_headers.update(reply_headers)
+                    length = up.content_length
+                    if length is not None and length <= MAX_BUFFERED_RESPONSE:
+                        try:
+                            data = await up.read()
+                        except aiohttp.ClientError as exc:  # the replica died between head and body
+                            if retriable and attempt + 1 < MID_ANSWER_ATTEMPTS:
+                                log.info("function %s: a replica dropped the call mid-answer (%s); asking again",
+                                         runtime.config.name, type(exc).__name__)
+                                continue
+                            raise GatewayError(502, f"function {runtime.config.name}: replica dropped the "
+                                                    f"connection mid-answer: {type(exc).__name__}") from None
+                        out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
+                        return web.Response(status=code, body=data, headers=out_headers)
                     out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
-                    return web.Response(status=code, body=data, headers=out_headers)
-                out_headers["X-Duration-Seconds"] = f"{time.perf_counter() - started:.6f}"
-                stream = web.StreamResponse(status=code, headers=out_headers)
-                if length is not None:
-                    stream.content_length = length
-                await stream.prepare(request)
-                async for chunk in up.content.iter_chunked(64 * 1024):
-                    await stream.write(chunk)
-                await stream.write_eof()
-                return stream
+                    stream = web.StreamResponse(status=code, headers=out_headers)
+                    if length is not None:
+                        stream.content_length = length
+                    await stream.prepare(request)
+                    async for chunk in up.content.iter_chunked(64 * 1024):
+                        await stream.write(chunk)
+                    await stream.write_eof()
+                    return stream
+            raise GatewayError(502, f"function {runtime.config.name}: replicas kept dropping the call")
         except GatewayError as exc:
             code = exc.status
             return text_response(exc.status, str(exc), **reply_headers)

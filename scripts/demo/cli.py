@@ -13,7 +13,7 @@ Must not touch: release policy, training, serving or the runtime's internals (it
 like an operator or a client would); processes it did not start.
 
 CLI:
-    python -m scripts.demo [--attach] [--out var/demo] [--drill-delay-ms 300] [--drill-error-rate 0]
+    python -m scripts.demo [--attach] [--out var/demo] [--drill-delay-ms 150] [--drill-error-rate 0]
                            [--load-rate 25] [--no-kill] [--ranking-drill reverse|shuffle|none] [--keep-state]
 Env: OPENFAAS_URL, PUBLIC_URL, PROMETHEUS_URL, PUSHGATEWAY_URL, KAFKA_BOOTSTRAP_SERVERS,
 STACK_STATE_DIR (used as given; free ports and a temp dir otherwise), NOTIFY_WEBHOOK_URL / SMTP_*
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attach", action="store_true",
                         help="drive the already running `make up` stack (URLs from env) instead of starting one")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="report folder (default var/demo)")
-    parser.add_argument("--drill-delay-ms", type=int, default=300, help="the drill model's added latency")
+    parser.add_argument("--drill-delay-ms", type=int, default=150, help="the drill model's added latency")
     parser.add_argument("--drill-error-rate", type=float, default=0.0,
                         help="share of the drill model's answers that are 500s (counted as drill faults)")
     parser.add_argument("--load-rate", type=float, default=25.0, help="steady client requests per second")

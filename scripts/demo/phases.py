@@ -32,7 +32,7 @@ from scripts.demo.replicas import kill_one_replica
 
 @dataclass
 class LifecycleOptions:
-    drill_delay_ms: int = 300
+    drill_delay_ms: int = 150  # under nginx's 300 ms canary budget: canary users still get (slow) answers
     drill_error_rate: float = 0.0
     load_rate: float = 25.0
     load_threads: int = 4
