@@ -45,7 +45,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,14 @@ class Registry:
         if METADATA in files:
             raise RegistryError(f"cannot register {model_dir}: {METADATA} is the registry's own file")
         now = now or utcnow()
-        version = version or version_name(sha256_hex(files[ARTIFACT]), now)
+        if version is None:
+            # Two registrations of the same artifact within one second (a retrain on unchanged data, a
+            # drill copy) would get one name: the later one takes the next free second, so names stay
+            # unique and in registration order. A true race still ends in the store's write-once refusal.
+            version = version_name(sha256_hex(files[ARTIFACT]), now)
+            while self.store.exists(f"{MODELS}/{version}/{ARTIFACT}"):
+                now += timedelta(seconds=1)
+                version = version_name(sha256_hex(files[ARTIFACT]), now)
         if not is_version(version):
             raise RegistryError(f"invalid version name {version!r}: expected vYYYYMMDD-HHMMSS-<sha8>")
         if MANIFEST in files:

@@ -259,3 +259,21 @@ def test_names_that_only_look_valid_are_refused(name):
         registry.set_alias(name, None)
     with pytest.raises(ModelNotFoundError):
         registry.get(name)
+
+
+def test_the_same_artifact_registered_twice_in_one_second_gets_two_distinct_versions(tmp_path):
+    """A retrain on unchanged data (or a drill copy) within the same second must not collide."""
+    from datetime import UTC, datetime
+
+    from movierec.store import LocalDirectoryStore
+
+    registry = Registry(LocalDirectoryStore(tmp_path / "store"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.npz").write_bytes(b"same bytes")
+    at = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    first = registry.publish(folder, now=at)
+    second = registry.publish(folder, now=at)
+    assert first.version != second.version and first.version < second.version
+    assert second.version.startswith("v20261201-120001-")
+    assert registry.versions()[-2:] == [first.version, second.version]
