@@ -36,6 +36,7 @@ from localfaas.gateway import Gateway
 from localfaas.images import Image, ImageStore
 from localfaas.proxy import DEFAULT_MAX_BODY
 from localfaas.records import DeploymentRecord
+from localfaas.server import GatewayRunner
 from localfaas.stackfile import Stack, StackError, load_stack
 from localfaas.supervisor import Supervisor
 
@@ -180,7 +181,7 @@ async def up(args: argparse.Namespace) -> int:
 
     await supervisor.start()
     await asyncio.to_thread(images.refresh_tags)
-    runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False)
+    runner = GatewayRunner(gateway.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
     try:
