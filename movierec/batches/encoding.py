@@ -102,6 +102,11 @@ class EventColumns:
         })
         self.rows += len(offsets)
 
+    def time_range(self) -> tuple[int, int]:
+        """(first, last) event time in microseconds since the epoch of the rows added so far."""
+        return (min(int(part["time_us"].min()) for part in self.parts),
+                max(int(part["time_us"].max()) for part in self.parts))
+
     def encode(self) -> bytes:
         columns = {name: np.concatenate([part[name] for part in self.parts]) for name in self.parts[0]}
         columns.update(encode_vocab(list(self.vocab)))
