@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from movierec.artifact import load_model
-from movierec.drills import Drill, DrillError, DrillFault  # noqa: F401 (DrillError: re-exported for callers)
+from movierec.drills import Drill, DrillFault
 from movierec.errors import ConfigError
 from movierec.model import RecommenderModel
 from movierec.popularity import Popularity, popularity_from_batches
