@@ -23,8 +23,6 @@ SCALE_MAX_LABEL = "com.openfaas.scale.max"
 DEFAULT_MIN_REPLICAS = 1  # the gateway's defaults when a label is absent or not a number
 DEFAULT_MAX_REPLICAS = 5
 DEFAULT_EXEC_TIMEOUT = 30.0  # of-watchdog's default when a function sets no timeout
-# faas-netes refuses names that are not DNS-1123 labels; a dot would also be read as `name.namespace`.
-_FUNCTION_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 class DeployError(RuntimeError):
@@ -57,12 +55,13 @@ def parse_duration(text: str) -> float:
 
 
 def check_function_name(name: object) -> str:
+    """A deployment's `service`: required, then `localfaas.validate`'s function-name rule."""
     if not isinstance(name, str) or not name:
         raise InvalidDeployment("service is required: the function's name")
-    if len(name) > 63 or not _FUNCTION_NAME.fullmatch(name):
-        raise InvalidDeployment(f"invalid function name {name!r}: use lower-case letters, digits and '-', "
-                                f"starting and ending with a letter or digit (at most 63)")
-    return name
+    try:
+        return validate.function_name(name)
+    except validate.ValidationError as exc:
+        raise InvalidDeployment(str(exc)) from None
 
 
 def _str_map(body: dict[str, Any], key: str) -> dict[str, str]:
@@ -128,8 +127,7 @@ class FunctionConfig:
         if not isinstance(body, dict):
             raise InvalidDeployment("request body must be a JSON object")
         try:
-            config = cls._from_body(body)
-            validate.function_name(config.name)
+            config = cls._from_body(body)  # its name checked there (check_function_name)
             validate.namespace(config.namespace)
             validate.secret_names(config.secrets)
             validate.environment(config.env_vars)
