@@ -39,6 +39,7 @@ from localfaas.records import DeploymentRecord
 from localfaas.server import GatewayRunner
 from localfaas.stackfile import Stack, StackError, load_stack
 from localfaas.supervisor import Supervisor
+from localfaas.validate import finite_number
 
 log = logging.getLogger("localfaas")
 
@@ -46,7 +47,7 @@ log = logging.getLogger("localfaas")
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else default
+        return finite_number(raw) if raw else default
     except ValueError:
         raise SystemExit(f"localfaas: {name}={raw!r} is not a number") from None
 

@@ -43,11 +43,12 @@ class FunctionNotFound(KeyError):
 
 
 def parse_duration(text: str) -> float:
-    """Go-style durations as of-watchdog reads them: "10s", "1m30s", "500ms"; a bare number is seconds."""
+    """Go-style durations as of-watchdog reads them: "10s", "1m30s", "500ms"; a bare number is seconds.
+    ASCII digits only (Go's parser takes no others; Python's float() would take '٣' as 3)."""
     text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
         return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 2m, 500ms)")
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -87,7 +88,7 @@ def _resources(body: dict[str, Any], key: str) -> dict[str, str]:
 
 def _label_int(labels: dict[str, str], key: str, default: int, minimum: int) -> int:
     try:
-        value = int(labels.get(key, ""))
+        value = validate.whole_number(labels.get(key, ""))
     except ValueError:
         return default  # as the gateway reads scaling labels: not a number means the default
     return value if value >= minimum else default

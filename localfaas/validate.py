@@ -6,6 +6,8 @@ Service, so it is checked before anything uses it:
   requires of a Service, which is stricter than the gateway's route rule `[-a-zA-Z_0-9.]+` (also
   checked: `route_name`); so `.`, `..`, `a/b` and `../x` are refused everywhere;
 - namespaces: a DNS-1123 label; secret names: a DNS-1123 subdomain (at most 253), as Kubernetes;
+- numbers from labels, settings and query strings: ASCII digits only (`whole_number`,
+  `finite_number`; Python's int()/float() take other scripts' digits, `nan` and `inf`);
 - environment variable names: Kubernetes' rule `[-._a-zA-Z][-._a-zA-Z0-9]*`; values without NUL;
 - template (`lang`) names: the route rule, never `.`/`..`;
 - paths from the stack (handler folders, `configuration.copy`, `environment_file`): relative and
@@ -29,6 +31,7 @@ running processes, HTTP (callers turn a ValidationError into their own error or 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -121,6 +124,27 @@ def environment(env: Mapping[object, object]) -> dict[str, str]:
 
 def template_name(lang: object) -> str:
     return checked_name("template", lang)
+
+
+_WHOLE = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def whole_number(text: str) -> int:
+    """An int written in ASCII digits (int() alone takes '٣' and '３' as 3, and '1_000')."""
+    if not _WHOLE.fullmatch(text.strip()):
+        raise ValueError(f"{text[:40]!r} is not a whole number")
+    return int(text)
+
+
+def finite_number(text: str) -> float:
+    """A finite float written in ASCII digits (float() alone takes 'nan', 'inf' and '٣')."""
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"{text[:40]!r} is not a number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]!r} is not a finite number")
+    return value
 
 
 def env_process(requested: str | None, own: str) -> str:
