@@ -3,9 +3,10 @@
 A store of hourly batches (a real `LocalDirectoryStore`, wrapped only to count what is read): the
 quality source for one hour reads the recommendations of that hour's batch and the watches of the
 batches from `history_s` before it to `within_s` after it, and gives the same counts as a store
-whose manifests predate `time_us` (read whole, as before). A memory probe holds the release step's
-quality read of one hour of a large store under a bound set by that hour's batches, where reading
-the whole store exceeds it."""
+whose manifests predate `time_us` (read whole, as before). A memory probe runs a real release
+step (the controller, its lease and state on the store; Prometheus and the gateway stood in for)
+one hour into a release over a large store, with online quality on: it stays under a bound set by
+that hour's batches, where the same step over manifests without times exceeds it."""
 from __future__ import annotations
 
 import json
@@ -103,44 +104,52 @@ def test_a_span_with_no_stored_events_reads_no_data_object(tmp_path):
 
 MEMORY_PROBE = textwrap.dedent('''
     import json, sys, tracemalloc
-    from datetime import UTC, datetime
-    from movierec.batches.builder import BatchBuilder, store_batch
-    from movierec.release.quality import stored_quality_source
-    from movierec.store import LocalDirectoryStore
-    from tests.test_release_quality_window import _line, _strip_times
+    from datetime import UTC, datetime, timedelta
     from pathlib import Path
+    from movierec.batches.builder import BatchBuilder, store_batch
+    from movierec.release import ReleaseConfig, ReleaseStore, run_release_step
+    from movierec.release.quality import stored_quality_source
+    from tests.release_fakes import GOOD, FakePrometheus, started_release
+    from tests.test_release_quality_window import _line, _strip_times
 
     root, hours, per_hour = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    store = LocalDirectoryStore(root)
+    start = datetime(2020, 1, 1, 5, tzinfo=UTC)  # the release starts at hour 5 of the stream
+    config = ReleaseConfig(window_s=4 * 3600, min_requests=100, timeout_s=86400, online_quality=True)
+    store, _registry, deployer, _v1, _v2 = started_release(root, config, start)
     for hour in range(hours):
         builder = BatchBuilder("movielog1", 0)
         offsets = list(range(hour * per_hour, (hour + 1) * per_hour))
         builder.add(offsets, [_line(hour, i) for i in offsets])
         store_batch(store, builder.build([]))
-    peaks = {}
+    peaks, actions = {}, []
     for name in ("windowed", "legacy"):
         if name == "legacy":
-            _strip_times(root)
+            _strip_times(root / "store")
         tracemalloc.start()
-        result = stored_quality_source(store, 20, 3600, 3600)(datetime(2020, 1, 1, 5, tzinfo=UTC),
-                                                                datetime(2020, 1, 1, 6, tzinfo=UTC))
+        result = run_release_step(config, store, FakePrometheus({"recommend": GOOD, "recommend-canary": GOOD}),
+                                  deployer, None, now=start + timedelta(hours=1),
+                                  quality_source=stored_quality_source(store, config.canary_percent, 3600, 3600))
         peaks[name] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        del result
-    print(json.dumps(peaks))
+        actions.append(result.action)
+    recommended = ReleaseStore(store).current().analysis["quality"]
+    print(json.dumps({"peaks": peaks, "actions": actions, "quality": recommended}))
 ''')
 
 
-def test_the_release_steps_quality_read_of_one_hour_stays_within_that_hours_bound_in_a_large_store(tmp_path):
+def test_a_release_step_an_hour_into_a_release_stays_within_that_hours_bound_in_a_large_store(tmp_path):
     """The bound: 256 bytes for each row of the batches a one-hour span touches (the recommendations
     of 1 batch, the watches of 3: the hour, the history hour before it, the within-hour after it),
     plus 4 MB, whatever the store holds. The store holds 96 hourly batches; read whole (manifests
-    without times), the same analysis needs several times that bound."""
+    without times), the same step needs several times that bound. Both steps wait (the window is
+    4 hours) after analysing the same hour."""
     hours, per_hour = 96, 4000
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "store"), str(hours), str(per_hour)],
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path), str(hours), str(per_hour)],
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    peaks = report["peaks"]
+    assert report["actions"] == ["wait", "wait"] and report["quality"]["canary"]["recommended"] > 0
     bound = 4 * per_hour * 256 + 4 * 2**20
     print(f"release quality read, one hour of {hours} hourly batches of {per_hour}: peak (MB) "
           f"windowed {peaks['windowed'] / 2**20:.1f}, whole store {peaks['legacy'] / 2**20:.1f}; "
