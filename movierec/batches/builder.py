@@ -17,11 +17,11 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 
-from movierec.batches.encoding import EventColumns
+from movierec.batches.encoding import EventColumns, time_us
 from movierec.batches.layout import KINDS, BatchRef
 from movierec.events import (
     LINE_MAX_BYTES,
@@ -152,17 +152,13 @@ class BatchBuilder:
         if self.watches.rows:
             times["watches"] = self.watches.time_range()
         if self.reco_times:
-            times["recommendations"] = (_time_us(min(self.reco_times)), _time_us(max(self.reco_times)))
+            times["recommendations"] = (time_us(min(self.reco_times)), time_us(max(self.reco_times)))
         events = Counter({"watch": self.watches.rows, "rate": self.ratings.rows,
                           "recommendation": len(self.reco_lines)})
         quality = check_quality(self.records, sum(self.quarantined.values()), self.duplicate_lines,
                                 self.duplicate_ratings, recent_volumes)
         return ParsedBatch(self.topic, self.partition, self.first, self.last, self.records, events,
                            Counter(self.quarantined), objects, quality, times=times)
-
-
-def _time_us(t: datetime) -> int:
-    return (t - datetime(1970, 1, 1)) // timedelta(microseconds=1)
 
 
 def parse_batch(topic: str, partition: int, records: list[tuple[int, bytes | None]],

@@ -11,7 +11,7 @@ distinct ids, never with the longest one (a fixed-width '<U' column of 10,000 id
 of the distinct ids only: width x vocabulary size, not x rows) and also reads batches written
 before this format (a stored '<U' `movie_vocab`).
 
-Owns: `encode_columns`, `decode_columns`, the vocabulary columns (`encode_vocab`, `decode_vocab`)
+Owns: `encode_columns`, `decode_columns`, `time_us`, the vocabulary columns (`encode_vocab`, `decode_vocab`)
 and `EventColumns` (one kind's columns of one batch, built part by part as records are parsed).
 
 Must not touch: keys (`layout`), which events go where (`builder`), the store.
@@ -68,6 +68,11 @@ def decode_columns(data: bytes) -> dict[str, np.ndarray]:
     if VOCAB_BLOB in columns:
         columns["movie_vocab"] = decode_vocab(columns.pop(VOCAB_BLOB), columns.pop(VOCAB_END))
     return columns
+
+
+def time_us(t: datetime) -> int:
+    """A naive (UTC) stream time as the batches store it: microseconds since the epoch."""
+    return (t - _EPOCH_DATETIME) // _MICROSECOND
 
 
 def _times_us(times: list[datetime]) -> np.ndarray:
