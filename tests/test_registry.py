@@ -160,6 +160,7 @@ def test_a_damaged_cache_is_fetched_again(tmp_path):
     registry = Registry(store)
     entry = registry.register_model(tiny_model(), now=T0)
     directory = registry.fetch(entry.version, tmp_path / "cache")
+    (directory / "model.npz").chmod(0o644)  # the cache keeps its files read-only; bit rot does not ask
     (directory / "model.npz").write_bytes(b"bit rot")
     assert load_serving_model(entry.version, store, tmp_path / "cache").sha256 == entry.sha256
 
