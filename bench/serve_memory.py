@@ -181,7 +181,7 @@ def child(phase: str, args, **extra) -> dict:
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for name, value in extra.items():
         argv += [f"--{name}", str(value)]
-    out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={**os.environ})
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode != 0:
         raise SystemExit(f"phase {phase} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
