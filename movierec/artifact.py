@@ -265,6 +265,8 @@ def _member_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, buffer, source: st
     if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
         with zf.open(info) as member:  # not mappable: read this member (allow_pickle=False)
             return np.lib.format.read_array(member, allow_pickle=False)
+    if not 0 <= info.header_offset <= len(buffer) - _LOCAL_HEADER.size:
+        raise ModelIntegrityError(f"{source}: {info.filename}: its zip header lies outside {MODEL_FILE}")
     magic, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL_HEADER.unpack_from(buffer, info.header_offset)
     if magic != b"PK\x03\x04":
         raise ModelIntegrityError(f"{source}: {info.filename}: bad zip local header")
