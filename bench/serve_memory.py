@@ -17,7 +17,9 @@ Then, each in its own fresh process, so the OS's peak figures are the phase's ow
 For the serve phases: peak RSS (VmHWM from /proc/self/status and ru_maxrss), RssAnon and RssFile
 after load (file pages of a memory-mapped artifact are page cache: clean, shared, reclaimable
 under the function's memory limit; anonymous pages are not), load time, request p50/p99.
-The baseline is the function's memory limit in stack.yml (recommend's `limits.memory`).
+The baselines: the function's memory limit in stack.yml (recommend's `limits.memory`) for memory;
+for latency, the same arrays copied into memory (how a model was served before it was mapped),
+timed in the same process in alternating blocks after the memory figures are taken.
 
 Prints a table and writes bench/results/serve_memory.json. Run: `python -m bench.serve_memory`
 (`make bench-serve-memory`; `ARGS="--ratings 4000000"` for another size).
@@ -158,6 +160,20 @@ def phase_serve(args) -> dict:
     served = status_kib()
     ms = np.asarray(samples, np.float64) / 1e6
     maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # Latency baseline, same run, after the memory figures are taken: the same arrays copied into
+    # anonymous memory (how a model was served before it was mapped), timed in alternating blocks.
+    from movierec.model import ARRAY_NAMES, RecommenderModel
+
+    copied = RecommenderModel(**{n: getattr(model, n) if n == "global_mean" else np.array(getattr(model, n))
+                                 for n in ARRAY_NAMES}, params=model.params, ranking_params=model.ranking_params)
+    ab: dict[str, list[int]] = {"mapped": [], "copied": []}
+    for block in range(0, args.calls, 250):
+        for name, m in (("mapped", model), ("copied", copied)):
+            for u in users[50 + block: 50 + block + 250]:
+                t = time.perf_counter_ns()
+                m.recommend(u, holder.k)
+                ab[name].append(time.perf_counter_ns() - t)
+    ab_ms = {name: np.asarray(v, np.float64) / 1e6 for name, v in ab.items()}
     return {
         "load_s": round(load_s, 2),
         "rss_before_load_mib": round(before["VmRSS"] / 1024, 1),
@@ -170,6 +186,10 @@ def phase_serve(args) -> dict:
         "p50_ms": round(float(np.percentile(ms, 50)), 4),
         "p99_ms": round(float(np.percentile(ms, 99)), 4),
         "calls": len(samples),
+        "same_run_mapped_p50_ms": round(float(np.percentile(ab_ms["mapped"], 50)), 4),
+        "same_run_mapped_p99_ms": round(float(np.percentile(ab_ms["mapped"], 99)), 4),
+        "same_run_copied_p50_ms": round(float(np.percentile(ab_ms["copied"], 50)), 4),
+        "same_run_copied_p99_ms": round(float(np.percentile(ab_ms["copied"], 99)), 4),
         "served": holder.describe(),
     }
 
@@ -253,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in (("cold cache", cold), ("warm cache", warm)):
         print(f"{name:12} {r['load_s']:>7} {r['peak_rss_mib']:>9} {r['ru_maxrss_mib']:>9} "
               f"{r['rss_anon_after_load_mib']:>7} {r['rss_file_after_load_mib']:>7} {r['p50_ms']:>7} {r['p99_ms']:>7}")
+    print(f"same run, alternating blocks (warm cache replica): mapped p50/p99 {warm['same_run_mapped_p50_ms']}/"
+          f"{warm['same_run_mapped_p99_ms']} ms, the arrays copied into memory {warm['same_run_copied_p50_ms']}/"
+          f"{warm['same_run_copied_p99_ms']} ms")
     print(f"peak RSS over the process before loading: {result['peak_rss_over_artifact']}x the artifact; "
           f"fits {limit:.0f} MiB: {result['fits_limit']}; the limit holds ~{fits_ratings:,} ratings "
           f"(~{result['users_the_limit_holds']:,} users) with every page resident")
