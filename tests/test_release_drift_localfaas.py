@@ -157,11 +157,11 @@ def start_prometheus(folder: Path, gateway_url: str) -> tuple[PrometheusClient, 
     raise AssertionError(f"prometheus did not scrape the gateway: {(folder / 'prometheus.log').read_text()[-2000:]}")
 
 
-def faas_cli_deploy_body(stack_file: Path, name: str, store_dir: Path) -> dict:
+def faas_cli_deploy_body(stack_file: Path, name: str, store_dir: Path, environ: dict | None = None) -> dict:
     """The FunctionDeployment `faas-cli deploy -f stack.yml` PUTs for `name`, in the environment of
-    an operator of the local stack (DEPLOY_TARGET=localfaas, as `make up` sets) who set STORE_URL
-    but no *_MODEL_VERSION: stack.yml's `MODEL_VERSION: stable`."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_MODEL_VERSION")}
+    an operator of the local stack (DEPLOY_TARGET=localfaas, as `make up` sets; `environ`, else this
+    process's) who set STORE_URL but no *_MODEL_VERSION: stack.yml's `MODEL_VERSION: stable`."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if not k.endswith("_MODEL_VERSION")}
     spec = load_stack(stack_file, {**env, "DEPLOY_TARGET": "localfaas", "STORE_URL": str(store_dir),
                                    "MODEL_PATH": ""}).functions[name]
     return {"service": name, "image": spec.image, "namespace": spec.namespace, "envProcess": spec.fprocess,
