@@ -14,9 +14,10 @@ gone when it stops) and the simulator producing events and calling /recommend th
 6. the stack stopped (its last drain).
 
 Then: every event the broker acknowledged to the simulator (`--record`) is stored exactly once
-(produced vs stored, missing 0, duplicated 0), across the epochs; the drill was never promoted;
-no step promoted, and every measurement that said "promote" came while stable served the canary
-and was discarded (drift seen). The trial's counts are printed.
+(produced vs stored, missing 0, duplicated 0), across the epochs (one per broker restart); the
+drill was never promoted and no step promoted; the window that held only stable's answers on the
+canary measured "promote" and it was not counted (drift seen): no promotion without evidence from
+the candidate. The trial's counts are printed.
 
 The broker is ours even in CI (KAFKA_BOOTSTRAP_SERVERS is not passed on): the point is a broker
 that loses its log on `make down`.
@@ -45,6 +46,7 @@ from scripts.demo import (
     replica_pids,
 )
 from scripts.demo.handle import stack_cli
+from scripts.demo.load import SteadyLoad
 from scripts.demo.phases import LifecycleOptions, ingest_all, run_drill, train
 from tests.test_ingest_epochs import facts, stored, tally
 from tests.test_lifecycle import on_stack
@@ -112,9 +114,11 @@ class Trial:
 
     def record(self, reply: dict) -> None:
         self.steps.append(reply)
+        discarded = ((reply.get("release") or {}).get("analysis") or {}).get("discarded")
+        measured = f" (measured, not counted: {discarded['decision']['action']})" if discarded else ""
+        self.progress.log(f"   step: {reply['action']}{measured}: {reply['reason'][:160]}")
         self.figures[f"steps {reply['action']}"] += 1
         assert reply["action"] != PROMOTE, f"a step promoted: {reply['reason']}"
-        discarded = ((reply.get("release") or {}).get("analysis") or {}).get("discarded")
         if discarded and discarded["decision"]["action"] == PROMOTE:
             self.figures["promotions prevented"] += 1
 
@@ -128,6 +132,7 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
     record = tmp_path / "produced.lines"
     trial = Trial(trial_env(tmp_path, record))
     trial.up()
+    load = SteadyLoad(trial.handle.public_url, rate=12.0, threads=2, users=2000)
     try:
         # 1. Data and a first model, straight to stable.
         ingest_all(trial.handle, trial.progress, trial.result)
@@ -141,7 +146,9 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
         assert trial.deployed("recommend") == stable  # localfaas restored what was deployed
         ingest_all(trial.handle, trial.progress, trial.result, runs=2)
 
-        # 3. A drill release, and a faas-cli deploy of stack.yml in its middle.
+        # 3. A drill release, and a faas-cli deploy of stack.yml in its middle. Clients call
+        # /recommend through nginx meanwhile (the simulator's calls alone are a few per second).
+        load.start()
         drill = run_drill(trial.handle, LifecycleOptions(drill_delay_ms=0, drill_error_rate=1.0), trial.progress)
         assert trial.deployed("recommend-canary") == drill
         body = faas_cli_deploy_body(ROOT / "stack.yml", "recommend-canary", store.root, trial.handle.env)
@@ -177,6 +184,8 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
         trial.figures["release function replicas killed"] += len(victims)
         if "reply" in outcome:
             trial.record(outcome["reply"])  # it had answered before the kill
+        trial.figures["release steps cut off by the kill" if "error" in outcome else
+                      "release steps answered before the kill"] += 1
         wait_for(lambda: (pids := replica_pids(trial.handle, "release")) and not set(pids) & set(victims)
                  and trial.ready("release"), "a new ready release replica", 90)
         reply = trial.step()  # the killed step's lease does not block it (its holder is gone)
@@ -199,6 +208,7 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
         # 6. Stopped: its last drain.
         trial.down()
     finally:
+        load.stop()
         if trial.handle is not None:
             bring_down(trial.handle)  # a no-op once stopped; by verified PID otherwise
 
@@ -219,9 +229,6 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
     assert final.state == "rolled_back" and Registry(store).alias_version(STABLE) == stable
     assert not [r for r in history if r.state == "promoted"]  # the drill never promoted; nothing else was
     assert events["drift_seen"] >= 1 and events["reapplied"] >= 1
-    # No promotion without evidence from the candidate: every measurement that said "promote" was
-    # made while stable served the canary, and was not counted.
-    for reply in trial.steps:
-        analysis = (reply.get("release") or {}).get("analysis") or {}
-        if (analysis.get("decision") or {}).get("action") == PROMOTE:
-            assert reply["action"] != PROMOTE and analysis.get("discarded"), reply["reason"]
+    # No promotion without evidence from the candidate: the window that held only stable's answers
+    # on the canary measured "promote" (what the old controller did), and it was not counted.
+    assert trial.figures["promotions prevented"] >= 1, trial.steps[0]["reason"]
