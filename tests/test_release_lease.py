@@ -94,6 +94,29 @@ def test_an_expired_lease_is_taken_over_and_its_holder_can_no_longer_write(store
     assert read_lease(store)["holder"] == "next step" and read_lease(store)["held"] is True
 
 
+def test_of_eight_steps_started_together_exactly_one_gets_the_release_lease(store):
+    takers, barrier = 8, threading.Barrier(8)
+    won, refused, failed = [], [], []
+
+    def take(i):
+        barrier.wait()
+        try:
+            won.append(acquire_lease(store, "step", 180, holder=f"taker {i}"))
+        except LeaseHeld as e:
+            refused.append(e)
+        except Exception as e:  # noqa: BLE001 (reported by the assertion below)
+            failed.append(e)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(takers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert failed == [] and len(won) == 1 and len(refused) == takers - 1
+    assert all(e.holder == won[0].record["holder"] and str(e).startswith("release lease held by ") for e in refused)
+    assert read_lease(store)["holder"] == won[0].record["holder"]
+
+
 def test_a_lease_taken_at_a_fixed_time_still_expires_on_its_own_clock(store):
     """Tests and replays pass a fixed `now`; the lease's clock starts there and keeps running."""
     lease = acquire_lease(store, "step", 0.3, T0, holder="replayed step")
