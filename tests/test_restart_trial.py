@@ -177,7 +177,7 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
 
         in_flight = threading.Thread(target=step_in_flight)
         in_flight.start()
-        time.sleep(0.3)
+        time.sleep(0.1)  # a step takes a few hundred ms: most often it is cut off mid-way
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         in_flight.join(timeout=150)
