@@ -127,7 +127,8 @@ class Trial:
 
 
 @on_stack
-def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_never_promote_the_drill(tmp_path):
+def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_never_promote_the_drill(
+        tmp_path, capsys):
     started = time.monotonic()
     record = tmp_path / "produced.lines"
     trial = Trial(trial_env(tmp_path, record))
@@ -222,7 +223,8 @@ def test_restarts_a_mid_release_redeploy_and_killed_processes_lose_no_event_and_
     figures = {**counts, **trial.figures, "drifts seen": events["drift_seen"], "drifts re-applied": events["reapplied"],
                "windows restarted": events["window_restarted"], "log epochs per partition": epochs,
                "outcome": f"{final.state}: {final.reason}", "wall time s": round(time.monotonic() - started, 1)}
-    print("\nrestart-and-drift trial:\n" + "\n".join(f"  {k:<48} {v}" for k, v in figures.items()))
+    with capsys.disabled():  # printed in every run, not only a failing one
+        print("\nrestart-and-drift trial:\n" + "\n".join(f"  {k:<48} {v}" for k, v in figures.items()))
 
     assert counts["produced"] > 3000 and counts["missing"] == 0 and counts["duplicated"] == 0, counts
     assert all(n == 3 for n in epochs.values()), epochs  # epoch 0, and one per broker restart
