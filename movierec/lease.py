@@ -21,8 +21,13 @@ Clocks: expiry is wall-clock time (unix seconds) written by the holder and compa
 others, so hosts sharing a lease need clocks within a few seconds of each other (NTP); the
 expiry's margin (ingest: INGEST_LEASE_GRACE) is far larger.
 
-Owns: `acquire`, `Lease`, `LeaseHeld` / `LeaseLost` (both `Conflict`, 409: the message names the
-holder and when the lease is free), `lease_state` (who holds it, for operators).
+The one lease of the project: ingest holds `leases/ingest/<group>` per consumer group
+(movierec.adapters.kafka_ingest), the release controller holds `leases/release` for each step or
+action (movierec.release.state: its clock and its wording).
+
+Owns: `acquire`, `Lease`,
+`LeaseHeld` / `LeaseLost` (both `Conflict`, 409: the message names the holder and when the lease
+is free), `lease_state` (who holds it, for operators), `utc`.
 Must not touch: what the lease protects (its callers), services (it sees only `ObjectStore`).
 """
 from __future__ import annotations
@@ -43,15 +48,19 @@ _MAX_PROBES = 1000  # a hint that is this stale means the store was tampered wit
 
 
 class LeaseHeld(Conflict):
-    """Someone else holds the lease; `holder` and `expires_at` say who and until when."""
+    """Someone else holds the lease: `holder` (who), `token`, `expires` (until when, UTC) and
+    `record` (the holder's whole record)."""
 
-    def __init__(self, message: str, holder: dict):
+    def __init__(self, message: str, record: dict):
         super().__init__(message)
-        self.holder = holder
+        self.record = record
+        self.holder = str(record.get("holder", "unknown"))
+        self.token = record.get("token")
+        self.expires = utc(record.get("expires_at", 0))
 
     @property
     def retry_after_s(self) -> int:
-        return max(1, int(self.holder.get("expires_at", 0) - time.time()) + 1)
+        return max(1, int(self.record.get("expires_at", 0) - time.time()) + 1)
 
 
 class LeaseLost(Conflict):
@@ -129,7 +138,10 @@ class Lease:
         return self.record["expires_at"]
 
     def check(self) -> None:
-        """LeaseLost unless this is still the latest token and it has not expired."""
+        """LeaseLost unless this is still the latest token, not released, and it has not expired."""
+        if self.released:
+            raise LeaseLost(f"lease {self.name} (token {self.token}) was already released: "
+                            "stopped before writing anything more")
         now = self.clock()
         if now >= self.expires_at:
             raise LeaseLost(f"lease {self.name} (token {self.token}) expired at {utc(self.expires_at)}: "
@@ -172,11 +184,13 @@ def acquire(store: ObjectStore, name: str, holder: str, ttl_s: float,
 
 
 def lease_state(store: ObjectStore, name: str, clock: Callable[[], float] = time.time) -> dict | None:
-    """The latest holder's record with `"held": bool`, or None when the lease was never taken."""
+    """The latest holder's record with `"held"` and `"released"` (bools), or None when the lease
+    was never taken."""
     latest, record = _latest(store, name)
     if record is None:
         return None
-    return {**record, "held": _holds(store, name, latest, record, clock())}
+    return {**record, "held": _holds(store, name, latest, record, clock()),
+            "released": store.exists(_released_key(name, latest))}
 
 
 def _holds(store: ObjectStore, name: str, token: int, record: dict, now: float) -> bool:

@@ -303,8 +303,8 @@ def refuse_while_busy(store, config, now: datetime) -> None:
         raise CommandError(f"release {running.id} of {running.candidate} is running (since {running.started}): "
                            f"{ABORT_HINT} or wait until {until} ({why}; it ends by {window['timeout_at']} "
                            "at the latest)")
-    lease = read_lease(store)
-    if lease and not lease.get("released") and datetime.fromisoformat(lease["expires"]) > now:
+    lease = read_lease(store, now)
+    if lease and lease["held"]:
         raise CommandError(f"a release step or action holds the release lease ({lease['holder']}): "
                            f"wait until {lease['expires']}")
 

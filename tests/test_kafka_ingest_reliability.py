@@ -34,6 +34,11 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _first(movie_ids) -> object:
+    """The first recommended movie, None for an empty answer (e.g. an error, or nothing ingested yet)."""
+    return next(iter(movie_ids), None)
+
+
 def stored_lines(store) -> Counter:
     """Every stored record rebuilt as (kind, user, movie) facts, to compare with what was produced."""
     ratings = load_ratings(store)
@@ -43,7 +48,7 @@ def stored_lines(store) -> Counter:
                                              ratings.ratings.tolist())]
         + [("watch", u, m, n) for u, m, n in zip(watches.user_ids.tolist(), watches.movie_ids.tolist(),
                                                 watches.minutes.tolist())]
-        + [("reco", r["user_id"], r["movie_ids"][0], r["status"]) for r in iter_recommendations(store)]
+        + [("reco", r["user_id"], _first(r["movie_ids"]), r["status"]) for r in iter_recommendations(store)]
         + [("quarantine", q["line"]) for q in load_quarantine(store)]
     )
 
@@ -59,7 +64,7 @@ def produced_facts(lines: list[str]) -> Counter:
         elif isinstance(e, WatchEvent):
             facts.append(("watch", e.user_id, e.movie_id, e.minute))
         elif isinstance(e, RecommendationEvent):
-            facts.append(("reco", e.user_id, e.movie_ids[0], e.status))
+            facts.append(("reco", e.user_id, _first(e.movie_ids), e.status))
         else:
             assert isinstance(e, Rejection)
             facts.append(("quarantine", e.line))

@@ -53,6 +53,17 @@ def test_a_released_lease_is_free_at_once_and_the_token_grows(store):
     assert lease_state(store, "ingest/g", clock)["holder"] == "b"
 
 
+def test_a_released_lease_fences_its_own_holder_and_says_it_was_released(store):
+    clock = Clock()
+    lease = acquire(store, "ingest/g", "a", 100, clock)
+    lease.release()
+    with pytest.raises(LeaseLost, match="already released"):
+        lease.check()
+    assert lease_state(store, "ingest/g", clock) | {"process": None, "id": None} == {
+        "token": 1, "holder": "a", "acquired_at": clock.now, "expires_at": clock.now + 100,
+        "process": None, "id": None, "held": False, "released": True}
+
+
 def test_an_expired_lease_is_taken_over_and_its_old_holder_is_fenced(store):
     clock = Clock()
     old = acquire(store, "ingest/g", "hung run", 60, clock)

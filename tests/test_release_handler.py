@@ -58,6 +58,7 @@ def test_an_unexpected_error_is_a_500_without_internals(handler, monkeypatch):
 def test_a_step_while_another_holds_the_lease_is_a_409_naming_it(handler, tmp_path, monkeypatch):
     from datetime import UTC, datetime
 
+    from movierec.lease import utc
     from movierec.release import Release, ReleaseStore, acquire_lease
     from movierec.store import LocalDirectoryStore
 
@@ -68,9 +69,10 @@ def test_a_step_while_another_holds_the_lease_is_a_409_naming_it(handler, tmp_pa
     monkeypatch.setenv("OPENFAAS_URL", "http://127.0.0.1:9")  # never reached: refused before any call
     reply = handler.handle(handler_event("POST", "/step", CRON), None)
     assert reply["statusCode"] == 409
-    assert reply["body"]["error"].startswith("LeaseHeld: release lease held by step on release-abc pid 7 (token 1) "
-                                             "until ")
-    assert f"until {held.record['expires']}: one release step acts at a time" in reply["body"]["error"]
+    assert reply["body"]["error"].startswith("LeaseHeld: release lease held by step on release-abc pid 7 (lease 1) "
+                                             "since ")
+    assert f"at the latest {utc(held.expires_at)}" in reply["body"]["error"]
+    assert reply["body"]["error"].endswith(": one release step acts at a time; try again after that")
     held.release()
 
 

@@ -444,6 +444,19 @@ def test_sigterm_stops_a_run_without_bound_cleanly_and_flushes_every_line(kafka_
     assert len(read_topic(kafka_bootstrap, topic, summary["total"])) == summary["total"]
 
 
+def test_record_appends_every_line_the_broker_acknowledged_across_runs(kafka_bootstrap, entry_factory, tmp_path):
+    entry = entry_factory(lambda uid: (200, "echo", 0))
+    topic = new_topic(kafka_bootstrap)
+    record = tmp_path / "produced.lines"
+    for _ in range(2):  # a second run (a restarted stack) appends
+        summary = run_simulator(kafka_bootstrap, topic, entry.url, "--events", "150", "--rate", "400",
+                                "--record", str(record))
+        assert summary["total"] == 150 and summary["send_failures"] == 0
+    recorded = record.read_text(encoding="utf-8").splitlines()
+    assert sorted(recorded) == sorted(read_topic(kafka_bootstrap, topic, 300))
+    assert len(recorded) == 300
+
+
 def test_bad_arguments_get_a_one_line_error():
     done = subprocess.run(simulator_argv("--garbage-share", "1.5"), check=False, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)

@@ -15,7 +15,7 @@
 - Errors answer with their taxonomy status (movierec.errors): a release state that excludes the
   action 409, a bad setting 400 (ConfigError), an unavailable dependency 503; JSON `{"error": ...}`.
   One step acts at a time: a step or action while another holds the release lease answers 409 at
-  once, naming the holder and when its lease expires (movierec.release.lease).
+  once, naming the holder and when its lease expires (movierec.lease, named in movierec.release.state).
 
 Thin on purpose: the state machine and policy are movierec.release; replies movierec.adapters.replies.
 """

@@ -9,8 +9,7 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Wh
 | `config.py` | `ReleaseConfig`, built from movierec.settings (RELEASE_*, CANARY_PERCENT, function names) |
 | `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable), the one loop `evaluate_checks`, `decide` (pure), the z-test |
 | `promql.py` | the PromQL templates over the gateway metrics (the analysis, demo, dashboards and alerts use them) |
-| `state.py` | states, `Release` (with `serving_since` and its `events`), `ReleaseStore` (`releases/current.json`, `releases/history/`, fenced writes), the release errors |
-| `lease.py` | one step at a time: `acquire_lease`, `holding`, `Lease.check` (the fencing token), `LeaseHeld` (409), `LeaseLost`, `releases/lease.json` |
+| `state.py` | states, `Release` (with `serving_since` and its `events`), `ReleaseStore` (`releases/current.json`, `releases/history/`, fenced writes), the release errors; one step at a time: `acquire_lease`, `holding`, `read_lease` over THE lease (movierec.lease, `leases/release/`: `Lease.check` is the fencing token, `LeaseHeld` 409, `LeaseLost`), `clock_from` |
 | `drift.py` | the record as desired state: `observe`, `reconcile` (re-apply drift, restart the window, record events) |
 | `analysis.py` | `measure` (counts rounded to whole requests), `window_of`, `evidence_start`, `analyse` (the controller's own probes subtracted), `not_counted` |
 | `quality.py` | online quality: `QualityCounts`, `online_quality`, `stored_quality_source` |
@@ -23,6 +22,7 @@ Owns: the package's public API (re-exported below). Must not touch: HTTP, creden
 service clients (functions/release/handler.py composes).
 """
 from movierec.canary import CANARY, STABLE
+from movierec.lease import Lease, LeaseHeld, LeaseLost
 from movierec.release.analysis import COUNTS, measure, window_of
 from movierec.release.checks import (
     PROMOTE,
@@ -53,7 +53,6 @@ from movierec.release.controller import (
     status,
 )
 from movierec.release.drift import Observation, observe, reconcile
-from movierec.release.lease import LEASE_KEY, Lease, LeaseHeld, LeaseLost, acquire_lease, holding, read_lease
 from movierec.release.promql import prom_range, variant_queries
 from movierec.release.quality import QualityCounts, online_quality, stored_quality_source
 from movierec.release.state import (
@@ -69,10 +68,13 @@ from movierec.release.state import (
     ReleaseError,
     ReleaseRunningError,
     ReleaseStore,
+    acquire_lease,
+    holding,
+    read_lease,
 )
 
 __all__ = [
-    "ABORTED", "CANARY", "COUNTS", "CURRENT_KEY", "FINAL_STATES", "HISTORY_PREFIX", "LEASE_KEY",
+    "ABORTED", "CANARY", "COUNTS", "CURRENT_KEY", "FINAL_STATES", "HISTORY_PREFIX",
     "MANUAL_ACTIONS", "PROMOTE", "PROMOTED", "RELEASE_CHECKS", "ROLLBACK", "ROLLED_BACK", "RUNNING", "STABLE",
     "WAIT", "Bound", "Check", "Decision", "InvalidTransition", "Lease", "LeaseHeld", "LeaseLost", "NotWorse",
     "Observation", "QualityCounts", "RatioToStable", "Release", "ReleaseConfig", "ReleaseError",

@@ -1,8 +1,8 @@
 """The canary release controller: actions, the step, status, and its dashboard figures.
 
-- A step (`run_release_step`) holds the release lease (lease.py: one step acts at a time, a second
-  gets LeaseHeld, 409, naming the holder and its expiry; every write is fenced by the lease's
-  check). It measures (analysis.py: the window from max(started, serving_since), counts rounded
+- A step (`run_release_step`) holds the release lease (movierec.lease, named in state.py: one
+  step acts at a time, a second gets LeaseHeld, 409, naming the holder and its expiry; every
+  write is fenced by the lease's check). It measures (analysis.py: the window from max(started, serving_since), counts rounded
   to whole requests, the controller's own probes subtracted), THEN makes the deployments match
   the release record (drift.py: re-applies drift, restarts the window, records events). The
   measurement counts in full only when the variants were verified both when the window started
@@ -39,6 +39,7 @@ from typing import Any
 
 from movierec.canary import CANARY, STABLE
 from movierec.errors import Rejected, one_line
+from movierec.lease import Lease, LeaseHeld
 from movierec.metrics import Family
 from movierec.ports import Deployer, MetricsSource, Notifier, ReleaseDeployer
 from movierec.registry import CANDIDATE, ModelNotFoundError, Registry, iso
@@ -47,7 +48,6 @@ from movierec.release.analysis import analyse, not_counted
 from movierec.release.checks import PROMOTE, ROLLBACK, WAIT
 from movierec.release.config import ReleaseConfig
 from movierec.release.drift import observe, reconcile
-from movierec.release.lease import Clock, Lease, LeaseHeld, acquire_lease, clock_from, holding, read_lease
 from movierec.release.quality import QualitySource
 from movierec.release.state import (
     ABORTED,
@@ -55,12 +55,17 @@ from movierec.release.state import (
     PROMOTED,
     ROLLED_BACK,
     RUNNING,
+    Clock,
     InvalidTransition,
     Release,
     ReleaseError,
     ReleaseRunningError,
     ReleaseStore,
+    acquire_lease,
+    clock_from,
+    holding,
     parse_iso,
+    read_lease,
     utc_now,
 )
 from movierec.store import ObjectStore

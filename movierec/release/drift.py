@@ -24,7 +24,7 @@ it was answered 200). Every round is kept in `Release.probes` ({"at", "canary", 
 answered per variant, for as long as a window lasts) and the analysis subtracts the ones inside its
 range: the controller's own calls are never evidence, and they never make up a minimum sample.
 
-Times come from the step's clock (lease.clock_from): a window restarted after a redeploy starts
+Times come from the step's clock (state.clock_from): a window restarted after a redeploy starts
 once the redeploy has returned and the new replicas answer with the right version.
 
 Owns: `Observation`, `observe`, `reconcile`, `probes_between`, PROBES. Must not touch: the decision (checks.py), the
@@ -41,8 +41,7 @@ from movierec.errors import one_line
 from movierec.ports import ReleaseDeployer
 from movierec.registry import ModelNotFoundError, Registry, iso
 from movierec.release.config import ReleaseConfig
-from movierec.release.lease import Clock
-from movierec.release.state import Release
+from movierec.release.state import Clock, Release
 
 KEEP_PROBES_S = 600  # probe rounds are kept this long past a window's length
 PROBES = 2  # health probes per variant and round: with round-robin replicas, more than one is asked

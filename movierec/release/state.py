@@ -12,24 +12,37 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand), no
   seen, re-applied, window restarted, serving verified: each with its time), the latest
   `MAX_EVENTS` kept; `probes` the controller's own health calls of each variant (drift.py), which
   the analysis subtracts from the gateway's counts.
-- `ReleaseStore(store, fence)`: `fence()` (the lease's check, lease.py) runs before every write, so
-  a step whose lease was taken over cannot write.
+- `ReleaseStore(store, fence)`: `fence()` (the lease's check) runs before every write, so a step
+  whose lease was taken over cannot write.
+- One release step or action at a time: they hold THE lease (movierec.lease) named `release`
+  (`leases/release/<token>.json`, write-once, the token fencing every write): `acquire_lease`,
+  `holding`, `read_lease` give it the release's clock and wording. A second taker gets
+  `LeaseHeld` (409) at once naming the holder and its expiry; a holder that died on this machine
+  (a killed release replica) frees it at once, one elsewhere at its expiry (RELEASE_LEASE_TTL,
+  longer than the release function's exec_timeout). Times: `clock_from(now)` is a fixed clock
+  for the times a call records (tests, replays) or the wall clock; the lease's own clock starts
+  at `now` and runs on the monotonic clock, so a lease taken at a fixed `now` still expires.
 
 Errors (movierec.errors taxonomy): `ReleaseError` is a `Conflict` (409): the release state
 excludes the action; `InvalidTransition` (nothing running, already finished, another move in
 progress) and `ReleaseRunningError` (a release is already running) are ReleaseErrors.
 
-Owns: the state names, the record's JSON, the two keys, the events list. Must not touch: decisions
-(checks.py), deployments (controller.py), drift (drift.py), the lease (lease.py), the store's backends.
+Owns: the state names, the record's JSON, the two keys, the events list, the release's use of the
+lease (`RELEASE_LEASE`, `acquire_lease`, `holding`, `read_lease`) and its clocks (`Clock`,
+`clock_from`). Must not touch: decisions (checks.py), deployments (controller.py), drift
+(drift.py), how the lease is exclusive (movierec.lease), the store's backends.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from movierec import lease as leases
 from movierec.errors import Conflict
 from movierec.registry import iso
 from movierec.store import ObjectExistsError, ObjectNotFoundError, ObjectStore
@@ -141,3 +154,58 @@ def utc_now(now: datetime | None = None) -> datetime:
 
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text)  # 3.11 reads the trailing Z
+
+
+# -- the release lease (movierec.lease) ---------------------------------------------------------------
+RELEASE_LEASE = "release"
+Clock = Callable[[], datetime]
+
+
+def clock_from(now: datetime | None) -> Clock:
+    """A fixed clock at `now` (tests, replays: every time the call records is `now`), or the wall
+    clock (UTC) when `now` is None."""
+    if now is not None:
+        fixed = now.astimezone(UTC)
+        return lambda: fixed
+    return lambda: datetime.now(UTC)
+
+
+def _lease_clock(now: datetime | None) -> Callable[[], float]:
+    """Unix seconds from `now` (the wall clock when None) on, advancing with the monotonic clock."""
+    start, mono = utc_now(now).timestamp(), time.monotonic()
+    return lambda: start + (time.monotonic() - mono)
+
+
+def acquire_lease(store: ObjectStore, actor: str, ttl_s: float, now: datetime | None = None,
+                  holder: str | None = None) -> leases.Lease:
+    """Take the release lease for `ttl_s` seconds, or raise LeaseHeld (409) at once."""
+    try:
+        return leases.acquire(store, RELEASE_LEASE, holder or leases.default_holder(actor), ttl_s,
+                              _lease_clock(now))
+    except leases.LeaseHeld as e:
+        e.args = (f"release lease {e}: one release step acts at a time; try again after that",)
+        raise
+
+
+@contextmanager
+def holding(store: ObjectStore, actor: str, ttl_s: float, now: datetime | None = None,
+            lease: leases.Lease | None = None) -> Iterator[leases.Lease]:
+    """The given lease, or a new one taken now and released at the end (also on errors)."""
+    if lease is not None:
+        yield lease
+        return
+    taken = acquire_lease(store, actor, ttl_s, now)
+    try:
+        yield taken
+    finally:
+        taken.release()
+
+
+def read_lease(store: ObjectStore, now: datetime | None = None) -> dict[str, Any] | None:
+    """The latest holder of the release lease: holder, token, acquired, expires (UTC stamps),
+    released and held (bools); None before any lease."""
+    found = leases.lease_state(store, RELEASE_LEASE, _lease_clock(now))
+    if found is None:
+        return None
+    return {"holder": found["holder"], "token": found["token"], "acquired": leases.utc(found["acquired_at"]),
+            "expires": leases.utc(found["expires_at"]), "released": found["released"], "held": found["held"]}

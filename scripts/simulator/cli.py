@@ -12,7 +12,7 @@ Must not touch: parsing rules (movierec.events), the model, the object store, th
 CLI (`python -m scripts.simulator --help`):
     python -m scripts.simulator [--rate 20] [--duration 60 | --events N] [--duration 0 (forever)]
         [--users 2000 --movies 800 --seed 0] [--garbage-share 0.01] [--request-share 0.3]
-        [--new-user-share 0.05] [--backfill RATINGS] [--report-every 10]
+        [--new-user-share 0.05] [--backfill RATINGS] [--report-every 10] [--record FILE]
     python -m scripts.simulator --replay FILE [--rate 0 (as fast as possible)] [--partition P]
 Env: KAFKA_BOOTSTRAP_SERVERS (127.0.0.1:9092), KAFKA_TOPIC (movielog1), RECOMMEND_URL
 (http://127.0.0.1:8082, else PUBLIC_URL).
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_pos_int, default=4, help="concurrent recommendation calls")
     p.add_argument("--report-every", type=_nonneg_float, default=10.0, help="seconds between summary lines")
     p.add_argument("--replay", metavar="FILE", default=None, help="send this file's lines instead of simulating")
+    p.add_argument("--record", metavar="FILE", default=None,
+                   help="append every line the broker acknowledged to FILE (what was produced, for counting)")
     return p
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read replay file {args.replay}: not a readable file", file=sys.stderr)
         return 2
     try:
-        sink = KafkaSink(args.bootstrap, args.topic, args.partition)
+        sink = KafkaSink(args.bootstrap, args.topic, args.partition, record=args.record)
     except SinkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

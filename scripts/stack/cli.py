@@ -4,7 +4,9 @@ Owns: the commands `up` (every port it will bind checked free first, `check_port
 variable that moves a taken one; Debian packages present, the release token made, every service not
 already running started in order and, when one fails, what this run started stopped again; at the
 end a few users the simulator is sure to produce, `example_users`), `down` (in reverse, by verified
-PID), `status` ("stack is down" and exit 0 when nothing runs, else one line per service, the
+PID; before our own broker stops, `final_ingest`: one last ingest run, bounded by
+FINAL_INGEST_SECONDS, drains what the broker holds into the store, since our broker keeps its log
+in memory only; a failed run is one line and the broker still stops), `status` ("stack is down" and exit 0 when nothing runs, else one line per service, the
 functions' replicas through the one gateway API client `movierec.adapters.gateway`, and exit 3 when
 the stack is half up or unhealthy), `ensure_packages`, `ensure_release_token`, and `main` (the
 argument parser).
@@ -22,6 +24,7 @@ Local defaults: env/local.yml, each only when the user has not set the variable.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -33,7 +36,7 @@ from pathlib import Path
 from movierec.adapters.gateway import GatewayClient
 from movierec.errors import ConfigError, MovierecError
 from scripts._proc import free_port, port_open
-from scripts.stack.config import StackConfig, StackError, local_defaults
+from scripts.stack.config import ROOT, StackConfig, StackError, local_defaults
 from scripts.stack.processes import log_file, pid_file, running_pid, start_service, stop_pid
 from scripts.stack.services import PACKAGES, Service, services
 
@@ -143,6 +146,39 @@ users in the simulated data (personalised once the first model serves, a few min
     return 0
 
 
+FINAL_INGEST_SECONDS = 60.0  # the final run's own bound; the process gets a little more to start and stop
+
+
+def final_ingest(config: StackConfig) -> None:
+    """One last ingest run (python -m movierec.adapters.kafka_ingest, the stack's settings) while our
+    broker still runs and nothing else consumes or produces: what it held is in the store after
+    `down`. Prints one line: what it stored and what is left, or why it failed."""
+    env = {**config.service_env(), "PUSHGATEWAY_URL": ""}  # the Pushgateway is already stopped
+    argv = [config.python, "-m", "movierec.adapters.kafka_ingest", "--max-seconds", f"{FINAL_INGEST_SECONDS:g}",
+            "--idle-seconds", "2"]
+    t0 = time.monotonic()
+    try:
+        run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+                             timeout=FINAL_INGEST_SECONDS + 30)
+        summary = json.loads(run.stdout.strip().splitlines()[-1]) if run.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
+        run, summary = None, None
+        why = f"no answer within {FINAL_INGEST_SECONDS + 30:g}s" if isinstance(e, subprocess.TimeoutExpired) else \
+            "its output was not a summary"
+    took = time.monotonic() - t0
+    if summary is None:
+        if run is not None:
+            lines = (run.stderr or run.stdout or "").strip().splitlines()
+            why = lines[-1] if lines else f"exit {run.returncode}"
+        print(f"{'ingest':<12} final run FAILED ({why}): events the broker held and ingest had not stored "
+              f"are lost with it; stopping it anyway")
+        return
+    left = summary.get("lag_total")
+    print(f"{'ingest':<12} final run stored {summary.get('records', 0)} records in "
+          f"{summary.get('batches_written', 0)} batches ({took:.1f}s), "
+          + ("nothing left in the broker" if left == 0 else f"{left} left in the broker (lost when it stops)"))
+
+
 def down(config: StackConfig) -> int:
     for service in reversed(services(config)):
         path = pid_file(config, service.name)
@@ -152,6 +188,8 @@ def down(config: StackConfig) -> int:
                 print(f"{service.name:<12} not running (removed stale {path.name})")
                 path.unlink(missing_ok=True)
             continue
+        if service.name == "broker":  # ours, log in memory: drain it into the store first
+            final_ingest(config)
         t0 = time.monotonic()
         how = stop_pid(pid, service.stop_grace_s, service.stop_signal)
         path.unlink(missing_ok=True)
