@@ -1,8 +1,16 @@
 """The function server of the python3-http-debian template.
 
-Serves `function/handler.py`'s `handle(event, context)` over HTTP with Flask under waitress.
-In a container of-watchdog (mode=http) sits in front on :8080 and forwards to 127.0.0.1:5000;
-without a container the local runtime starts this file directly and sets PORT.
+Serves `function/handler.py`'s `handle(event, context)` over HTTP with Flask (the WSGI app
+below) under granian, a Rust HTTP server: HTTP parsing, keep-alive and writes happen in Rust, only
+the app runs in Python (measured against the former waitress with `make bench-capacity`: see
+bench/README.md). In a container of-watchdog (mode=http) sits in front on :8080 and forwards to
+127.0.0.1:5000; without a container the local runtime starts this file directly and sets PORT.
+
+Processes: `python index.py` is granian's main process; it binds the port, then forks one worker
+that imports the handler (the model loads there, once) and serves. The worker dies with the main
+process (PR_SET_PDEATHSIG: a `kill -9` of the replica leaves nothing holding its port), and a
+handler that exits at import (recommend's `SystemExit(78)` for a model that can never load) makes
+the main process exit with that same code. No access log, no per-request line.
 
 Health, as the real platforms see it (see README.md):
 - `/_/ready` answers the handler's optional `ready()` hook: (ok, one line), 200 or 503. The
@@ -26,8 +34,41 @@ import socket
 import sys
 import threading
 
+if __name__ == "__main__":  # granian's main process: bind, fork the worker, never import the handler
+    import ctypes
+    import multiprocessing
+    import signal
+
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    multiprocessing.set_start_method("fork")  # the worker inherits the bound socket and this module
+    _WORKER_EXIT = multiprocessing.Value("i", 0)
+    _MAIN_PID = os.getpid()
+
+    def _load_app(_target):
+        """In the worker: die with the main process, import the handler, serve `app`."""
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != _MAIN_PID:
+            os._exit(1)
+        try:
+            import index
+        except SystemExit as e:  # the handler refused to start: the main process says so by its code
+            _WORKER_EXIT.value = e.code if isinstance(e.code, int) else 1
+            raise
+        index.start_lock_thread()
+        return index.app
+
+    _server = Server("index:app", address=os.getenv("BIND_HOST", "127.0.0.1"), port=int(os.getenv("PORT", "5000")),
+                     interface=Interfaces.WSGI, workers=1,
+                     blocking_threads=int(os.getenv("SERVER_THREADS", "8")), log_enabled=False, log_access=False)
+    try:
+        _server.serve(target_loader=_load_app)
+    except SystemExit as e:
+        sys.exit(_WORKER_EXIT.value or e.code)
+    sys.exit(_WORKER_EXIT.value)
+
 from flask import Flask, Response, request
-from waitress import create_server
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -169,15 +210,9 @@ def _keep_lock_in_step(stop):
             return
 
 
-if __name__ == "__main__":
-    server = create_server(  # binds now: the lock is written only once calls can be answered
-        app,
-        host=os.getenv("BIND_HOST", "127.0.0.1"),
-        port=int(os.getenv("PORT", "5000")),
-        threads=int(os.getenv("SERVER_THREADS", "8")),
-        ident=None,
-    )
+def start_lock_thread():
+    """In the serving process, once the port is bound (granian's main bound it before the fork):
+    keep the lock file in step with `ready()` when the watchdog left it to us."""
     if owns_lock_file():
         threading.Thread(target=_keep_lock_in_step, args=(threading.Event(),), name="lock-file",
                          daemon=True).start()
-    server.run()
