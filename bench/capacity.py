@@ -10,7 +10,8 @@ scoring (bench/baseline/app.py, not shipped). Then, in this one run, for each pa
 - nginx:    the public entry (canary split)  GET /recommend/<uid>
 - baseline: the Flask app under gunicorn     GET /recommend/<uid>
 it finds the capacity: the highest open-loop rate with p99 <= 50 ms and 0 errors, by doubling
-from `--start` until a step fails, then bisecting (steps of `--step-seconds`). At 50% and 80% of
+from `--start` until a step fails, then bisecting (steps of `--step-seconds`; a failed step is
+repeated once before it counts, as the machine is shared). At 50% and 80% of
 each capacity it measures p99 again and the CPU each process spent per request (utime+stime from
 /proc/<pid>/stat over the measured interval, the process and its children). The load comes from
 bench/loadgen.py in its own process (open loop, latency from the scheduled send time); the run
@@ -118,14 +119,18 @@ def find_capacity(name: str, port: int, paths_file: Path, start: float, seconds:
     steps: list[dict] = []
 
     def trial(rate: float) -> bool:
-        time.sleep(1.0)  # whatever queued in the last step has drained
-        r = step(port, paths_file, rate, seconds)
-        steps.append(r)
-        print(f"  {name:<8} {rate:>7.0f} req/s: p50 {r['p50_ms'] or float('nan'):6.2f} ms  p99 "
-              f"{r['p99_ms'] or float('nan'):7.2f} ms  errors {r['errors']:>5}  "
-              f"send lag p99 {r['send_lag_p99_ms'] or 0:5.2f} ms  {'ok' if r['passed'] else 'FAIL'}",
-              flush=True)
-        return r["passed"]
+        # A failure is confirmed once: on a shared machine another job's burst can fail one step.
+        for attempt in range(2):
+            time.sleep(1.0)  # whatever queued in the last step has drained
+            r = step(port, paths_file, rate, seconds)
+            steps.append(r)
+            print(f"  {name:<8} {rate:>7.0f} req/s: p50 {r['p50_ms'] or float('nan'):6.2f} ms  p99 "
+                  f"{r['p99_ms'] or float('nan'):7.2f} ms  errors {r['errors']:>5}  "
+                  f"send lag p99 {r['send_lag_p99_ms'] or 0:5.2f} ms  "
+                  f"{'ok' if r['passed'] else 'FAIL' if attempt else 'fail, once more'}", flush=True)
+            if r["passed"]:
+                return True
+        return False
 
     passed, failed, rate = 0.0, None, start
     while failed is None:
