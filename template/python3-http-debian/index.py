@@ -57,9 +57,9 @@ if __name__ == "__main__":  # granian's main process: bind, fork the worker, nev
             _WORKER_EXIT.value = e.code if isinstance(e.code, int) else 1
             raise
         index.start_lock_thread()
-        return index.app
+        return index.serve
 
-    _server = Server("index:app", address=os.getenv("BIND_HOST", "127.0.0.1"), port=int(os.getenv("PORT", "5000")),
+    _server = Server("index:serve", address=os.getenv("BIND_HOST", "127.0.0.1"), port=int(os.getenv("PORT", "5000")),
                      interface=Interfaces.WSGI, workers=1,
                      blocking_threads=int(os.getenv("SERVER_THREADS", "8")), log_enabled=False, log_access=False)
     try:
@@ -71,6 +71,7 @@ if __name__ == "__main__":  # granian's main process: bind, fork the worker, nev
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
+from werkzeug.wrappers import Request
 
 FUNCTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "function")
 sys.path.insert(0, FUNCTION_DIR)
@@ -94,11 +95,12 @@ app.url_map.converters["anypath"] = _AnyPath
 
 
 class Event:
-    def __init__(self, path):
-        self.body = request.get_data()
-        self.headers = request.headers
-        self.method = request.method
-        self.query = request.args
+    def __init__(self, path, req=None):
+        req = request if req is None else req  # Flask's request of this call, or the fast path's own
+        self.body = req.get_data()
+        self.headers = req.headers
+        self.method = req.method
+        self.query = req.args
         self.path = path
 
 
@@ -177,6 +179,26 @@ METHODS = ["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 @app.route("/<anypath:path>", methods=METHODS)
 def call_handler(path):
     return _format(handler.handle(Event("/" + path), CONTEXT))
+
+
+def serve(environ, start_response):
+    """The WSGI app granian runs. `GET /<path>` (the calls, e.g. `GET /<userid>`) goes straight to
+    the handler through the same Event, Context, reply shaping and error answers as Flask's
+    `call_handler` route, without Flask's per-request dispatch (contexts, URL map), which cost
+    more CPU than recommend's scoring; everything else (other methods, `/`, `/_/...`, `//`) is
+    Flask's `app`, unchanged."""
+    path = environ.get("PATH_INFO") or ""
+    if (environ.get("REQUEST_METHOD") != "GET" or len(path) < 2 or path[1] == "/" or "//" in path
+            or path.startswith("/_/")):
+        return app(environ, start_response)
+    req = Request(environ)
+    try:
+        response = _format(handler.handle(Event(req.path, req), CONTEXT))
+    except HTTPException as error:
+        response = _http_error(error)
+    except Exception as error:  # noqa: BLE001 (as Flask's errorhandler(Exception): a one-line 500)
+        response = _unexpected(error)
+    return response(environ, start_response)
 
 
 def owns_lock_file(env=os.environ):
