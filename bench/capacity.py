@@ -13,7 +13,9 @@ it finds the capacity: the highest open-loop rate with p99 <= 50 ms and 0 errors
 from `--start` until a step fails, then bisecting (steps of `--step-seconds`; a failed step is
 repeated once before it counts, as the machine is shared). At 50% and 80% of
 each capacity it measures p99 again and the CPU each process spent per request (utime+stime from
-/proc/<pid>/stat over the measured interval, the process and its children). The load comes from
+/proc/<pid>/stat over the measured interval, the process and its children); and, as CPU per
+request falls as the rate rises, once more for every path at one common rate (80% of the lower of
+nginx's and the baseline's capacity): that is the `cpu_ms_per_request` compared. The load comes from
 bench/loadgen.py in its own process (open loop, latency from the scheduled send time); the run
 ends by showing that client can offer >= 3x the highest capacity found (against nginx's static
 /healthz). Writes bench/results/capacity.json. Run: `make bench-capacity` or
@@ -217,6 +219,14 @@ def run(args) -> dict:
                     at_load[name][f"{int(share * 100)}%"] = step(ports[name], files[name], rate, args.load_seconds,
                                                                  procs[name])
                 load.append(loadavg())
+            # CPU per request falls as the rate rises (fewer wake-ups per request), so the processes
+            # are compared at one common rate too: 80% of the lower of nginx's and the baseline's.
+            common_rate = max(50.0, 0.8 * min(capacity.get("nginx") or capacity["baseline"], capacity["baseline"]))
+            at_common = {}
+            for name in order:
+                time.sleep(1.0)
+                at_common[name] = step(ports[name], files[name], common_rate, args.load_seconds, procs[name])
+            load.append(loadavg())
             top = max(capacity.values())
             offer = min(20000.0, max(3 * top, 300.0))
             health = folder / "paths-health.txt"
@@ -225,14 +235,16 @@ def run(args) -> dict:
             client_check = step(ports["nginx"], health, offer, 3.0)
             load.append(loadavg())
     return {"capacity": capacity, "searches": searches, "at_load": at_load, "client_check": client_check,
-            "load": load}
+            "load": load, "common_rate": common_rate, "at_common": at_common}
 
 
 def report(args, measured: dict) -> dict:
     capacity, at_load = measured["capacity"], measured["at_load"]
     base = capacity.get("baseline") or float("nan")
-    cpu = {name: at_load[name]["80%"]["cpu_ms_per_request"] for name in at_load}
+    at_common = measured["at_common"]
+    cpu = {name: at_common[name]["cpu_ms_per_request"] for name in at_common}
     server_cpu = {name: sum(v.values()) for name, v in cpu.items()}
+    cpu_80 = {name: at_load[name]["80%"]["cpu_ms_per_request"] for name in at_load}
     load = measured["load"]
     result = {
         "capacity_rps": {k: v for k, v in capacity.items() if k != "baseline"},
@@ -240,6 +252,8 @@ def report(args, measured: dict) -> dict:
         "ratio": (capacity.get("nginx", 0) / base) if base else None,
         "ratio_per_path": {k: v / base for k, v in capacity.items() if k != "baseline"} if base else {},
         "cpu_ms_per_request": cpu, "server_cpu_ms_per_request": server_cpu,
+        "cpu_rate_rps": measured["common_rate"], "p99_ms_at_cpu_rate": {k: v["p99_ms"] for k, v in at_common.items()},
+        "cpu_ms_per_request_at_80pct": cpu_80,
         "p99_ms_at": {name: {share: m["p99_ms"] for share, m in v.items()} for name, v in at_load.items()},
         "at_load": at_load, "searches": measured["searches"],
         "client_check": measured["client_check"],
@@ -249,12 +263,15 @@ def report(args, measured: dict) -> dict:
     }
     print(f"\nGET /recommend/<uid>: capacity at p99 <= {P99_BUDGET_MS:g} ms, 0 errors (same run; "
           f"load average {load[0][0]:.2f} -> max {result['load_average']['max_1min']:.2f})")
-    print(f"{'path':<9} {'req/s':>7} {'x base':>7} {'p99@50%':>8} {'p99@80%':>8} {'CPU ms/req @80%':>16}  per process")
+    rate = measured["common_rate"]
+    print(f"{'path':<9} {'req/s':>7} {'x base':>7} {'p99@50%':>8} {'p99@80%':>8} {'CPU@80%':>8} "
+          f"{'CPU ms/req @' + format(rate, '.0f') + '/s':>17}  per process")
     for name in capacity:
         per = ", ".join(f"{k} {v:.2f}" for k, v in cpu[name].items())
         print(f"{name:<9} {capacity[name]:>7.0f} {capacity[name] / base:>7.2f} "
               f"{at_load[name]['50%']['p99_ms'] or float('nan'):>8.2f} "
-              f"{at_load[name]['80%']['p99_ms'] or float('nan'):>8.2f} {server_cpu[name]:>16.2f}  {per}")
+              f"{at_load[name]['80%']['p99_ms'] or float('nan'):>8.2f} {sum(cpu_80[name].values()):>8.2f} "
+              f"{server_cpu[name]:>17.2f}  {per}")
     check = measured["client_check"]
     print(f"load generator: offered {check['rate']:.0f} req/s (3x the highest capacity) to nginx /healthz: "
           f"p99 {check['p99_ms'] or float('nan'):.2f} ms, errors {check['errors']}, send lag p99 "
