@@ -66,6 +66,10 @@ if __name__ == "__main__":  # granian's main process: bind, fork the worker, nev
         _server.serve(target_loader=_load_app)
     except SystemExit as e:
         sys.exit(_WORKER_EXIT.value or e.code)
+    except (OSError, RuntimeError) as e:  # e.g. the port is taken: one line, not a Rust backtrace
+        print(f"index.py: cannot serve on {os.getenv('BIND_HOST', '127.0.0.1')}:{os.getenv('PORT', '5000')}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr, flush=True)
+        sys.exit(1)
     sys.exit(_WORKER_EXIT.value)
 
 from flask import Flask, Response, request
