@@ -240,38 +240,28 @@ def top_k_indices(scores: np.ndarray, k: int, n_available: int | None = None) ->
     """Indices of the k largest scores, ordered by score desc then index asc.
 
     `n_available` says how many scores are real (the rest are -inf placeholders for excluded
-    items). Ties at the k-th place are all considered, so the tie-break is exact.
-
-    On a large catalogue a threshold is taken first from a strided sample (its value that about
-    3k scores of the whole should reach): one comparison pass keeps the few candidates at or above
-    it, and only those are partitioned and sorted. When fewer than k reach it (an unlucky sample),
-    the exact partition of everything decides instead, so the answer is always the same.
+    items). Ties at the k-th place are all considered, so the tie-break is exact. On a catalogue
+    of 512+ a threshold comes first from a strided sample of ~256 (the value about 3k scores of
+    the whole reach): one comparison keeps the candidates, only those are partitioned and sorted;
+    when fewer than k reach it, everything is partitioned instead, so the answer never changes.
     """
     n = len(scores)
     k = min(k, n if n_available is None else n_available)
     if k <= 0:
         return np.empty(0, dtype=np.int64)
     candidates = None
-    if n >= _SAMPLE_MIN_N and k * 16 <= n:
-        stride = max(1, n // _SAMPLE_SIZE)
-        sample = scores[::stride]
-        rank = min(len(sample), -(-3 * k * len(sample) // n) + 1)  # ~3k of n reach the threshold
-        threshold = np.partition(sample, len(sample) - rank)[len(sample) - rank]
-        above = np.flatnonzero(scores >= threshold)
-        if len(above) >= k:
-            candidates = above
+    if n >= 512 and k * 16 <= n:
+        sample = scores[:: max(1, n // 256)]
+        rank = min(len(sample), -(-3 * k * len(sample) // n) + 1)
+        above = np.flatnonzero(scores >= np.partition(sample, len(sample) - rank)[len(sample) - rank])
+        candidates = above if len(above) >= k else None
     if candidates is None:
         candidates = np.arange(n)
     if k < len(candidates):
         values = scores[candidates]
-        kth_largest = np.partition(values, len(values) - k)[len(values) - k]
-        candidates = candidates[values >= kth_largest]
+        candidates = candidates[values >= np.partition(values, len(values) - k)[len(values) - k]]
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order[:k]]
-
-
-_SAMPLE_MIN_N = 512  # below this the whole partition is as cheap as the sample
-_SAMPLE_SIZE = 256
 
 
 # -- building ---------------------------------------------------------------------------------

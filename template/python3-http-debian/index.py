@@ -185,24 +185,24 @@ def call_handler(path):
     return _format(handler.handle(Event("/" + path), CONTEXT))
 
 
-def serve(environ, start_response):
+def serve(wsgi_call, start_response):
     """The WSGI app granian runs. `GET /<path>` (the calls, e.g. `GET /<userid>`) goes straight to
     the handler through the same Event, Context, reply shaping and error answers as Flask's
     `call_handler` route, without Flask's per-request dispatch (contexts, URL map), which cost
     more CPU than recommend's scoring; everything else (other methods, `/`, `/_/...`, `//`) is
     Flask's `app`, unchanged."""
-    path = environ.get("PATH_INFO") or ""
-    if (environ.get("REQUEST_METHOD") != "GET" or len(path) < 2 or path[1] == "/" or "//" in path
+    path = wsgi_call.get("PATH_INFO") or ""  # the WSGI environ of this call
+    if (wsgi_call.get("REQUEST_METHOD") != "GET" or len(path) < 2 or path[1] == "/" or "//" in path
             or path.startswith("/_/")):
-        return app(environ, start_response)
-    req = Request(environ)
+        return app(wsgi_call, start_response)
+    req = Request(wsgi_call)
     try:
         response = _format(handler.handle(Event(req.path, req), CONTEXT))
     except HTTPException as error:
         response = _http_error(error)
     except Exception as error:  # noqa: BLE001 (as Flask's errorhandler(Exception): a one-line 500)
         response = _unexpected(error)
-    return response(environ, start_response)
+    return response(wsgi_call, start_response)
 
 
 def owns_lock_file(env=os.environ):
