@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-recommend bench-serve-memory bench-gateway bench-ingest bench-train bench-quality release-token release-status release-drill up down status demo simulate clean
+.PHONY: test lint bench-recommend bench-serve-memory bench-gateway bench-capacity bench-ingest bench-train bench-quality release-token release-status release-drill up down status demo simulate clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,15 @@ down: $(STAMP)
 # localfaas + nginx on free ports); writes bench/results/gateway.json.
 bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway
+
+# Capacity (highest open-loop rate with p99 <= 50 ms, 0 errors) direct / through the gateway / through
+# nginx, against a Flask app under gunicorn (2 sync workers, bench/baseline/, not shipped) in the same
+# run, with CPU ms per request per process; writes bench/results/capacity.json. Installs the
+# baseline's gunicorn (bench/baseline/requirements.txt) into .venv first.
+bench-capacity: $(STAMP)
+	@$(VENV)/bin/pip install --disable-pip-version-check -q -r bench/baseline/requirements.txt -c constraints.txt
+	@command -v nginx >/dev/null || { echo "bench-capacity needs nginx: apt-get install -y nginx"; exit 1; }
+	$(PY) -m bench.capacity $(ARGS)
 
 # The whole lifecycle, compressed into a few minutes on its own stack (free ports, temp state dir):
 # backfill, ingest, first model -> stable, second -> canary -> promoted, a drill model -> rolled back,

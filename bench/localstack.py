@@ -71,6 +71,7 @@ class RecommendStack:
         self.public_url: str | None = None
         self.direct_url: str | None = None
         self.started: list[tuple[subprocess.Popen, float, int]] = []  # (process, stop grace, signal)
+        self.processes: dict[str, subprocess.Popen] = {}  # by name, for benchmarks reading their CPU
 
     @property
     def secrets_dir(self) -> Path:
@@ -106,7 +107,13 @@ class RecommendStack:
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         self.started.append((process, stop_grace_s, stop_signal))
+        self.processes[name] = process
         return process
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], stop_grace_s: float = 30.0) -> subprocess.Popen:
+        """Start another process of a benchmark beside the stack (log in the stack's logs folder,
+        stopped with it, by PID)."""
+        return self._spawn(name, argv, env, REPO, stop_grace_s=stop_grace_s)
 
     def _start(self) -> None:
         stack_file = recommend_only_project(self.workdir / "project")
@@ -177,6 +184,7 @@ class RecommendStack:
                 stop_pid(process.pid, grace_s, first_signal)
             process.wait()
         self.started.clear()
+        self.processes.clear()
 
 
 def _answers_200(url: str) -> bool:

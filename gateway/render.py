@@ -121,6 +121,9 @@ def render(settings: NginxSettings) -> str:
         "error_log": settings.error_log,
         "temp_dir": settings.temp_dir,
         "access_log": settings.access_log,
+        # A file: lines buffered and written at most once a second, not a write per request
+        # (a /dev/ stream of a container is written as it comes, for its log collector).
+        "access_log_buffer": "" if settings.access_log.startswith("/dev/") else " buffer=64k flush=1s",
         "upstream": settings.upstream,
         "listen": settings.listen,
         "read_timeout": settings.read_timeout,

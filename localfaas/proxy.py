@@ -98,8 +98,13 @@ class FunctionProxy:
         # One pooled session for all upstream calls: keep-alive connections to replicas are reused.
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30,
                                          enable_cleanup_closed=True)
+        # No cookie jar (a proxy forwards Cookie/Set-Cookie headers as they are, it keeps none) and no
+        # default headers added: nothing per call that the replica does not need.
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar(),
+                                             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -148,8 +153,7 @@ class FunctionProxy:
         response (idempotent methods with a buffered body) is retried on another replica."""
         assert self.session is not None
         name = runtime.config.name
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=2,
-                                        sock_read=min(runtime.config.exec_timeout(), self.upstream_timeout))
+        timeout = self._timeout(min(runtime.config.exec_timeout(), self.upstream_timeout))
         retry_dropped = method in IDEMPOTENT and isinstance(body, bytes)
         tried: set[int] = set()
         for _attempt in range(6):
@@ -195,6 +199,14 @@ class FunctionProxy:
                     response.release()
                 return
         raise GatewayError(502, f"function {name}: no replica could be reached")
+
+    def _timeout(self, sock_read: float) -> aiohttp.ClientTimeout:
+        """One ClientTimeout per distinct read timeout, built once, not per call."""
+        timeout = self._timeouts.get(sock_read)
+        if timeout is None:
+            timeout = self._timeouts[sock_read] = aiohttp.ClientTimeout(total=None, sock_connect=2,
+                                                                        sock_read=sock_read)
+        return timeout
 
     def body_limit(self, runtime: FunctionRuntime) -> int:
         raw = runtime.config.labels.get(MAX_BODY_LABEL, "")

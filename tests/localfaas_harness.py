@@ -37,7 +37,9 @@ def handle(event, context):
     secrets_dir = os.environ.get("SECRETS_DIR", "")
     token_file = os.path.join(secrets_dir, "api-token")
     return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": {
-        "pid": os.getpid(), "greeting": os.getenv("GREETING"), "tag": tag(),
+        # the replica's pid: the process the runtime started (the template's `python index.py`,
+        # granian's main process), whose forked worker runs this handler
+        "pid": os.getppid(), "greeting": os.getenv("GREETING"), "tag": tag(),
         "method": event.method, "path": event.path, "query": event.query.to_dict(flat=False),
         "body": event.body.decode(), "hostname": context.hostname,
         "call_id": event.headers.get("X-Call-Id"),

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # What only adapters may import: clients of services and web frameworks.
 SERVICE_CLIENTS = {"requests", "boto3", "botocore", "kafka", "smtplib", "prometheus_client", "aiohttp",
-                   "flask", "waitress", "urllib3", "http", "moto", "aiobotocore"}
+                   "flask", "waitress", "granian", "urllib3", "http", "moto", "aiobotocore"}
 MAX_LINES = 450
 
 

@@ -122,6 +122,40 @@ def test_ties_break_by_movie_index_ascending():
     assert top_k_indices(scores, 10, n_available=5).tolist() == [1, 2, 4, 3, 0]
 
 
+def _top_k_by_full_partition(scores, k, n_available=None):
+    """The selection as it was before the sampled threshold: partition everything, then sort the
+    ties at the k-th place exactly (score desc, index asc)."""
+    k = min(k, len(scores) if n_available is None else n_available)
+    if k <= 0:
+        return []
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k] if k < len(scores) else -np.inf
+    candidates = np.flatnonzero(scores >= kth)
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:k].tolist()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_sampled_threshold_selects_exactly_what_the_full_partition_selects(seed):
+    """Property over random catalogues: sizes on both sides of the sampling cut-off, many ties
+    (scores rounded), excluded items (-inf, as recommend marks what a user saw), sorted and
+    reverse-sorted scores, a few outliers at evenly spaced positions (a threshold from a strided
+    sample then keeps fewer than k), k from 1 to past n_available."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([5, 300, 511, 512, 2000, 5003, 20000]))
+    scores = rng.standard_normal(n).astype(rng.choice([np.float32, np.float64]))
+    if seed % 4 == 1:
+        scores = np.round(scores, 1)  # heavy ties, also at the k-th place
+    if seed % 4 == 2:
+        scores = np.sort(scores)[::-1].copy() if seed % 8 == 2 else np.sort(scores)
+    if seed % 4 == 3:  # a few outliers at evenly spaced positions: a strided sample overrates them
+        scores[:: max(1, n // 256)][: int(rng.integers(1, 12))] = 50.0
+    excluded = rng.random(n) < rng.choice([0.0, 0.3, 0.99])
+    scores[excluded] = -np.inf
+    n_available = int(n - excluded.sum())
+    for k in (1, 20, 64, n_available, n_available + 5):
+        got = top_k_indices(scores, k, n_available=n_available).tolist()
+        assert got == _top_k_by_full_partition(scores, k, n_available=n_available), (n, k)
+
+
 def test_equal_scores_give_the_same_answer_every_time():
     movies = np.array([f"m{i:03d}" for i in range(50)])
     model = from_arrays(

@@ -1,8 +1,16 @@
 """The function server of the python3-http-debian template.
 
-Serves `function/handler.py`'s `handle(event, context)` over HTTP with Flask under waitress.
-In a container of-watchdog (mode=http) sits in front on :8080 and forwards to 127.0.0.1:5000;
-without a container the local runtime starts this file directly and sets PORT.
+Serves `function/handler.py`'s `handle(event, context)` over HTTP with Flask (the WSGI app
+below) under granian, a Rust HTTP server: HTTP parsing, keep-alive and writes happen in Rust, only
+the app runs in Python (measured against the former waitress with `make bench-capacity`: see
+bench/README.md). In a container of-watchdog (mode=http) sits in front on :8080 and forwards to
+127.0.0.1:5000; without a container the local runtime starts this file directly and sets PORT.
+
+Processes: `python index.py` is granian's main process; it binds the port, then forks one worker
+that imports the handler (the model loads there, once) and serves. The worker dies with the main
+process (PR_SET_PDEATHSIG: a `kill -9` of the replica leaves nothing holding its port), and a
+handler that exits at import (recommend's `SystemExit(78)` for a model that can never load) makes
+the main process exit with that same code. No access log, no per-request line.
 
 Health, as the real platforms see it (see README.md):
 - `/_/ready` answers the handler's optional `ready()` hook: (ok, one line), 200 or 503. The
@@ -26,10 +34,48 @@ import socket
 import sys
 import threading
 
+if __name__ == "__main__":  # granian's main process: bind, fork the worker, never import the handler
+    import ctypes
+    import multiprocessing
+    import signal
+
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    multiprocessing.set_start_method("fork")  # the worker inherits the bound socket and this module
+    _WORKER_EXIT = multiprocessing.Value("i", 0)
+    _MAIN_PID = os.getpid()
+
+    def _load_app(_target):
+        """In the worker: die with the main process, import the handler, serve `app`."""
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != _MAIN_PID:
+            os._exit(1)
+        try:
+            import index
+        except SystemExit as e:  # the handler refused to start: the main process says so by its code
+            _WORKER_EXIT.value = e.code if isinstance(e.code, int) else 1
+            raise
+        index.start_lock_thread()
+        return index.serve
+
+    _server = Server("index:serve", address=os.getenv("BIND_HOST", "127.0.0.1"), port=int(os.getenv("PORT", "5000")),
+                     interface=Interfaces.WSGI, workers=1,
+                     blocking_threads=int(os.getenv("SERVER_THREADS", "8")), log_enabled=False, log_access=False)
+    try:
+        _server.serve(target_loader=_load_app)
+    except SystemExit as e:
+        sys.exit(_WORKER_EXIT.value or e.code)
+    except (OSError, RuntimeError) as e:  # e.g. the port is taken: one line, not a Rust backtrace
+        print(f"index.py: cannot serve on {os.getenv('BIND_HOST', '127.0.0.1')}:{os.getenv('PORT', '5000')}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(_WORKER_EXIT.value)
+
 from flask import Flask, Response, request
-from waitress import create_server
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
+from werkzeug.wrappers import Request
 
 FUNCTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "function")
 sys.path.insert(0, FUNCTION_DIR)
@@ -53,11 +99,12 @@ app.url_map.converters["anypath"] = _AnyPath
 
 
 class Event:
-    def __init__(self, path):
-        self.body = request.get_data()
-        self.headers = request.headers
-        self.method = request.method
-        self.query = request.args
+    def __init__(self, path, req=None):
+        req = request if req is None else req  # Flask's request of this call, or the fast path's own
+        self.body = req.get_data()
+        self.headers = req.headers
+        self.method = req.method
+        self.query = req.args
         self.path = path
 
 
@@ -138,6 +185,26 @@ def call_handler(path):
     return _format(handler.handle(Event("/" + path), CONTEXT))
 
 
+def serve(wsgi_call, start_response):
+    """The WSGI app granian runs. `GET /<path>` (the calls, e.g. `GET /<userid>`) goes straight to
+    the handler through the same Event, Context, reply shaping and error answers as Flask's
+    `call_handler` route, without Flask's per-request dispatch (contexts, URL map), which cost
+    more CPU than recommend's scoring; everything else (other methods, `/`, `/_/...`, `//`) is
+    Flask's `app`, unchanged."""
+    path = wsgi_call.get("PATH_INFO") or ""  # the WSGI environ of this call
+    if (wsgi_call.get("REQUEST_METHOD") != "GET" or len(path) < 2 or path[1] == "/" or "//" in path
+            or path.startswith("/_/")):
+        return app(wsgi_call, start_response)
+    req = Request(wsgi_call)
+    try:
+        response = _format(handler.handle(Event(req.path, req), CONTEXT))
+    except HTTPException as error:
+        response = _http_error(error)
+    except Exception as error:  # noqa: BLE001 (as Flask's errorhandler(Exception): a one-line 500)
+        response = _unexpected(error)
+    return response(wsgi_call, start_response)
+
+
 def owns_lock_file(env=os.environ):
     """True when the watchdog was told not to write the lock (`suppress_lock`), so this server must."""
     return (env.get("suppress_lock") or "").strip().lower() in ("1", "true")
@@ -169,15 +236,9 @@ def _keep_lock_in_step(stop):
             return
 
 
-if __name__ == "__main__":
-    server = create_server(  # binds now: the lock is written only once calls can be answered
-        app,
-        host=os.getenv("BIND_HOST", "127.0.0.1"),
-        port=int(os.getenv("PORT", "5000")),
-        threads=int(os.getenv("SERVER_THREADS", "8")),
-        ident=None,
-    )
+def start_lock_thread():
+    """In the serving process, once the port is bound (granian's main bound it before the fork):
+    keep the lock file in step with `ready()` when the watchdog left it to us."""
     if owns_lock_file():
         threading.Thread(target=_keep_lock_in_step, args=(threading.Event(),), name="lock-file",
                          daemon=True).start()
-    server.run()

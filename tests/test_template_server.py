@@ -1,0 +1,124 @@
+"""The template's server answers a call the same whichever way it takes through index.py.
+
+`index.serve` (what granian runs) sends `GET /<path>` straight to the handler and everything else
+to the Flask `app`; the straight way must be invisible: for every GET path a caller may send,
+well-formed or hostile, the status, body and headers equal what the Flask app answers. Run in the
+recommend build context with a small saved model, as the function runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.recommend import build_bench_model
+from localfaas.build import build_function
+from localfaas.stackfile import load_stack
+from movierec.artifact import save_model
+from tests.test_template_probes import REPO
+
+PATHS = ["/1", "/7", "/123456789", "/1999999999", "/abc", "/1%0a", "/-5", "/%ff", "/1?x=2", "/?user=7",
+         "/health", "/1/2", "/1/", "/%2F1", "/99999999999999999999999", "/" + "9" * 300, "/_/ready",
+         "/_/health", "/_/other", "//1", "/1//2", "/", "/1%20"]
+
+COMPARE = """
+import json, sys, index
+from werkzeug.test import Client
+fast, flask = Client(index.serve), Client(index.app)
+out = []
+for path in json.loads(sys.argv[1]):
+    a, b = fast.get(path), flask.get(path)
+    out.append([path, [a.status_code, a.get_data(as_text=True), sorted(a.headers.items())],
+                [b.status_code, b.get_data(as_text=True), sorted(b.headers.items())]])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("template-server")
+    stack = load_stack(REPO / "stack.yml", env={})
+    context = build_function(stack, stack.functions["recommend"], tmp / "build")
+    model = build_bench_model(50, 40, n_factors=4, seed=3)
+    save_model(model, tmp / "model")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "TMPDIR": str(tmp), "MODEL_PATH": str(tmp / "model"),
+           "STORE_URL": "", "PUSHGATEWAY_URL": "", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", COMPARE, json.dumps(PATHS)], cwd=context.path, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_get_path_gets_from_the_straight_way_exactly_what_flask_answers(answers):
+    assert [a[0] for a in answers] == PATHS
+    for path, fast, flask in answers:
+        assert fast == flask, path
+
+
+def test_the_comparison_covers_served_ids_refusals_and_the_probe_routes(answers):
+    """Not a comparison of empty answers: known ids get ids, hostile ones a 4xx, probes their line."""
+    by_path = {path: fast for path, fast, _ in answers}
+    assert by_path["/1"][0] == 200 and by_path["/1"][1].count(",") >= 1
+    assert by_path["/abc"][0] == 400 and by_path["/1%0a"][0] == 400
+    assert by_path["/1/2"][0] == 404 and by_path["/_/ready"][0] == 200
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_replica_killed_with_sigkill_leaves_no_worker_holding_its_port(tmp_path):
+    """`python index.py` is granian's main process and the handler runs in its forked worker: a
+    `kill -9` of the process the runtime started (what the demo and an OOM kill do) must take the
+    worker with it, or the old worker would keep answering on the port."""
+    import signal
+    import time
+
+    import requests
+
+    from scripts._proc import free_port, pid_alive
+
+    stack = load_stack(REPO / "stack.yml", env={})
+    context = build_function(stack, stack.functions["recommend"], tmp_path / "build")
+    save_model(build_bench_model(50, 40, n_factors=4, seed=3), tmp_path / "model")
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PORT": str(port),
+           "MODEL_PATH": str(tmp_path / "model"), "STORE_URL": "", "PUSHGATEWAY_URL": ""}
+    process = subprocess.Popen([sys.executable, "index.py"], cwd=context.path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/_/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "index.py never became ready"
+            time.sleep(0.05)
+        workers = _children_of(process.pid)
+        assert workers, "the handler runs in a forked worker"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(pid_alive(w) for w in workers)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/1", timeout=2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
