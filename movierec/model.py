@@ -3,8 +3,9 @@
 Owns `RecommenderModel` (SVD factors and biases as float32 numpy arrays, sorted user and movie
 ids, each user's seen movies as CSR, a cold-start list, and optionally the ranking model's
 factors), `build_model` (from a fitted scikit-surprise SVD and its training table), `svd_arrays`,
-`from_arrays`, top-k selection and `ModelIntegrityError` (raised when arrays are inconsistent).
-The on-disk artifact is `movierec.artifact`; the ranking model is fitted by `movierec.ranking`.
+`from_arrays` and `ModelIntegrityError` (raised when arrays are inconsistent).
+Top-k selection and sorted lookups are `movierec.selection`'s. The on-disk artifact is
+`movierec.artifact`; the ranking model is fitted by `movierec.ranking`.
 
 Rating prediction follows surprise's SVD: est = mu + bu[u] + bi[i] + qi[i] . pu[u].
 The top-k order: for a user with ranking factors (`user_ranked`), rank_bi[i] + rank_qi[i] . rank_pu[u]
@@ -24,6 +25,7 @@ import numpy as np
 from movierec.errors import Rejected
 from movierec.events import RATING_MAX, RATING_MIN, USER_ID_MAX
 from movierec.ratings import RatingsTable
+from movierec.selection import lookup_sorted, top_k_indices
 
 DEFAULT_K = 20
 # Long enough that users who already watched many popular movies still get 20 unseen ones.
@@ -225,43 +227,6 @@ class RecommenderModel:
 
     def cold_start_ids(self, k: int = DEFAULT_K) -> list[str]:
         return self._cold_start_list[:k]
-
-
-def lookup_sorted(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """Position of each needle in a sorted, unique haystack, or -1 where it is absent."""
-    if len(needles) == 0 or len(haystack) == 0:
-        return np.full(len(needles), -1, dtype=np.int64)
-    pos = np.searchsorted(haystack, needles)
-    found = haystack[np.minimum(pos, len(haystack) - 1)] == needles
-    return np.where(found & (pos < len(haystack)), pos, -1)
-
-
-def top_k_indices(scores: np.ndarray, k: int, n_available: int | None = None) -> np.ndarray:
-    """Indices of the k largest scores, ordered by score desc then index asc.
-
-    `n_available` says how many scores are real (the rest are -inf placeholders for excluded
-    items). Ties at the k-th place are all considered, so the tie-break is exact. On a catalogue
-    of 512+ a threshold comes first from a strided sample of ~256 (the value about 3k scores of
-    the whole reach): one comparison keeps the candidates, only those are partitioned and sorted;
-    when fewer than k reach it, everything is partitioned instead, so the answer never changes.
-    """
-    n = len(scores)
-    k = min(k, n if n_available is None else n_available)
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    candidates = None
-    if n >= 512 and k * 16 <= n:
-        sample = scores[:: max(1, n // 256)]
-        rank = min(len(sample), -(-3 * k * len(sample) // n) + 1)
-        above = np.flatnonzero(scores >= np.partition(sample, len(sample) - rank)[len(sample) - rank])
-        candidates = above if len(above) >= k else None
-    if candidates is None:
-        candidates = np.arange(n)
-    if k < len(candidates):
-        values = scores[candidates]
-        candidates = candidates[values >= np.partition(values, len(values) - k)[len(values) - k]]
-    order = np.lexsort((candidates, -scores[candidates]))
-    return candidates[order[:k]]
 
 
 # -- building ---------------------------------------------------------------------------------

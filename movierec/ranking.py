@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from movierec.model import DEFAULT_K, RecommenderModel, top_k_indices
+from movierec.model import DEFAULT_K, RecommenderModel
 from movierec.ratings import RatingsTable
+from movierec.selection import top_k_indices
 from movierec.settings import setting_field
 
 RELEVANT_RATING = 4.0  # a holdout rating this high marks a movie the user wanted

@@ -14,8 +14,9 @@ from movierec.artifact import (
     save_model,
     serialize_model,
 )
-from movierec.model import ModelIntegrityError, build_model, from_arrays, top_k_indices
+from movierec.model import ModelIntegrityError, build_model, from_arrays
 from movierec.ratings import RatingsTable
+from movierec.selection import top_k_indices
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams, evaluate, fit_svd
 

@@ -12,7 +12,6 @@ import pytest
 from movierec.artifact import load_model, save_model
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.events import RateEvent, WatchEvent
-from movierec.model import top_k_indices
 from movierec.ranking import (
     Interactions,
     RankingParams,
@@ -24,6 +23,7 @@ from movierec.ranking import (
 )
 from movierec.ratings import WatchPairs
 from movierec.registry import Registry, load_serving_model
+from movierec.selection import top_k_indices
 from movierec.snapshot import (
     export_snapshot_data,
     load_snapshot_data,
