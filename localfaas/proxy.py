@@ -32,6 +32,7 @@ from yarl import URL
 from localfaas.metrics import GatewayMetrics
 from localfaas.replies import GatewayError, function_name, text_response
 from localfaas.supervisor import FunctionRuntime, Supervisor
+from localfaas.validate import whole_number
 
 log = logging.getLogger("localfaas.proxy")
 
@@ -211,7 +212,7 @@ class FunctionProxy:
     def body_limit(self, runtime: FunctionRuntime) -> int:
         raw = runtime.config.labels.get(MAX_BODY_LABEL, "")
         try:
-            value = int(raw)
+            value = whole_number(raw)
         except ValueError:
             return self.max_body  # as the scaling labels are read: not a number means the default
         return value if value >= 0 else self.max_body

@@ -85,6 +85,15 @@ def test_a_function_label_sets_its_own_body_limit(faas):
     assert faas.call("spare", data=b"a" * 50).status_code == 200
 
 
+def test_a_body_limit_label_in_other_digits_is_not_a_number_and_the_default_applies(faas):
+    # int() reads '١٠٠' (Arabic-Indic digits) as 100; the label takes ASCII digits only, as the
+    # scaling labels do, so this label is ignored and the gateway's default limit holds.
+    labels = requests.get(f"{faas.url}/system/function/spare", auth=faas.auth, timeout=10).json()["labels"] or {}
+    reply = _redeploy(faas, "spare", labels={**labels, "com.openfaas.localfaas.max-body-bytes": "\u0661\u0660\u0660"})
+    assert reply.status_code in (200, 202), reply.text
+    faas.wait_until(lambda: faas.call("spare", data=b"a" * 200).status_code == 200, "the default limit")
+
+
 @pytest.mark.parametrize("changes, says", [
     ({"secrets": ["../../etc/hostname"]}, "secret name"),
     ({"secrets": ["/etc/hostname"]}, "secret name"),
