@@ -15,7 +15,6 @@ the object store, HTTP.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -257,25 +256,38 @@ class RatingsTable:
         return self.take(np.sort(len(self) - 1 - first_from_end))  # take() carries the codes
 
 
-@dataclass(frozen=True, eq=False)
 class WatchPairs:
     """One row per (user, movie) the user watched: how many watch lines (minutes) and the time
-    of the last one. Built from a snapshot's watch lines by `from_lines`."""
+    of the last one. Built from a snapshot's watch lines by `from_lines` (per-line strings) or
+    `from_coded_lines` (codes into a vocabulary, what the batch loaders give: the pairs stay
+    coded and `movie_ids` is built on demand, as `RatingsTable`'s)."""
 
-    user_ids: np.ndarray  # int64
-    movie_ids: np.ndarray  # numpy unicode
-    minutes: np.ndarray  # int32, watch lines of the pair
-    last_time_us: np.ndarray  # int64 microseconds since the epoch (UTC)
+    __slots__ = ("_codes", "_movie_ids", "last_time_us", "minutes", "user_ids")
 
-    def __post_init__(self) -> None:
-        n = len(self.user_ids)
-        if not len(self.movie_ids) == len(self.minutes) == len(self.last_time_us) == n:
+    def __init__(self, user_ids, movie_ids, minutes, last_time_us) -> None:
+        movies = np.asarray(movie_ids)
+        self._init(user_ids, movies if movies.dtype.kind == "U" else movies.astype(str), minutes, last_time_us, None)
+
+    def _init(self, user_ids, movies, minutes, last_time_us, codes: Codes | None) -> None:
+        n = len(user_ids)
+        n_movies = len(movies) if movies is not None else len(codes.movie_codes)
+        if not n_movies == len(minutes) == len(last_time_us) == n:
             raise ValueError("WatchPairs columns differ in length")
-        movies = np.asarray(self.movie_ids)
-        object.__setattr__(self, "user_ids", np.asarray(self.user_ids, dtype=np.int64))
-        object.__setattr__(self, "movie_ids", movies if movies.dtype.kind == "U" else movies.astype(str))
-        object.__setattr__(self, "minutes", np.asarray(self.minutes, dtype=np.int32))
-        object.__setattr__(self, "last_time_us", np.asarray(self.last_time_us, dtype=np.int64))
+        self.user_ids = np.asarray(user_ids, dtype=np.int64)
+        self._movie_ids = movies
+        self.minutes = np.asarray(minutes, dtype=np.int32)
+        self.last_time_us = np.asarray(last_time_us, dtype=np.int64)
+        self._codes = codes
+
+    @property
+    def movie_ids(self) -> np.ndarray:
+        """Per-pair movie ids (numpy unicode); built on demand for coded pairs."""
+        if self._movie_ids is not None:
+            return self._movie_ids
+        codes = self._codes
+        if len(codes.movie_codes) == 0:
+            return np.empty(0, dtype="<U1")
+        return np.asarray(codes.movies[codes.movie_codes], dtype=str)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -289,30 +301,41 @@ class WatchPairs:
         """Fold watch lines (any order) into pairs, sorted by user id then movie id."""
         if len(user_ids) == 0:
             return cls.empty()
-        users, user_codes = factorize_ints(np.asarray(user_ids, dtype=np.int64))
         movies, movie_codes = factorize_strings(np.asarray(movie_ids))
-        keys = user_codes * len(movies) + movie_codes
+        return cls.from_coded_lines(time_us, user_ids, movies, movie_codes)
+
+    @classmethod
+    def from_coded_lines(cls, time_us: np.ndarray, user_ids: np.ndarray, movies: np.ndarray,
+                         movie_codes: np.ndarray) -> WatchPairs:
+        """As `from_lines`, of lines whose movies are `movies[movie_codes]` (`movies` sorted and
+        distinct, unicode or an object array of str): the pairs carry codes, not strings."""
+        if len(user_ids) == 0:
+            return cls.empty()
+        users, user_codes = factorize_ints(np.asarray(user_ids, dtype=np.int64))
+        keys = user_codes * len(movies) + np.asarray(movie_codes, dtype=np.int64)
         pair_keys, inverse, minutes = np.unique(keys, return_inverse=True, return_counts=True)
+        del keys
         last = np.full(len(pair_keys), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last, inverse.reshape(-1), np.asarray(time_us, dtype=np.int64))
         u, m = np.divmod(pair_keys, len(movies))
-        pairs = cls(users[u], movies[m], minutes.astype(np.int32), last)
-        object.__setattr__(pairs, "_codes", Codes(*_compact(users, u), *_compact(movies, m)))
+        pairs = cls.__new__(cls)
+        codes = Codes(*_compact(users, u), *_compact(np.asarray(movies), m))
+        pairs._init(users[u], None, minutes.astype(np.int32), last, codes)
         return pairs
 
     @property
     def codes(self) -> Codes:
         """Sorted distinct ids and per-row codes, computed once (as `RatingsTable.codes`)."""
-        cached = self.__dict__.get("_codes")
-        if cached is None:
-            cached = Codes(*factorize_ints(self.user_ids), *factorize_strings(self.movie_ids))
-            object.__setattr__(self, "_codes", cached)
-        return cached
+        if self._codes is None:
+            self._codes = Codes(*factorize_ints(self.user_ids), *factorize_strings(self._movie_ids))
+        return self._codes
 
     def take(self, rows: np.ndarray) -> WatchPairs:
-        taken = WatchPairs(self.user_ids[rows], self.movie_ids[rows], self.minutes[rows], self.last_time_us[rows])
-        codes = self.__dict__.get("_codes")
-        if codes is not None:
-            object.__setattr__(taken, "_codes", Codes(*_compact(codes.users, codes.user_codes[rows]),
-                                                      *_compact(codes.movies, codes.movie_codes[rows])))
+        codes = self._codes
+        if codes is None:
+            return WatchPairs(self.user_ids[rows], self._movie_ids[rows], self.minutes[rows], self.last_time_us[rows])
+        taken = WatchPairs.__new__(WatchPairs)
+        per_row = None if self._movie_ids is None else self._movie_ids[rows]
+        taken._init(self.user_ids[rows], per_row, self.minutes[rows], self.last_time_us[rows],
+                    Codes(*_compact(codes.users, codes.user_codes[rows]), *_compact(codes.movies, codes.movie_codes[rows])))
         return taken

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from movierec.batches.layout import list_batches
-from movierec.batches.loaders import load_ratings, load_watches
+from movierec.batches.loaders import load_ratings, load_watch_codes
 from movierec.errors import Rejected
 from movierec.ratings import RatingsTable, WatchPairs
 from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
@@ -187,8 +187,8 @@ def _collect(store: ObjectStore, topic: str | None, with_watches: bool):
 
 
 def _watch_pairs(view: ObjectStore, topic: str | None) -> WatchPairs:
-    watches = load_watches(view, topic)
-    return WatchPairs.from_lines(watches.time_us, watches.user_ids, watches.movie_ids)
+    lines = load_watch_codes(view, topic)
+    return WatchPairs.empty() if lines is None else WatchPairs.from_coded_lines(*lines)
 
 
 def _recorded(store: ObjectStore, snap_id: str) -> tuple[Snapshot, SnapshotView]:

@@ -8,7 +8,7 @@ reset or replaced in between), so each epoch's offsets are kept once on their ow
 Ratings are read as integer codes, batch by batch (`_Coded`): one vocabulary merge, no per-row
 strings, each batch's bytes dropped once decoded.
 
-Owns: `load_ratings` (a coded `movierec.ratings.RatingsTable`), `load_watches` (`WatchColumns`),
+Owns: `load_ratings` (a coded `movierec.ratings.RatingsTable`), `load_watches` (`WatchColumns`), `load_watch_codes`,
 `load_quarantine`, `iter_recommendations`.
 
 Must not touch: writing batches (`builder`), Kafka, what readers do with the rows.
@@ -146,6 +146,13 @@ class WatchColumns:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+
+def load_watch_codes(store: ObjectStore, topic: str | None = None):
+    """Every stored watch line as (time_us, user ids, sorted distinct movie ids (object array),
+    int32 codes into them), event-time order, each record once; None without watches."""
+    merged = _coded_once(store, "watches", topic, "minute", np.int32)
+    return None if merged is None else merged[:4]
 
 
 def load_watches(store: ObjectStore, topic: str | None = None) -> WatchColumns:
