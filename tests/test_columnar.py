@@ -52,7 +52,7 @@ def test_batches_load_as_codes_into_one_sorted_vocabulary_with_the_same_rows(sto
     second = [f"{T},{u},GET /rate/m{u % 7 + 3}+1999={1 + u % 4}" for u in range(20, 40)]
     store_lines(store, [first, second])
     table = load_ratings(store)
-    users, user_codes, movies, movie_codes = table.codes
+    _, _, movies, movie_codes = table.codes
     assert movies.tolist() == sorted({f"m{i}+1999" for i in range(10)})  # each id once, both batches merged
     assert movie_codes.dtype == np.int32 and len(movie_codes) == 40
     expected = Counter((int(x.split(",")[1]), x.split("/")[2].split("=")[0], float(x[-1])) for x in first + second)
