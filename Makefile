@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-recommend bench-gateway bench-ingest bench-train bench-train-scale bench-quality release-token release-status release-drill up down status demo simulate clean
+.PHONY: test lint bench-recommend bench-serve-memory bench-gateway bench-ingest bench-train bench-train-scale bench-quality release-token release-status release-drill up down status demo simulate clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ lint: $(STAMP)
 
 bench-recommend: $(STAMP)
 	$(PY) -m bench.recommend
+
+# What a model of 20M ratings costs the recommend function (random factors of a trained model's
+# shapes through the real writer and registry, no training): peak RSS, load time and p50/p99 of a
+# fresh replica against its stack.yml memory limit; writes bench/results/serve_memory.json.
+# Another size: `make bench-serve-memory ARGS="--ratings 4000000"`.
+bench-serve-memory: $(STAMP)
+	$(PY) -m bench.serve_memory $(ARGS)
 
 # Ingest throughput vs raw kafka-python consumption on a local Tansu; writes bench/results/ingest.json.
 bench-ingest: $(STAMP)

@@ -36,8 +36,10 @@ from localfaas.gateway import Gateway
 from localfaas.images import Image, ImageStore
 from localfaas.proxy import DEFAULT_MAX_BODY
 from localfaas.records import DeploymentRecord
+from localfaas.server import GatewayRunner
 from localfaas.stackfile import Stack, StackError, load_stack
 from localfaas.supervisor import Supervisor
+from localfaas.validate import finite_number
 
 log = logging.getLogger("localfaas")
 
@@ -45,7 +47,7 @@ log = logging.getLogger("localfaas")
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else default
+        return finite_number(raw) if raw else default
     except ValueError:
         raise SystemExit(f"localfaas: {name}={raw!r} is not a number") from None
 
@@ -180,7 +182,7 @@ async def up(args: argparse.Namespace) -> int:
 
     await supervisor.start()
     await asyncio.to_thread(images.refresh_tags)
-    runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False)
+    runner = GatewayRunner(gateway.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
     try:

@@ -23,8 +23,6 @@ SCALE_MAX_LABEL = "com.openfaas.scale.max"
 DEFAULT_MIN_REPLICAS = 1  # the gateway's defaults when a label is absent or not a number
 DEFAULT_MAX_REPLICAS = 5
 DEFAULT_EXEC_TIMEOUT = 30.0  # of-watchdog's default when a function sets no timeout
-# faas-netes refuses names that are not DNS-1123 labels; a dot would also be read as `name.namespace`.
-_FUNCTION_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 class DeployError(RuntimeError):
@@ -45,11 +43,12 @@ class FunctionNotFound(KeyError):
 
 
 def parse_duration(text: str) -> float:
-    """Go-style durations as of-watchdog reads them: "10s", "1m30s", "500ms"; a bare number is seconds."""
+    """Go-style durations as of-watchdog reads them: "10s", "1m30s", "500ms"; a bare number is seconds.
+    ASCII digits only (Go's parser takes no others; Python's float() would take '٣' as 3)."""
     text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
         return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 2m, 500ms)")
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -57,12 +56,13 @@ def parse_duration(text: str) -> float:
 
 
 def check_function_name(name: object) -> str:
+    """A deployment's `service`: required, then `localfaas.validate`'s function-name rule."""
     if not isinstance(name, str) or not name:
         raise InvalidDeployment("service is required: the function's name")
-    if len(name) > 63 or not _FUNCTION_NAME.fullmatch(name):
-        raise InvalidDeployment(f"invalid function name {name!r}: use lower-case letters, digits and '-', "
-                                f"starting and ending with a letter or digit (at most 63)")
-    return name
+    try:
+        return validate.function_name(name)
+    except validate.ValidationError as exc:
+        raise InvalidDeployment(str(exc)) from None
 
 
 def _str_map(body: dict[str, Any], key: str) -> dict[str, str]:
@@ -88,7 +88,7 @@ def _resources(body: dict[str, Any], key: str) -> dict[str, str]:
 
 def _label_int(labels: dict[str, str], key: str, default: int, minimum: int) -> int:
     try:
-        value = int(labels.get(key, ""))
+        value = validate.whole_number(labels.get(key, ""))
     except ValueError:
         return default  # as the gateway reads scaling labels: not a number means the default
     return value if value >= minimum else default
@@ -128,8 +128,7 @@ class FunctionConfig:
         if not isinstance(body, dict):
             raise InvalidDeployment("request body must be a JSON object")
         try:
-            config = cls._from_body(body)
-            validate.function_name(config.name)
+            config = cls._from_body(body)  # its name checked there (check_function_name)
             validate.namespace(config.namespace)
             validate.secret_names(config.secrets)
             validate.environment(config.env_vars)

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from aiohttp import web
 
 from localfaas.replies import GatewayError, function_name
+from localfaas.validate import whole_number
 
 log = logging.getLogger("localfaas.logs")
 
@@ -103,7 +104,7 @@ class LogQuery:
             raise ValueError("name is required")
         tail_text, since_text = last("tail"), last("since")
         try:
-            tail = int(tail_text) if tail_text else 0
+            tail = whole_number(tail_text) if tail_text else 0
         except ValueError:
             raise ValueError(f"tail {tail_text!r} is not a whole number") from None
         since = None

@@ -6,6 +6,8 @@ Service, so it is checked before anything uses it:
   requires of a Service, which is stricter than the gateway's route rule `[-a-zA-Z_0-9.]+` (also
   checked: `route_name`); so `.`, `..`, `a/b` and `../x` are refused everywhere;
 - namespaces: a DNS-1123 label; secret names: a DNS-1123 subdomain (at most 253), as Kubernetes;
+- numbers from labels, settings and query strings: ASCII digits only (`whole_number`,
+  `finite_number`; Python's int()/float() take other scripts' digits, `nan` and `inf`);
 - environment variable names: Kubernetes' rule `[-._a-zA-Z][-._a-zA-Z0-9]*`; values without NUL;
 - template (`lang`) names: the route rule, never `.`/`..`;
 - paths from the stack (handler folders, `configuration.copy`, `environment_file`): relative and
@@ -23,65 +25,84 @@ Used by `stackfile` (every function of a stack file), `build` (paths, and the on
 `envVars`, and `system_api` its `envProcess` against the image's own process; each refusal is a
 400 with one line.
 
-Owns: the rules above and `ValidationError`. Must not touch: reading the stack file, building,
+Owns: the rules above (the names' in one table, `NAME_RULES`: pattern, longest length, message)
+and `ValidationError`. Must not touch: reading the stack file, building,
 running processes, HTTP (callers turn a ValidationError into their own error or a 400).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-ROUTE_NAME = re.compile(r"[-a-zA-Z_0-9.]+")  # the gateway's {name} in /function/{name}
+ROUTE_NAME = re.compile(r"(?!\.\.?\Z)[-a-zA-Z_0-9.]+")  # the gateway's {name} in /function/{name}; not . or ..
 ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")  # Kubernetes' rule for container env names
 MAX_LABEL, MAX_SUBDOMAIN = 63, 253
+_UNBOUNDED = 1 << 30  # the gateway's route rule and template names set no length
 
 
 class ValidationError(ValueError):
     """A name, path or process localfaas refuses; the message is one line and says the rule."""
 
 
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{what} is required")
-    return value
+@dataclass(frozen=True)
+class NameRule:
+    """One kind of name: what it is called when missing, its pattern (whole name), its longest
+    length, and what a refusal says after `invalid <kind> '<name>': `."""
+
+    required: str
+    kind: str
+    pattern: re.Pattern[str]
+    max_length: int
+    says: str
+
+
+NAME_RULES = {
+    "function": NameRule("a function name", "function name", DNS1123_LABEL, MAX_LABEL,
+                         "use lower-case letters, digits and '-', starting and ending with a letter or digit "
+                         f"(at most {MAX_LABEL}, DNS-1123)"),
+    "route": NameRule("a route name", "function name", ROUTE_NAME, _UNBOUNDED, "expected [-a-zA-Z_0-9.]+"),
+    "namespace": NameRule("a namespace", "namespace", DNS1123_LABEL, MAX_LABEL,
+                          f"a DNS-1123 label (lower-case letters, digits, '-', at most {MAX_LABEL})"),
+    "secret": NameRule("a secret name", "secret name", DNS1123_SUBDOMAIN, MAX_SUBDOMAIN,
+                       "use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit "
+                       f"(at most {MAX_SUBDOMAIN})"),
+    "template": NameRule("a template (lang)", "template name", ROUTE_NAME, _UNBOUNDED, "expected [-a-zA-Z_0-9.]+"),
+}
+
+
+def checked_name(kind: str, name: object) -> str:
+    """`name` when it follows NAME_RULES[kind], else a ValidationError saying the rule."""
+    rule = NAME_RULES[kind]
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"{rule.required} is required")
+    if len(name) > rule.max_length or not rule.pattern.fullmatch(name):
+        raise ValidationError(f"invalid {rule.kind} {name[:80]!r}: {rule.says}")
+    return name
 
 
 def function_name(name: object) -> str:
     """A function (service) name: a DNS-1123 label."""
-    text = _text(name, "a function name")
-    if len(text) > MAX_LABEL or not DNS1123_LABEL.fullmatch(text):
-        raise ValidationError(f"invalid function name {text[:80]!r}: use lower-case letters, digits and '-', "
-                              f"starting and ending with a letter or digit (at most {MAX_LABEL}, DNS-1123)")
-    return text
+    return checked_name("function", name)
 
 
 def route_name(name: object) -> str:
     """A `{name}` of `/function/{name}`: `[-a-zA-Z_0-9.]+`, never `.` or `..`."""
-    text = _text(name, "a route name")
-    if not ROUTE_NAME.fullmatch(text) or text in (".", ".."):
-        raise ValidationError(f"invalid function name {text[:80]!r}: expected [-a-zA-Z_0-9.]+")
-    return text
+    return checked_name("route", name)
 
 
 def namespace(name: object) -> str:
-    text = _text(name, "a namespace")
-    if len(text) > MAX_LABEL or not DNS1123_LABEL.fullmatch(text):
-        raise ValidationError(f"invalid namespace {text[:80]!r}: a DNS-1123 label (lower-case letters, digits, "
-                              f"'-', at most {MAX_LABEL})")
-    return text
+    return checked_name("namespace", name)
 
 
 def secret_name(name: object) -> str:
-    text = _text(name, "a secret name")
-    if len(text) > MAX_SUBDOMAIN or not DNS1123_SUBDOMAIN.fullmatch(text):
-        raise ValidationError(f"invalid secret name {text[:80]!r}: use lower-case letters, digits, '-' and '.', "
-                              f"starting and ending with a letter or digit (at most {MAX_SUBDOMAIN})")
-    return text
+    return checked_name("secret", name)
 
 
 def secret_names(names: Iterable[object]) -> list[str]:
@@ -102,10 +123,28 @@ def environment(env: Mapping[object, object]) -> dict[str, str]:
 
 
 def template_name(lang: object) -> str:
-    text = _text(lang, "a template (lang)")
-    if not ROUTE_NAME.fullmatch(text) or text in (".", ".."):
-        raise ValidationError(f"invalid template name {text[:80]!r}: expected [-a-zA-Z_0-9.]+")
-    return text
+    return checked_name("template", lang)
+
+
+_WHOLE = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def whole_number(text: str) -> int:
+    """An int written in ASCII digits (int() alone takes '٣' and '３' as 3, and '1_000')."""
+    if not _WHOLE.fullmatch(text.strip()):
+        raise ValueError(f"{text[:40]!r} is not a whole number")
+    return int(text)
+
+
+def finite_number(text: str) -> float:
+    """A finite float written in ASCII digits (float() alone takes 'nan', 'inf' and '٣')."""
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"{text[:40]!r} is not a number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]!r} is not a finite number")
+    return value
 
 
 def env_process(requested: str | None, own: str) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def register_drill_version(
         copy = Path(tmp) / "drill"
         copy.mkdir()
         for name in entry.metadata["files"]:
-            (copy / name).write_bytes((fetched / name).read_bytes())
+            shutil.copyfile(fetched / name, copy / name)  # streamed: a model file is never held whole
         manifest_path = copy / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest[DRILL_KEY] = drill.as_manifest()

@@ -13,6 +13,7 @@ Must not touch: services (the store is passed in), the training job's gates and 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -63,7 +64,7 @@ def write_lineage(store: ObjectStore, version: str, out_dir: str) -> dict[str, A
         fetched = registry.fetch(version, cache)
         (out / "model").mkdir(parents=True, exist_ok=True)
         for name in entry.metadata["files"]:
-            (out / "model" / name).write_bytes((fetched / name).read_bytes())
+            shutil.copyfile(fetched / name, out / "model" / name)  # streamed, not held whole
     lineage = {
         "version": version,
         "snapshot_id": snapshot.id,

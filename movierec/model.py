@@ -290,10 +290,17 @@ def _check_consistent(m: RecommenderModel) -> None:
         problems.append("global_mean is not finite")
     for name in ("user_bias", "user_factors", "item_bias", "item_factors", "rank_user_factors",
                  "rank_item_factors", "rank_item_bias"):
-        if not np.all(np.isfinite(getattr(m, name))):
+        if not _all_finite(getattr(m, name)):
             problems.append(f"{name} holds NaN or infinite values")
     if problems:
         raise ModelIntegrityError("inconsistent model: " + "; ".join(problems))
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """np.isfinite(a).all() in chunks: no temporary the size of a (a memory-mapped model's
+    factor matrices are checked at load without a second copy's worth of booleans)."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i: i + chunk]).all() for i in range(0, flat.size, chunk))
 
 
 def seen_csr(

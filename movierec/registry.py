@@ -17,6 +17,11 @@ coordination, still sorts in registration order (lexicographic == chronological)
 suffix makes two registrations in the same second distinct and lets a name be checked against
 its bytes.
 
+Registration streams: `register_model` writes the artifact once (hashed while written, see
+movierec.artifact) and `publish` streams each file to the store, which hashes what it writes
+against the recorded sha256; `fetch` streams each file from the store into the cache, hashing it
+on the way; nothing the size of a model is held in memory or read back to be hashed again.
+
 `load_serving_model(spec, store, cache_dir)` is what a recommend deployment calls: it resolves a
 version or alias, and uses the files in `cache_dir` only once each matches the sha256 the registry
 records for that version (a copy that does not, damaged or planted, is downloaded again and
@@ -55,6 +60,7 @@ from movierec.store import (
     ObjectNotFoundError,
     ObjectStore,
     StoreUnavailableError,
+    sha256_file,
     sha256_hex,
     validate_key,
     write_atomic,
@@ -73,6 +79,9 @@ KNOWN_ALIASES = (STABLE, CANDIDATE)  # the aliases the product moves (training a
 VERSION_RE = re.compile(r"v[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
 ALIAS_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 CACHE_FOLDER = "model-cache"
+# Cached model files are never rewritten in place (a new copy replaces the folder by rename): a
+# replica maps model.npz (movierec.artifact), so the pages it serves are the bytes it hashed.
+CACHED_FILE_MODE = 0o444
 
 
 class RegistryError(MovierecError):
@@ -197,56 +206,70 @@ class Registry:
         extra: dict[str, Any] | None = None,
         now: datetime | None = None,
         version: str | None = None,
+        hashes: Mapping[str, str] | None = None,
     ) -> ModelVersion:
-        """Store every file of a saved model directory as a new immutable version."""
+        """Store every file of a saved model directory as a new immutable version.
+
+        Each file is streamed to the store (`put_once_file`), which hashes what it writes and
+        refuses bytes that differ from the sha256 recorded here; nothing is read back. `hashes`
+        (name -> sha256) are those the caller computed while writing the files (`register_model`:
+        save_model's manifest); any file without one is hashed here, streamed, before upload."""
         model_dir = Path(model_dir)
-        files = {p.name: p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file()}
-        if ARTIFACT not in files:
+        paths = {p.name: p for p in sorted(model_dir.iterdir()) if p.is_file()}
+        if ARTIFACT not in paths:
             raise RegistryError(f"cannot register {model_dir}: no {ARTIFACT} in it")
-        if METADATA in files:
+        if METADATA in paths:
             raise RegistryError(f"cannot register {model_dir}: {METADATA} is the registry's own file")
+        known = dict(hashes or {})
+        hashes = {name: known.get(name) or sha256_file(path) for name, path in paths.items()}
+        artifact_sha = hashes[ARTIFACT]
         now = now or utcnow()
         if version is None:
             # Two registrations of the same artifact within one second (a retrain on unchanged data, a
             # drill copy) would get one name: the later one takes the next free second, so names stay
             # unique and in registration order. A true race still ends in the store's write-once refusal.
-            version = version_name(sha256_hex(files[ARTIFACT]), now)
+            version = version_name(artifact_sha, now)
             while self.store.exists(f"{MODELS}/{version}/{ARTIFACT}"):
                 now += timedelta(seconds=1)
-                version = version_name(sha256_hex(files[ARTIFACT]), now)
+                version = version_name(artifact_sha, now)
         if not is_version(version):
             raise RegistryError(f"invalid version name {version!r}: expected vYYYYMMDD-HHMMSS-<sha8>")
-        if MANIFEST in files:
+        small: dict[str, bytes] = {}  # files rewritten here, small enough to hold
+        if MANIFEST in paths:
             # The model reports the version it serves from its manifest (X-Model-Version); the
             # manifest's own sha256 covers model.npz only, so naming it here keeps it valid.
-            manifest = json.loads(files[MANIFEST])
+            manifest = json.loads(paths[MANIFEST].read_bytes())
             if isinstance(manifest, dict) and manifest.get("version") != version:
                 manifest["version"] = version
-                files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-        hashes = {name: sha256_hex(data) for name, data in files.items()}
+                small[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+                hashes[MANIFEST] = sha256_hex(small[MANIFEST])
         metadata = {
             "version": version,
             "created": iso(now),
             "files": hashes,
-            "sha256": hashes[ARTIFACT],
+            "sha256": artifact_sha,
             "params": params or {},
             "metrics": metrics or {},
             "snapshot_id": snapshot_id,
             "code_version": code or code_version(),
             **({"extra": extra} if extra else {}),
         }
-        for name, data in files.items():
-            self.store.put_once(f"{MODELS}/{version}/{name}", data)
+        for name, path in paths.items():
+            key = f"{MODELS}/{version}/{name}"
+            if name in small:
+                self.store.put_once(key, small[name])
+            else:
+                self.store.put_once_file(key, path, hashes[name])
         self.store.put_once(f"{MODELS}/{version}/{METADATA}", _dump(metadata))
         return ModelVersion(version, metadata)
 
     def register_model(self, model: Any, **kwargs: Any) -> ModelVersion:
-        """Serialize a RecommenderModel (model.npz + manifest.json) and publish it."""
+        """Serialize a RecommenderModel (model.npz + manifest.json, hashed while written) and publish it."""
         from movierec.artifact import save_model
 
         with tempfile.TemporaryDirectory(prefix="movierec-register-") as tmp:
-            save_model(model, tmp)
-            return self.publish(tmp, **kwargs)
+            manifest = save_model(model, tmp)
+            return self.publish(tmp, hashes={ARTIFACT: manifest["sha256"]}, **kwargs)
 
     def versions(self) -> list[str]:
         """Every complete version, oldest first."""
@@ -331,13 +354,13 @@ class Registry:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
         try:
             for name, expected in files.items():
-                data = self.store.get(f"{MODELS}/{version}/{validate_key(name)}")
-                if sha256_hex(data) != expected:
-                    raise IntegrityError(
-                        f"model {version}: {name} sha256 {sha256_hex(data)[:12]} != registered {expected[:12]}"
-                    )
-                (staging / name).write_bytes(data)
+                # Streamed into the staging folder and hashed on the way: never whole in memory.
+                actual = self.store.get_file(f"{MODELS}/{version}/{validate_key(name)}", staging / name)
+                if actual != expected:
+                    raise IntegrityError(f"model {version}: {name} sha256 {actual[:12]} != registered {expected[:12]}")
+                os.chmod(staging / name, CACHED_FILE_MODE)
             (staging / METADATA).write_bytes(_dump(entry.metadata))
+            os.chmod(staging / METADATA, CACHED_FILE_MODE)
             try:
                 staging.rename(target)  # atomic: a reader sees no directory or a complete one
             except OSError:
@@ -366,7 +389,7 @@ def verify_dir(directory: str | os.PathLike[str], files: Mapping[str, str] | Non
         raise IntegrityError(f"{directory}: no sha256 recorded for {ARTIFACT}")
     for name, expected in expected_files.items():
         try:
-            actual = sha256_hex((directory / validate_key(name)).read_bytes())
+            actual = sha256_file(directory / validate_key(name))
         except (OSError, ValueError):
             raise IntegrityError(f"{directory}: {name} is missing") from None
         if actual != expected:

@@ -8,7 +8,7 @@ The model is resolved once per process from the settings (movierec.settings):
   client being an adapter), verified by sha256 and cached locally (`MODEL_CACHE_DIR`) so a
   restart still serves when the store is unreachable.
 
-A holder is in one of three states, and `ready()` says which in one line:
+A holder is in one of four states, and `ready()` says which in one line:
 - **serving**: a model is loaded ("loaded model vN, sha256 ok (...)");
 - **waiting**: the deployment follows an alias that is not set yet, i.e. no model was ever
   registered for it (the stack's first minutes). It answers from `movierec.popularity` (what was
@@ -18,11 +18,13 @@ A holder is in one of three states, and `ready()` says which in one line:
 - **failed**: the pinned model exists but cannot be served (a missing MODEL_PATH, a version that
   is not registered, a sha256 mismatch, the store down with nothing cached). It answers 503 and is
   not ready: serving something else under a pinned version would hide the fault from the canary
-  analysis. Logged at ERROR once per distinct reason, not at every retry. When MODEL_VERSION can
-  never resolve (`movierec.registry.UnresolvableModelError`: a malformed name, a version the
-  registry does not hold, an alias the product never sets), `ModelHolder.fatal` says so in one line
-  and the recommend handler exits at once, so a deploy pinned to it fails in a second (a rolling
-  update keeps the old replicas) instead of waiting out the readiness timeout.
+  analysis. Logged at ERROR once per distinct reason, not at every retry;
+- **fatal**: MODEL_VERSION can never resolve (`movierec.registry.UnresolvableModelError`: a
+  malformed name, a version the registry does not hold, an alias the product never sets; or a
+  `ConfigError`). Not ready, never retried, and `describe()` says so in one line ("cannot serve:
+  MODEL_VERSION ..."). The recommend handler exits at once on it, so a deploy pinned to it fails
+  in a second (a rolling update keeps the old replicas) instead of waiting out the readiness
+  timeout.
 Retries (every `MODEL_RETRY_SECONDS`) and popularity refreshes run in one background thread, never
 on the request path: a request only reads what is there.
 
@@ -35,7 +37,7 @@ so the canary analysis has a real slow or erroring candidate to roll back. A ran
 serves another k of it (`Drill.rerank`): a worse list at the same cost. The flag (`Drill`) and
 the drill copy are movierec.drills'.
 
-Owns: `ModelHolder` (load once, retry in the background, the three states, describe, apply a
+Owns: `ModelHolder` (load once, retry in the background, the four states, describe, apply a
 drill, the warm-up popularity), `NoModelYet` and `load_configured_model`.
 Must not touch: HTTP (the recommend function's handler maps requests and outcomes to it) and
 service clients (the handler injects the store opener).
@@ -52,7 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from movierec.artifact import load_model
-from movierec.drills import Drill, DrillError, DrillFault  # noqa: F401 (DrillError: re-exported for callers)
+from movierec.drills import Drill, DrillFault
 from movierec.errors import ConfigError
 from movierec.model import RecommenderModel
 from movierec.popularity import Popularity, popularity_from_batches
@@ -61,7 +63,7 @@ from movierec.settings import Settings
 
 log = logging.getLogger("movierec.serving")
 
-SERVING, WAITING, FAILED = "serving", "waiting", "failed"
+SERVING, WAITING, FAILED, FATAL = "serving", "waiting", "failed", "fatal"
 POPULARITY_VERSION = "popularity"  # the X-Model-Version of a warm-up answer
 
 
@@ -125,7 +127,6 @@ class ModelHolder:
         self._state = FAILED
         self._error = "not loaded yet"
         self._reported: str | None = None  # the last state/reason logged, so each is logged once
-        self.fatal: str | None = None  # set when the configured model can never load (see the docstring)
         self._popularity: Popularity | None = None
         self._popularity_at = float("-inf")
         self._last_attempt = float("-inf")
@@ -134,7 +135,7 @@ class ModelHolder:
         self.k = settings.get("RECOMMEND_K")  # 1..100, else ConfigError naming the variable
         self._stop = threading.Event()
         self.retry()  # the first attempt at construction (import), so a replica starts serving
-        if background and self._model is None:
+        if background and self._state not in (SERVING, FATAL):
             threading.Thread(target=self._retry_loop, name="model-retry", daemon=True).start()
 
     # -- loading ----------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ class ModelHolder:
         with self._lock:
             if self._model is not None:
                 return self._model
+            if self._state == FATAL:  # it can never load: no more attempts
+                return None
             if not force and time.monotonic() - self._last_attempt < self._retry_s:
                 if self._state == WAITING:
                     self._refresh_popularity()
@@ -160,7 +163,7 @@ class ModelHolder:
                 self._state, self._error = FAILED, f"{type(e).__name__}: {e}".splitlines()[0]
                 if isinstance(e, (UnresolvableModelError, ConfigError)):
                     spec = Settings(self._env).get("MODEL_VERSION")[:80]
-                    self.fatal = f"MODEL_VERSION {spec!r}: {self._error}"
+                    self._state, self._error = FATAL, f"MODEL_VERSION {spec!r}: {self._error}"
             else:
                 self._model, self._drill, self._state = model, drill, SERVING
                 self._popularity = None
@@ -192,7 +195,7 @@ class ModelHolder:
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(max(0.05, min(self._retry_s, self._refresh_s))):
-            if self.retry(force=False) is not None:
+            if self.retry(force=False) is not None or self._state == FATAL:
                 return
 
     def stop(self) -> None:
@@ -226,6 +229,8 @@ class ModelHolder:
             return f"loaded model {version}, sha256 ok ({model.sha256[:12]}){drill}"
         if self._state == WAITING:
             return f"waiting for a model ({self._error}): serving {(self._popularity or Popularity()).describe()}"
+        if self._state == FATAL:
+            return f"cannot serve: {self._error}"
         return f"no model: {self._error}"
 
     @property

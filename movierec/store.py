@@ -3,9 +3,14 @@
 Two kinds of writes, on purpose:
 - `put_once(key, data)`: write-once objects (data batches, model files). A second write of the
   same bytes is a no-op (so a retried or re-run job cannot duplicate anything); a second write
-  of different bytes is refused with `ObjectExistsError`.
+  of different bytes is refused with `ObjectExistsError`. `put_once_file(key, path, sha256)` is
+  the same for a local file, streamed (memory bounded by a chunk, whatever the file's size) and
+  hashed while it is written: bytes that do not hash to `sha256` are refused with
+  `ChecksumMismatchError` and, on the local store, never stored;
 - `replace(key, data)`: pointers (aliases, release state) change by atomic replace: a reader
   sees the old object or the new one, never a mix.
+Reads: `get(key)` (the bytes) and `get_file(key, path)`, which streams an object into a local
+file and answers the sha256 of what it wrote, hashed on the way (large objects: model files).
 
 Keys are `/`-separated relative paths such as `data/ratings/movielog1/p0/00000000000000000000-...`;
 a key that could leave the store (`..`, an absolute path, empty parts) or that a backend would
@@ -15,7 +20,8 @@ backend, so callers can retry and report it in one line. The errors are in the p
 (`movierec.errors`): not found (404, still a KeyError), exists (409), unavailable (503), rejected
 (400, still a ValueError).
 
-Owns: the `ObjectStore` protocol, the store errors, `validate_key`, `sha256_hex`,
+Owns: the `ObjectStore` protocol, the store errors, `validate_key`, `sha256_hex`, `sha256_file`
+(a file's sha256, streamed), `copy_hashing` (the one streamed copy that hashes what it copies),
 `LocalDirectoryStore`, `read_secret` (secret files, as OpenFaaS mounts them), `write_atomic`
 (the one atomic file write of the core: its temp file is removed when the write fails) and
 `sweep_temp_files` (temp files of writers killed mid-write, removed by the local store the first
@@ -31,9 +37,9 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from movierec.errors import Conflict, MovierecError, NotFound, Rejected, Unavailable
 from movierec.settings import Settings
@@ -73,6 +79,10 @@ class StoreRejectedError(StoreError, Rejected, ValueError):
     status = 400
 
 
+class ChecksumMismatchError(StoreRejectedError):
+    """Bytes handed to a write do not hash to the sha256 the writer said they have."""
+
+
 class ObjectStore(Protocol):
     """What every backend offers. `describe()` names it in error messages and logs."""
 
@@ -82,9 +92,18 @@ class ObjectStore(Protocol):
         """Write-once. True if written now, False if the same bytes were already there."""
         ...
 
+    def put_once_file(self, key: str, path: str | os.PathLike[str], sha256: str) -> bool:
+        """`put_once` of a local file's bytes, streamed; ChecksumMismatchError unless what was
+        read from the file hashes to `sha256`."""
+        ...
+
     def replace(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str) -> bytes: ...
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> str:
+        """Stream the object into the local file `path` (created or truncated); its sha256."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -109,22 +128,46 @@ def validate_key(key: str) -> str:
     return key
 
 
+CHUNK = 1 << 20  # bytes per read of a streamed copy or hash
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *, exclusive: bool = False) -> None:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file, read in chunks (never the whole file in memory). Raises OSError."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
+    """Copy `src` to `dst` chunk by chunk; the sha256 of what was copied."""
+    digest = hashlib.sha256()
+    while chunk := src.read(CHUNK):
+        digest.update(chunk)
+        dst.write(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], mode: int = 0o600, *,
+                 exclusive: bool = False) -> None:
     """Write `data` to `path` so that a reader sees the old file or the new one, never a part:
     a temp file in the same folder (created with `mode`), fsync, then rename over `path`, then
-    fsync of the folder. With `exclusive`, the new file is linked instead, so the call fails with
-    FileExistsError when `path` exists (two racing writers cannot both win). Raises OSError."""
+    fsync of the folder. `data` is the bytes, or a function that writes them to the file it is
+    handed (a large file, streamed); whatever it raises leaves `path` as it was. With `exclusive`,
+    the new file is linked instead, so the call fails with FileExistsError when `path` exists
+    (two racing writers cannot both win). Raises OSError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if exclusive:
@@ -177,7 +220,7 @@ class LocalDirectoryStore:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _write(self, key: str, path: Path, data: bytes, exclusive: bool) -> None:
+    def _write(self, key: str, path: Path, data: bytes | Callable[[BinaryIO], None], exclusive: bool) -> None:
         if path.parent not in self._swept:  # once per folder and store: temp files of killed writers
             self._swept.add(path.parent)
             sweep_temp_files(path.parent)
@@ -202,6 +245,40 @@ class LocalDirectoryStore:
         if path.read_bytes() == data:
             return False
         raise ObjectExistsError(f"{self.describe()}: {key} exists with different content (write-once)")
+
+    def put_once_file(self, key: str, path: str | os.PathLike[str], sha256: str) -> bool:
+        target = self._path(key)
+        if target.exists():
+            return self._same_file_or_raise(key, target, sha256)
+        with open(path, "rb") as src:  # the caller's file: its own OSError, not the store's
+
+            def stream(dst: BinaryIO) -> None:
+                actual = copy_hashing(src, dst)
+                if actual != sha256:  # raised inside the write: the temp file goes, nothing is stored
+                    raise ChecksumMismatchError(f"{self.describe()}: {key}: {path} hashes to {actual[:12]}, "
+                                                f"not the {sha256[:12]} it was stored as")
+
+            try:
+                self._write(key, target, stream, exclusive=True)
+            except FileExistsError:
+                return self._same_file_or_raise(key, target, sha256)
+        return True
+
+    def _same_file_or_raise(self, key: str, path: Path, sha256: str) -> bool:
+        if sha256_file(path) == sha256:
+            return False
+        raise ObjectExistsError(f"{self.describe()}: {key} exists with different content (write-once)")
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> str:
+        try:
+            with open(self._path(key), "rb") as src, open(path, "wb") as dst:
+                return copy_hashing(src, dst)
+        except FileNotFoundError as e:
+            if e.filename == str(self._path(key)):
+                raise ObjectNotFoundError(f"{self.describe()}: no object {key}") from None
+            raise
+        except OSError as e:
+            raise StoreUnavailableError(f"{self.describe()}: cannot read {key}: {e}") from e
 
     def replace(self, key: str, data: bytes) -> None:
         self._write(key, self._path(key), data, exclusive=False)

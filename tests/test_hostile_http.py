@@ -7,9 +7,13 @@ by the template's own server (the approach of tests/test_recommend_function.py).
   quickly; none may be a 5xx.
 - the auth matrix: every mutating route x every credential variant. Only the right secret for the
   route passes; everything else is a 401 that changes nothing.
+- the gateway's raw table: bytes no HTTP client would send, straight to localfaas's socket (bad request
+  lines, bad headers, too-long lines, broken chunked bodies, an oversized body). Each must get its
+  4xx as ONE line of text/plain that quotes none of the request back.
 Each table prints its count tried / held."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -17,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from aiohttp import web
 
 from localfaas.build import build_function
+from localfaas.server import GatewayRunner
 from localfaas.stackfile import load_stack
 from movierec.artifact import save_model
 from movierec.store import LocalDirectoryStore
@@ -26,6 +32,8 @@ from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
 from scripts.broker import free_port
 from tests.fitting import train_model
+from tests.localfaas_harness import start_stack
+from tests.test_gateway_split import _raw
 from tests.test_recommend_function import FunctionProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,3 +217,79 @@ def test_the_auth_matrix_holds(functions, world):
     assert not failed, failed
     store = LocalDirectoryStore(world / "store")  # no refused call (and no passing one here) wrote data
     assert store.list("data/") == [] and store.list("releases/") == []
+
+
+# -- the gateway's raw table: what aiohttp's parser meets before any route ----------------------------
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    stack = start_stack(tmp_path_factory.mktemp("hostile-gateway"))
+    yield stack
+    stack.stop()
+
+
+_G = b"Host: x\r\nConnection: close\r\n"
+_ECHO = b"POST /function/echo HTTP/1.1\r\n" + _G
+GATEWAY_RAW = [  # (what it tries, raw request, expected status)
+    ("not HTTP at all", b"GARBAGE\r\n\r\n", 400),
+    ("TLS on the plain port", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400),
+    ("NUL in the method", b"G\x00T /healthz HTTP/1.1\r\n" + _G + b"\r\n", 400),
+    ("HTTP/9.9", b"GET /healthz HTTP/9.9\r\n" + _G + b"\r\n", 400),
+    ("bare LF line endings", b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),
+    ("NUL in the path", b"GET /function/echo\x00 HTTP/1.1\r\n" + _G + b"\r\n", 400),
+    ("20 KB URI", b"GET /function/echo/" + b"1" * 20_000 + b" HTTP/1.1\r\n" + _G + b"\r\n", 414),
+    ("20 KB header", b"GET /function/echo HTTP/1.1\r\n" + _G + b"X-A: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+    ("20 KB header name", b"GET /function/echo HTTP/1.1\r\n" + _G + b"X" * 20_000 + b": a\r\n\r\n", 431),
+    ("300 headers", b"GET /function/echo HTTP/1.1\r\n" + _G + b"".join(b"X-%d: a\r\n" % i for i in range(300))
+     + b"\r\n", 431),
+    ("space in a header name", b"GET /function/echo HTTP/1.1\r\n" + _G + b"X A: b\r\n\r\n", 400),
+    ("header line without a colon", b"GET /function/echo HTTP/1.1\r\n" + _G + b"nocolon\r\n\r\n", 400),
+    ("no Host header", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    ("Content-Length with chunked", _ECHO + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("broken chunk size", _ECHO + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n", 400),
+    ("chunk without its CRLF", _ECHO + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX\r\n0\r\n\r\n", 400),
+    ("unknown Transfer-Encoding", _ECHO + b"Transfer-Encoding: gzip\r\n\r\n", 400),
+    ("non-numeric Content-Length", _ECHO + b"Content-Length: abc\r\n\r\n", 400),
+    ("negative Content-Length", _ECHO + b"Content-Length: -1\r\n\r\n", 400),
+    ("two Content-Lengths", _ECHO + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    ("100 MB body", _ECHO + b"Content-Length: 100000000\r\n\r\n", 413),
+    ("the system API without credentials", b"GET /system/functions HTTP/1.1\r\n" + _G + b"\r\n", 401),
+    ("an unknown function", b"GET /function/nope HTTP/1.1\r\n" + _G + b"\r\n", 404),
+]
+
+
+def test_the_gateways_raw_table_holds(gateway):
+    held, failed = 0, []
+    for name, request, expected in GATEWAY_RAW:
+        status, body = _raw(gateway.port, request)
+        text = body.decode("utf-8", "replace")
+        ok = (status == expected and text.endswith("\n") and text.count("\n") == 1 and "Traceback" not in text
+              and "<html" not in text.lower() and "b'" not in text and 'b"' not in text and "aaaa" not in text
+              and "1111" not in text and str(gateway.root) not in text and "aiohttp" not in text.lower())
+        held += ok
+        if not ok:
+            failed.append((name, status, text[:120]))
+    print(f"gateway raw table: {len(GATEWAY_RAW)} tried, {held} held")
+    assert not failed, failed
+    gateway.wait_available("echo", 2)  # and it still serves
+    assert gateway.call("echo").status_code == 200
+
+
+def test_an_exception_escaping_a_gateway_handler_is_a_one_line_500_without_its_traceback():
+    async def broken(_request):
+        raise RuntimeError("internal detail /srv/secret/path")
+
+    async def serve_once() -> tuple[int, bytes]:
+        app = web.Application()
+        app.router.add_get("/broken", broken)
+        runner = GatewayRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return await asyncio.to_thread(_raw, port, b"GET /broken HTTP/1.1\r\n" + _G + b"Accept: text/html\r\n\r\n")
+        finally:
+            await runner.cleanup()
+
+    status, body = asyncio.run(serve_once())
+    assert (status, body) == (500, b"internal error\n")

@@ -157,3 +157,16 @@ def test_the_projects_own_names_and_process_pass():
     assert validate.env_process("python index.py", "python index.py") == "python index.py"
     stack = load_stack(Path(__file__).resolve().parents[1] / "stack.yml", env={})
     assert set(stack.functions) == {"recommend", "recommend-canary", "ingest", "train", "release"}
+
+
+@pytest.mark.parametrize("kind", sorted(validate.NAME_RULES))
+def test_every_name_rule_refuses_a_trailing_newline_a_name_over_its_length_and_none_in_one_line(kind):
+    rule = validate.NAME_RULES[kind]
+    longest = "a" * min(rule.max_length, 300)
+    assert validate.checked_name(kind, longest) == longest
+    refused = ["a\n", None, "", "..", "a" * (rule.max_length + 1)] if rule.max_length < 300 else ["a\n", None, "", ".."]
+    for name in refused:
+        with pytest.raises(validate.ValidationError) as caught:
+            validate.checked_name(kind, name)
+        message = str(caught.value)
+        assert "\n" not in message and (rule.kind in message or rule.required in message)

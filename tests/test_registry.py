@@ -160,6 +160,7 @@ def test_a_damaged_cache_is_fetched_again(tmp_path):
     registry = Registry(store)
     entry = registry.register_model(tiny_model(), now=T0)
     directory = registry.fetch(entry.version, tmp_path / "cache")
+    (directory / "model.npz").chmod(0o644)  # the cache keeps its files read-only; bit rot does not ask
     (directory / "model.npz").write_bytes(b"bit rot")
     assert load_serving_model(entry.version, store, tmp_path / "cache").sha256 == entry.sha256
 
@@ -277,3 +278,51 @@ def test_the_same_artifact_registered_twice_in_one_second_gets_two_distinct_vers
     assert first.version != second.version and first.version < second.version
     assert second.version.startswith("v20261201-120001-")
     assert registry.versions()[-2:] == [first.version, second.version]
+
+
+# -- streamed registration -------------------------------------------------------------------------
+class ReadRecordingStore(LocalDirectoryStore):
+    """The real local store, recording every key read (to show what registration reads back)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def get(self, key):
+        self.reads.append(key)
+        return super().get(key)
+
+    def get_file(self, key, path):
+        self.reads.append(key)
+        return super().get_file(key, path)
+
+
+def test_registration_streams_each_file_once_and_reads_nothing_back(tmp_path):
+    from movierec.store import sha256_file
+
+    store = ReadRecordingStore(tmp_path / "store")
+    entry = Registry(store).register_model(tiny_model(), now=T0)
+    assert [k for k in store.reads if k.startswith(f"models/{entry.version}/")] == []
+    stored = tmp_path / "store" / "models" / entry.version
+    assert sha256_file(stored / "model.npz") == entry.sha256 == entry.metadata["files"]["model.npz"]
+    assert sha256_file(stored / "manifest.json") == entry.metadata["files"]["manifest.json"]
+
+
+def test_a_file_that_does_not_match_the_sha256_given_for_it_leaves_no_version(tmp_path):
+    from movierec.artifact import save_model
+    from movierec.store import ChecksumMismatchError
+
+    store = LocalDirectoryStore(tmp_path / "store")
+    save_model(tiny_model(), tmp_path / "model")
+    with pytest.raises(ChecksumMismatchError):
+        Registry(store).publish(tmp_path / "model", hashes={"model.npz": "0" * 64}, now=T0)
+    assert Registry(store).versions() == []
+
+
+def test_cached_model_files_are_read_only_so_a_mapped_model_is_never_rewritten_in_place(tmp_path):
+    store = LocalDirectoryStore(tmp_path / "store")
+    registry = Registry(store)
+    entry = registry.register_model(tiny_model(), now=T0)
+    directory = registry.fetch(entry.version, tmp_path / "cache")
+    assert {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()} == {
+        "model.npz": 0o444, "manifest.json": 0o444, "metadata.json": 0o444}

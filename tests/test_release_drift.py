@@ -24,54 +24,23 @@ from movierec.release import (
     run_release_step,
     start_release,
 )
-from tests.test_release_policy import GOOD, FakePrometheus, two_published_versions
+from tests.release_fakes import (
+    GOOD,
+    DriftingDeployer,
+    FakePrometheus,
+    started_release,
+    two_published_versions,
+)
 
 T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
 CONFIG = ReleaseConfig(window_s=600, min_requests=100, timeout_s=3600)
 FAILING = VariantMetrics(requests=500, errors=500, mean_latency_s=0.02, p99_latency_s=0.05)  # a drill: 100% 5xx
 
 
-class DriftingDeployer:
-    """Deployments as the gateway reports them: MODEL_VERSION per function, and what its replicas
-    answer with (by default what the env names, an alias resolved by `resolve`). `deploy_behind`
-    changes a deployment the way `faas-cli deploy -f stack.yml` does, without the controller."""
-
-    def __init__(self, resolve):
-        self.env: dict[str, dict[str, str]] = {"recommend": {}, "recommend-canary": {}}
-        self.answers: dict[str, str | None] = {}  # forced probe answers (None: "no model")
-        self.never_loads: set[str] = set()  # functions whose replicas never load a model
-        self.resolve = resolve
-        self.puts: list[tuple[str, str]] = []
-        self.probes = 0
-
-    def update_env(self, name, changes):
-        self.puts.append((name, changes["MODEL_VERSION"]))
-        self.env[name].update(changes)
-        self.answers.pop(name, None)  # the redeploy replaced the replicas
-
-    def deploy_behind(self, name, model_version):
-        self.env[name] = {"MODEL_VERSION": model_version}
-        self.answers.pop(name, None)
-
-    def env_of(self, name):
-        return dict(self.env[name])
-
-    def served_version(self, name):
-        self.probes += 1
-        if name in self.never_loads:
-            return None
-        if name in self.answers:
-            return self.answers[name]
-        return self.resolve(self.env[name].get("MODEL_VERSION", ""))
-
-
 @pytest.fixture
 def release(tmp_path):
     """A running release of the candidate (v2) against stable (v1), started at T0 and verified."""
-    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
-    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
-    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
-    start_release(CONFIG, store, deployer, v2, now=T0)
+    store, registry, deployer, v1, v2 = started_release(tmp_path, CONFIG, T0)
     deployer.puts.clear()
     return store, registry, deployer, v1, v2
 

@@ -4,18 +4,12 @@ unexpected a 500 that says so without a traceback. (Routes and credentials again
 test_release_services.py and test_release_cli.py.)"""
 from __future__ import annotations
 
-import importlib.util
-from types import SimpleNamespace
-
 import pytest
 
 from movierec.store import StoreUnavailableError
+from tests.release_fakes import handler_event, load_release_handler
 
 CRON = {"Authorization": "Bearer cron-tok"}
-
-
-def _event(method, path, headers=None):
-    return SimpleNamespace(method=method, path=path, headers=headers or {}, query={}, body=b"")
 
 
 @pytest.fixture
@@ -24,15 +18,12 @@ def handler(tmp_path, monkeypatch):
     monkeypatch.setenv("STORE_URL", str(tmp_path / "store"))
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "cron-token").write_text("cron-tok\n")
-    spec = importlib.util.spec_from_file_location("release_handler_taxonomy", "functions/release/handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_release_handler("release_handler_taxonomy")
 
 
 def test_a_bad_release_setting_is_a_400_naming_the_variable(handler, monkeypatch):
     monkeypatch.setenv("RELEASE_WINDOW", "two hours")
-    reply = handler.handle(_event("POST", "/step", CRON), None)
+    reply = handler.handle(handler_event("POST", "/step", CRON), None)
     assert reply["statusCode"] == 400
     assert reply["body"]["error"].startswith("ConfigError: RELEASE_WINDOW must be a duration")
     assert reply["headers"]["Content-Type"] == "application/json"
@@ -43,14 +34,14 @@ def test_an_unavailable_store_is_a_503(handler, monkeypatch):
         raise StoreUnavailableError("store s3://movierec unreachable")
 
     monkeypatch.setattr(handler, "open_store", down)
-    reply = handler.handle(_event("GET", "/status"), None)
+    reply = handler.handle(handler_event("GET", "/status"), None)
     assert reply["statusCode"] == 503 and reply["body"] == {"error": "StoreUnavailableError: store s3://movierec unreachable"}
 
 
 def test_other_methods_and_unknown_actions_are_refused(handler):
-    reply = handler.handle(_event("PUT", "/step"), None)
+    reply = handler.handle(handler_event("PUT", "/step"), None)
     assert reply["statusCode"] == 405 and reply["headers"]["Allow"] == "GET, POST"
-    reply = handler.handle(_event("POST", "/deploy"), None)
+    reply = handler.handle(handler_event("POST", "/deploy"), None)
     assert reply["statusCode"] == 404 and "unknown action /deploy" in reply["body"]["error"]
 
 
@@ -59,7 +50,7 @@ def test_an_unexpected_error_is_a_500_without_internals(handler, monkeypatch):
         raise RuntimeError("secret internals\nTraceback ...")
 
     monkeypatch.setattr(handler, "status", broken)
-    reply = handler.handle(_event("GET", "/status"), None)
+    reply = handler.handle(handler_event("GET", "/status"), None)
     assert reply["statusCode"] == 500 and "RuntimeError" in reply["body"]["error"]
     assert "internals" not in reply["body"]["error"]
 
@@ -75,7 +66,7 @@ def test_a_step_while_another_holds_the_lease_is_a_409_naming_it(handler, tmp_pa
                                      started="2026-11-28T01:00:00Z", updated="2026-11-28T01:00:00Z"))
     held = acquire_lease(store, "step", 180, datetime.now(UTC), holder="step on release-abc pid 7")
     monkeypatch.setenv("OPENFAAS_URL", "http://127.0.0.1:9")  # never reached: refused before any call
-    reply = handler.handle(_event("POST", "/step", CRON), None)
+    reply = handler.handle(handler_event("POST", "/step", CRON), None)
     assert reply["statusCode"] == 409
     assert reply["body"]["error"].startswith("LeaseHeld: release lease held by step on release-abc pid 7 (token 1) "
                                              "until ")
@@ -85,10 +76,10 @@ def test_a_step_while_another_holds_the_lease_is_a_409_naming_it(handler, tmp_pa
 
 def test_a_step_needs_the_cron_token_or_the_admin_token_and_the_cron_token_is_not_enough_to_promote(handler, tmp_path):
     for path in ("/", "/step"):
-        assert handler.handle(_event("POST", path), None)["statusCode"] == 401
-        cron_only = handler.handle(_event("POST", path, {"X-Topic": "cron-function"}), None)
+        assert handler.handle(handler_event("POST", path), None)["statusCode"] == 401
+        cron_only = handler.handle(handler_event("POST", path, {"X-Topic": "cron-function"}), None)
         assert cron_only["statusCode"] == 401 and "cron-token" in cron_only["body"]["error"]
-        assert handler.handle(_event("POST", path, CRON), None)["statusCode"] == 200
+        assert handler.handle(handler_event("POST", path, CRON), None)["statusCode"] == 200
     (tmp_path / "secrets" / "release-admin-token").write_text("admin-tok")
-    assert handler.handle(_event("POST", "/step", {"Authorization": "Bearer admin-tok"}), None)["statusCode"] == 200
-    assert handler.handle(_event("POST", "/promote", CRON), None)["statusCode"] == 401
+    assert handler.handle(handler_event("POST", "/step", {"Authorization": "Bearer admin-tok"}), None)["statusCode"] == 200
+    assert handler.handle(handler_event("POST", "/promote", CRON), None)["statusCode"] == 401

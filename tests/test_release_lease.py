@@ -32,7 +32,7 @@ from movierec.release import (
     start_release,
 )
 from movierec.store import LocalDirectoryStore
-from tests.test_release_policy import GOOD, FakeDeployer, FakePrometheus
+from tests.release_fakes import GOOD, FakeDeployer, FakePrometheus
 
 T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
 

@@ -14,7 +14,6 @@ import pytest
 from movierec.canary import CANARY, STABLE
 from movierec.errors import ConfigError, Conflict, Rejected, http_status
 from movierec.events import RecommendationEvent, WatchEvent
-from movierec.registry import Registry
 from movierec.release import (
     ABORTED,
     PROMOTE,
@@ -45,11 +44,10 @@ from movierec.release import (
     variant_queries,
 )
 from movierec.settings import parse_duration
-from movierec.store import LocalDirectoryStore
+from tests.release_fakes import GOOD, FakeDeployer, FakePrometheus, two_published_versions
 
 T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
 CONFIG = ReleaseConfig(window_s=600, min_requests=100, timeout_s=3600)
-GOOD = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.02, p99_latency_s=0.09)
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -244,43 +242,6 @@ def test_online_quality_counts_recommended_movies_watched_within_the_window():
 
 
 # -- state machine and actions -------------------------------------------------------------
-class FakePrometheus:
-    def __init__(self, by_function: dict[str, VariantMetrics]):
-        self.by_function = by_function
-        self.queries: list[str] = []
-
-    def query_value(self, promql, at=None):
-        self.queries.append(promql)
-        function = "recommend-canary" if "recommend-canary." in promql else "recommend"
-        m = self.by_function[function]
-        if promql.startswith("histogram_quantile"):
-            return m.p99_latency_s
-        if "_sum" in promql:
-            return m.mean_latency_s
-        return m.errors if "5.." in promql else m.requests
-
-
-class FakeDeployer:
-    def __init__(self):
-        self.env = {"recommend": {}, "recommend-canary": {}}
-        self.calls = []
-        self.fail = False
-
-    def update_env(self, name, changes):
-        if self.fail:
-            from movierec.adapters.gateway import GatewayError
-
-            raise GatewayError("gateway http://127.0.0.1:1 unreachable")
-        self.calls.append((name, dict(changes)))
-        self.env[name].update(changes)
-
-    def env_of(self, name):  # a faithful deployment: read back what was deployed ...
-        return dict(self.env[name])
-
-    def served_version(self, name):  # ... and its replicas answer with it
-        return self.env[name].get("MODEL_VERSION")
-
-
 class FakeNotifier:
     def __init__(self):
         self.sent = []
@@ -288,19 +249,6 @@ class FakeNotifier:
     def send(self, subject, payload):
         self.sent.append((subject, json.loads(json.dumps(payload))))
         return {"webhook": "sent"}
-
-
-def two_published_versions(tmp_path, first_at: datetime):
-    """A local store whose registry holds two versions, published a second apart from `first_at`."""
-    store = LocalDirectoryStore(tmp_path / "store")
-    registry = Registry(store)
-    model_dir = tmp_path / "m"
-    model_dir.mkdir()
-    versions = []
-    for i in range(2):
-        (model_dir / "model.npz").write_bytes(f"artifact {i}".encode())
-        versions.append(registry.publish(model_dir, now=first_at + timedelta(seconds=i)).version)
-    return store, registry, versions
 
 
 @pytest.fixture

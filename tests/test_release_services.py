@@ -8,7 +8,6 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import requests
@@ -34,7 +33,7 @@ from scripts._proc import free_port
 from scripts.sinks import SMTPSink, WebhookReceiver
 from scripts.train import push_metrics
 from tests.gateway_double import GatewayDouble
-from tests.test_release_policy import two_published_versions
+from tests.release_fakes import handler_event, load_release_handler, two_published_versions
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TICKS, STABLE_PER_TICK, CANARY_PER_TICK = 25, 40, 10
@@ -375,39 +374,30 @@ def test_an_unreachable_pushgateway_does_not_fail_training():
 
 
 # -- the release function's HTTP face ------------------------------------------------------
-def _event(method, path, headers=None):
-    return SimpleNamespace(method=method, path=path, headers=headers or {}, query={}, body=b"")
-
-
 @pytest.fixture
 def release_handler(tmp_path, monkeypatch):
-    import importlib.util
-
     monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "secrets"))
     monkeypatch.setenv("STORE_URL", str(tmp_path / "store"))
     (tmp_path / "secrets").mkdir()
-    spec = importlib.util.spec_from_file_location("release_handler", "functions/release/handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, tmp_path / "secrets"
+    return load_release_handler("release_handler"), tmp_path / "secrets"
 
 
 def test_release_status_is_open(release_handler):
     handler, _ = release_handler
-    reply = handler.handle(_event("GET", "/status"), None)
+    reply = handler.handle(handler_event("GET", "/status"), None)
     assert reply["statusCode"] == 200 and reply["body"]["running"] is False
 
 
 def test_manual_actions_are_disabled_without_the_token_secret(release_handler):
     handler, _ = release_handler
-    reply = handler.handle(_event("POST", "/promote", {"Authorization": "Bearer anything"}), None)
+    reply = handler.handle(handler_event("POST", "/promote", {"Authorization": "Bearer anything"}), None)
     assert reply["statusCode"] == 503 and "release-admin-token" in reply["body"]["error"]
 
 
 def test_manual_actions_need_the_token(release_handler):
     handler, secrets = release_handler
     (secrets / "release-admin-token").write_text("tok-123\n")
-    assert handler.handle(_event("POST", "/promote"), None)["statusCode"] == 401
-    assert handler.handle(_event("POST", "/promote", {"Authorization": "Bearer nope"}), None)["statusCode"] == 401
-    reply = handler.handle(_event("POST", "/rollback", {"Authorization": "Bearer tok-123"}), None)
+    assert handler.handle(handler_event("POST", "/promote"), None)["statusCode"] == 401
+    assert handler.handle(handler_event("POST", "/promote", {"Authorization": "Bearer nope"}), None)["statusCode"] == 401
+    reply = handler.handle(handler_event("POST", "/rollback", {"Authorization": "Bearer tok-123"}), None)
     assert reply["statusCode"] == 409 and "no release is running" in reply["body"]["error"]

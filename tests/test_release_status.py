@@ -20,8 +20,13 @@ from movierec.release import (
     status,
 )
 from scripts.release import CommandError, refuse_while_busy, render_status
-from tests.test_release_drift import DriftingDeployer
-from tests.test_release_policy import GOOD, FakePrometheus, two_published_versions
+from tests.release_fakes import (
+    GOOD,
+    DriftingDeployer,
+    FakePrometheus,
+    started_release,
+    two_published_versions,
+)
 
 T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
 CONFIG = ReleaseConfig(window_s=600, min_requests=100, timeout_s=3600)
@@ -39,10 +44,7 @@ class ExtrapolatingPrometheus(FakePrometheus):
 @pytest.fixture
 def drifted(tmp_path):
     """A release whose canary was redeployed to stable mid-way, then re-applied, 2 minutes in."""
-    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
-    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
-    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
-    start_release(CONFIG, store, deployer, v2, now=T0)
+    store, _registry, deployer, v1, v2 = started_release(tmp_path, CONFIG, T0)
     deployer.deploy_behind("recommend-canary", "stable")
     canary = VariantMetrics(requests=120, errors=0, mean_latency_s=0.021, p99_latency_s=0.05)
     prometheus = ExtrapolatingPrometheus({"recommend": GOOD, "recommend-canary": canary})

@@ -11,12 +11,15 @@ from movierec.adapters.s3store import S3Store
 from movierec.adapters.stores import open_store
 from movierec.errors import Conflict, NotFound, Rejected, Unavailable, http_status
 from movierec.store import (
+    ChecksumMismatchError,
     LocalDirectoryStore,
     ObjectExistsError,
     ObjectNotFoundError,
     StoreError,
     StoreRejectedError,
     StoreUnavailableError,
+    sha256_file,
+    sha256_hex,
     write_atomic,
 )
 from scripts._proc import free_port
@@ -58,6 +61,44 @@ def test_put_once_of_different_bytes_is_refused_and_keeps_the_original(store):
     with pytest.raises(ObjectExistsError, match="write-once"):
         store.put_once("models/v1/model.npz", b"second")
     assert store.get("models/v1/model.npz") == b"first"
+
+
+def test_put_once_file_streams_a_file_and_get_file_streams_it_back_with_its_sha256(store, tmp_path):
+    source = tmp_path / "model.npz"
+    source.write_bytes(bytes(range(256)) * 20_000)  # 5 MB: several chunks
+    sha = sha256_file(source)
+    assert store.put_once_file("models/v1/model.npz", source, sha) is True
+    assert store.get_file("models/v1/model.npz", tmp_path / "copy") == sha
+    assert (tmp_path / "copy").read_bytes() == source.read_bytes()
+    assert store.get("models/v1/model.npz") == source.read_bytes()
+
+
+def test_put_once_file_of_the_same_bytes_again_is_a_no_op_and_of_other_bytes_refused(store, tmp_path):
+    first, other = tmp_path / "first", tmp_path / "other"
+    first.write_bytes(b"first bytes")
+    other.write_bytes(b"other bytes")
+    store.put_once_file("models/v1/model.npz", first, sha256_file(first))
+    assert store.put_once_file("models/v1/model.npz", first, sha256_file(first)) is False
+    with pytest.raises(ObjectExistsError, match="write-once"):
+        store.put_once_file("models/v1/model.npz", other, sha256_file(other))
+    assert store.get("models/v1/model.npz") == b"first bytes"
+
+
+def test_put_once_file_refuses_a_file_that_does_not_hash_to_the_sha256_it_is_stored_as(store, tmp_path):
+    """Hashed while it is written: bytes that changed after they were hashed are never taken as the
+    recorded ones (the local store keeps nothing; S3 and MinIO refuse the PUT by its checksum
+    header; moto, which does not check it, is caught by the hash of what was sent)."""
+    source = tmp_path / "model.npz"
+    source.write_bytes(b"bytes on disk")
+    with pytest.raises(ChecksumMismatchError, match="models/v1/model.npz"):
+        store.put_once_file("models/v1/model.npz", source, sha256_hex(b"bytes that were hashed"))
+    if isinstance(store, LocalDirectoryStore):
+        assert not store.exists("models/v1/model.npz") and store.list() == []
+
+
+def test_get_file_of_a_missing_key_raises_object_not_found(store, tmp_path):
+    with pytest.raises(ObjectNotFoundError, match="models/none"):
+        store.get_file("models/none", tmp_path / "out")
 
 
 def test_replace_overwrites_a_pointer(store):

@@ -10,7 +10,7 @@ import pytest
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.popularity import Popularity, popularity_from_batches
 from movierec.registry import Registry
-from movierec.serving import FAILED, SERVING, WAITING, ModelHolder, NoModelYet, load_configured_model
+from movierec.serving import FAILED, FATAL, SERVING, WAITING, ModelHolder, NoModelYet, load_configured_model
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
 from movierec.training import SVDParams
@@ -132,6 +132,24 @@ def test_a_pinned_model_that_cannot_be_served_is_failed_not_ready_and_logged_onc
     assert not ok and text.startswith("no model:")
     errors = [r for r in caplog.records if r.name == "movierec.serving" and r.levelno >= logging.ERROR]
     assert len(errors) == 1
+
+
+@pytest.mark.parametrize("spec", ["v9", "../stable", "v20261128-010203-abcdef12"])
+def test_a_model_version_that_can_never_resolve_is_fatal_not_ready_and_never_tried_again(store, tmp_path, spec):
+    attempts = []
+
+    def loader(env):
+        attempts.append(env["MODEL_VERSION"])
+        return load_configured_model(env, open_store=lambda e: store)
+
+    h = ModelHolder({"MODEL_VERSION": spec, "MODEL_CACHE_DIR": str(tmp_path / "cache"), "MODEL_RETRY_SECONDS": "0"},
+                    loader=loader, background=False)
+    for _ in range(3):
+        assert h.retry() is None
+    assert h.state == FATAL and attempts == [spec] and h.popularity() is None
+    ok, text = h.ready()
+    assert not ok and text == h.describe() and text.startswith(f"cannot serve: MODEL_VERSION {spec!r}: ")
+    assert "\n" not in text
 
 
 def test_requests_never_wait_for_a_load_attempt(store, tmp_path):

@@ -11,8 +11,8 @@ Every body is one line of text/plain (movierec.adapters.replies, content type TE
   `Retry-After` only when the pinned model cannot be served; 400 for a malformed id.
 - `GET /health`: what the replica serves, 200 while it can answer usefully (a model, or warm-up
   popularity), else 503; `ready()` is the same check for the template's readiness and lock file.
-A MODEL_VERSION that can never load (movierec.serving) makes the process exit at import with
-one line on stderr, so the deploy fails at once instead of after the readiness timeout.
+A MODEL_VERSION that can never load (the holder's FATAL state, movierec.serving) makes the
+process exit at import with one line on stderr (the holder's own `describe()`), so the deploy fails at once instead of after the readiness timeout.
 """
 import logging
 import sys
@@ -21,13 +21,13 @@ from movierec.adapters.replies import TEXT, error, reply
 from movierec.adapters.stores import open_store
 from movierec.drills import DrillFault
 from movierec.events import parse_user_id
-from movierec.serving import POPULARITY_VERSION, ModelHolder
+from movierec.serving import FATAL, POPULARITY_VERSION, ModelHolder
 
 # State changes only (waiting / loaded / failed, each once), never a line per request.
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 MODEL = ModelHolder(open_store=open_store)  # first load at import; retries in the background
-if MODEL.fatal:  # a MODEL_VERSION that can never load: fail the deploy now, in one line (movierec.serving)
-    print(f"recommend: cannot serve: {MODEL.fatal}", file=sys.stderr, flush=True)
+if MODEL.state == FATAL:  # a MODEL_VERSION that can never load: fail the deploy now, in one line
+    print(f"recommend: {MODEL.describe()}", file=sys.stderr, flush=True)
     raise SystemExit(78)  # EX_CONFIG
 _RETRY_AFTER = str(max(1, round(MODEL.retry_seconds)))  # seconds, for 503 replies
 

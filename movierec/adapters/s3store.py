@@ -7,12 +7,19 @@ connection errors and 5xx/throttling answers (`S3_ATTEMPTS`), and write-once sem
 - a conditional PUT (`If-None-Match: *`) where the server supports it (S3, MinIO, moto);
 - else HEAD then PUT (a narrow race window, acceptable for the single writer per key we have);
 - on conflict the stored bytes are compared: equal is a no-op, different is ObjectExistsError.
+`put_once_file` streams a local file as the body of that same PUT (the file is opened again on each
+attempt, so a retry sends it whole), hashing what botocore reads: the request carries the sha256
+(`x-amz-checksum-sha256`), so S3 and MinIO refuse bytes that do not match it; a server that does
+not check it (moto) still gets a `ChecksumMismatchError` afterwards from the hash of what was
+sent. `get_file` streams an object to a local file in chunks, hashing it on the way.
 `replace` is a plain PUT, which S3 makes atomic (readers see the old or the new object).
 
 Must not touch: which objects exist or what they mean (callers decide keys); HTTP of the service.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -21,6 +28,8 @@ from urllib.parse import urlparse
 from movierec.adapters.retry import retry
 from movierec.settings import Settings
 from movierec.store import (
+    CHUNK,
+    ChecksumMismatchError,
     ObjectExistsError,
     ObjectNotFoundError,
     StoreRejectedError,
@@ -109,29 +118,69 @@ class S3Store:
 
     # -- the protocol ---------------------------------------------------------------------------
     def put_once(self, key: str, data: bytes) -> bool:
-        full = self._key(key)
+        if self._write_once(key, lambda **cond: self._client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, **cond)):
+            return True
+        if self.get(key) == data:
+            return False
+        raise ObjectExistsError(f"{self.describe()}: {key} exists with different content (write-once)")
+
+    def put_once_file(self, key: str, path: str | os.PathLike[str], sha256: str) -> bool:
+        size = os.path.getsize(path)  # the caller's file: its own OSError, not the store's
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        sent: list[_HashingReader] = []
+
+        def put(**cond):
+            with open(path, "rb") as f:
+                body = _HashingReader(f)
+                sent.append(body)
+                return self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body,
+                                               ContentLength=size, ChecksumSHA256=checksum, **cond)
+
+        try:
+            written = self._write_once(key, put)
+        except StoreUnavailableError as e:
+            if _error_code(e.__cause__) in ("BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest"):
+                raise ChecksumMismatchError(f"{self.describe()}: {key}: {path} does not hash to {sha256[:12]}: "
+                                            f"refused by the server") from None
+            raise
+        if not written:
+            if self._stored_sha256(key) == sha256:
+                return False
+            raise ObjectExistsError(f"{self.describe()}: {key} exists with different content (write-once)")
+        actual = sent[-1].hexdigest()
+        if actual != sha256:
+            raise ChecksumMismatchError(f"{self.describe()}: {key}: {path} hashed to {actual[:12]} while it was "
+                                        f"sent, not {sha256[:12]} (the object holds what was sent)")
+        return True
+
+    def _write_once(self, key: str, put: Callable[..., object]) -> bool:
+        """PUT unless the key exists: True if written now, False if an object was already there."""
         if self._conditional_put:
             try:
-                self._call(f"put {key}", lambda: self._client.put_object(
-                    Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"))
+                self._call(f"put {key}", lambda: put(IfNoneMatch="*"))
                 return True
             except _ClientError as e:
                 code = _error_code(e)
                 if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                    return self._same_or_raise(key, data)
+                    return False
                 if code in ("NotImplemented", "501"):
                     self._conditional_put = False
                 else:
                     raise self._unavailable(f"put {key}", e) from e
         if self.exists(key):
-            return self._same_or_raise(key, data)
-        self._call(f"put {key}", lambda: self._client.put_object(Bucket=self.bucket, Key=full, Body=data))
+            return False
+        try:
+            self._call(f"put {key}", put)
+        except _ClientError as e:
+            raise self._unavailable(f"put {key}", e) from e
         return True
 
-    def _same_or_raise(self, key: str, data: bytes) -> bool:
-        if self.get(key) == data:
-            return False
-        raise ObjectExistsError(f"{self.describe()}: {key} exists with different content (write-once)")
+    def _stored_sha256(self, key: str) -> str:
+        """The sha256 of a stored object, hashed as it streams (never held whole)."""
+        digest = hashlib.sha256()
+        self._stream(key, digest.update)
+        return digest.hexdigest()
 
     def replace(self, key: str, data: bytes) -> None:
         full = self._key(key)
@@ -145,6 +194,39 @@ class S3Store:
         try:
             return self._call(f"get {key}", lambda: self._client.get_object(
                 Bucket=self.bucket, Key=full)["Body"].read())
+        except _ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFoundError(f"{self.describe()}: no object {key}") from None
+            raise self._unavailable(f"get {key}", e) from e
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> str:
+        with open(path, "wb") as f:
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                f.write(chunk)
+
+            def restart() -> None:  # a retried download starts the file and the hash again
+                nonlocal digest
+                f.seek(0)
+                f.truncate()
+                digest = hashlib.sha256()
+
+            digest = hashlib.sha256()
+            self._stream(key, write, restart)
+            return digest.hexdigest()
+
+    def _stream(self, key: str, sink: Callable[[bytes], object], restart: Callable[[], None] | None = None) -> None:
+        full = self._key(key)
+
+        def download() -> None:
+            if restart is not None:
+                restart()
+            body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            for chunk in body.iter_chunks(CHUNK):
+                sink(chunk)
+
+        try:
+            self._call(f"get {key}", download)
         except _ClientError as e:
             if _error_code(e) in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFoundError(f"{self.describe()}: no object {key}") from None
@@ -199,6 +281,31 @@ class S3Store:
 
     def _unavailable(self, what: str, e: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(f"{self.describe()}: {what} failed: {_short(e)}")
+
+
+class _HashingReader:
+    """A file as a request body, hashing every byte botocore reads (a rewind starts over)."""
+
+    def __init__(self, f):
+        self._f, self._digest = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self._digest.update(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (offset, whence) != (0, 0) and (offset, whence) != (self._f.tell(), 0):
+            raise OSError("a hashed request body only rewinds to its start")
+        if offset == 0:
+            self._digest = hashlib.sha256()
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def _short(e: Exception | None) -> str:

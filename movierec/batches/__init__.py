@@ -21,6 +21,8 @@ Layout (one range of offsets of one partition = one batch; every kind shares the
     data/quarantine/<topic>/p<partition>/<first:020d>-<last:020d>.jsonl  offset, reason, detail, raw line
     data/manifests/<topic>/p<partition>/<first:020d>-<last:020d>.json    written LAST: the batch's commit
                                                                          point, with its quality checks
+                                                                         and each kind's first and last
+                                                                         event time (`time_us`)
     data/epochs/<topic>/p<partition>/e<epoch:06d>.json                   one per log epoch (movierec.ingest.LogEpoch)
 
 Those are epoch 0's keys. A partition whose log was reset or replaced starts a new epoch, whose
@@ -31,6 +33,8 @@ What makes it exactly once, whoever writes: every object is written with `put_on
 are a pure function of the records (a re-run of the same offsets is a no-op); a batch exists only
 once its manifest exists, and loaders read only batches named by manifests; every row carries its
 Kafka offset, so loaders keep each (epoch, offset) once even where two stored ranges overlap.
+A loader given a time `window` skips batches whose manifest puts them outside it (manifests
+written before `time_us` existed have none: those batches are always read).
 
 Owns: the `data/` keys, the encoding, batch building and quality checks, manifests, the loaders.
 Must not touch: Kafka (offsets arrive as plain ints), committing offsets, HTTP, parsing lines

@@ -2,7 +2,9 @@
 
 Owns: `BatchBuilder` (records in, as they arrive; a `ParsedBatch` out: a pure function of the
 records and the log epoch the consumer sets on it), `parse_batch` (the same in one call), `check_quality` and its thresholds (flags for
-people and alerts, never refusals), `manifest_bytes` (the batch's commit point) and `store_batch`
+people and alerts, never refusals), `manifest_bytes` (the batch's commit point, with
+the first and last event time of each kind, `time_us`, so a reader can skip a batch outside the
+time it asks for) and `store_batch`
 (data objects first, the manifest last, each write-once).
 
 Must not touch: Kafka and offset commits (the caller commits after `store_batch` returns), parsing
@@ -14,11 +16,12 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
-from movierec.batches.encoding import EventColumns
+from movierec.batches.encoding import EventColumns, time_us
 from movierec.batches.layout import KINDS, BatchRef
 from movierec.events import (
     LINE_MAX_BYTES,
@@ -53,6 +56,7 @@ class ParsedBatch:
     objects: dict[str, bytes]  # kind -> encoded bytes (only kinds with rows)
     quality: dict
     epoch: int = 0  # the partition's log epoch (set by the consumer; see layout)
+    times: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (first, last) event time_us
 
     @property
     def ref(self) -> BatchRef:
@@ -72,6 +76,7 @@ class BatchBuilder:
         self.ratings = EventColumns("rating", np.int8)
         self.watches = EventColumns("minute", np.int32)
         self.reco_lines: list[str] = []
+        self.reco_times: list[datetime] = []
         self.quarantine_lines: list[str] = []
         self.quarantined: Counter = Counter()
         self.seen_lines: set[bytes] = set()
@@ -117,6 +122,7 @@ class BatchBuilder:
                 rate_movie.append(event.movie_id)
                 rate_value.append(event.rating)
             elif kind is RecommendationEvent:
+                self.reco_times.append(event.time)
                 self.reco_lines.append(json.dumps({
                     "offset": offset, "time": format_time(event.time), "user_id": event.user_id,
                     "server": event.server, "status": event.status, "movie_ids": list(event.movie_ids),
@@ -142,12 +148,17 @@ class BatchBuilder:
             objects["recommendations"] = ("\n".join(self.reco_lines) + "\n").encode()
         if self.quarantine_lines:
             objects["quarantine"] = ("\n".join(self.quarantine_lines) + "\n").encode()
+        times = {"ratings": self.ratings.time_range()} if self.ratings.rows else {}
+        if self.watches.rows:
+            times["watches"] = self.watches.time_range()
+        if self.reco_times:
+            times["recommendations"] = (time_us(min(self.reco_times)), time_us(max(self.reco_times)))
         events = Counter({"watch": self.watches.rows, "rate": self.ratings.rows,
                           "recommendation": len(self.reco_lines)})
         quality = check_quality(self.records, sum(self.quarantined.values()), self.duplicate_lines,
                                 self.duplicate_ratings, recent_volumes)
         return ParsedBatch(self.topic, self.partition, self.first, self.last, self.records, events,
-                           Counter(self.quarantined), objects, quality)
+                           Counter(self.quarantined), objects, quality, times=times)
 
 
 def parse_batch(topic: str, partition: int, records: list[tuple[int, bytes | None]],
@@ -208,6 +219,8 @@ def manifest_bytes(batch: ParsedBatch) -> bytes:
     }
     if batch.epoch:
         manifest["epoch"] = batch.epoch
+    if batch.times:  # readers skip a batch outside the time they ask for; older manifests lack it
+        manifest["time_us"] = {kind: list(span) for kind, span in sorted(batch.times.items())}
     return json.dumps(manifest, indent=1, sort_keys=True).encode()
 
 

@@ -11,8 +11,8 @@ distinct ids, never with the longest one (a fixed-width '<U' column of 10,000 id
 of the distinct ids only: width x vocabulary size, not x rows) and also reads batches written
 before this format (a stored '<U' `movie_vocab`).
 
-Owns: `encode_columns`, `decode_columns`, the vocabulary columns (`encode_vocab`, `decode_vocab`,
-`decode_vocab_list`)
+Owns: `encode_columns`, `decode_columns`, `time_us`, the vocabulary columns (`encode_vocab`,
+`decode_vocab`, `decode_vocab_list`)
 and `EventColumns` (one kind's columns of one batch, built part by part as records are parsed).
 
 Must not touch: keys (`layout`), which events go where (`builder`), the store.
@@ -81,6 +81,11 @@ def decode_columns(data: bytes, vocab_as_list: bool = False) -> dict[str, np.nda
     return columns
 
 
+def time_us(t: datetime) -> int:
+    """A naive (UTC) stream time as the batches store it: microseconds since the epoch."""
+    return (t - _EPOCH_DATETIME) // _MICROSECOND
+
+
 def _times_us(times: list[datetime]) -> np.ndarray:
     # 5x faster than numpy's own conversion of datetime objects (which goes element by element).
     return np.array([(t - _EPOCH_DATETIME) // _MICROSECOND for t in times], dtype=np.int64)
@@ -112,6 +117,11 @@ class EventColumns:
             self.value_name: np.array(values, dtype=self.value_dtype),
         })
         self.rows += len(offsets)
+
+    def time_range(self) -> tuple[int, int]:
+        """(first, last) event time in microseconds since the epoch of the rows added so far."""
+        return (min(int(part["time_us"].min()) for part in self.parts),
+                max(int(part["time_us"].max()) for part in self.parts))
 
     def encode(self) -> bytes:
         columns = {name: np.concatenate([part[name] for part in self.parts]) for name in self.parts[0]}

@@ -25,10 +25,14 @@ from movierec.batches.encoding import decode_columns
 from movierec.batches.layout import list_batches
 from movierec.store import ObjectStore
 
+Window = tuple[int, int] | None  # (first, last) event time_us a reader needs; None: all
 
-def _batches_once(store: ObjectStore, kind: str, topic: str | None):
+
+def _batches_once(store: ObjectStore, kind: str, topic: str | None, window: Window = None):
     """(key of the `kind` object, last offset already taken before it) of every committed batch
-    that adds records, in layout order (topic, partition, epoch, offsets)."""
+    that adds records, in layout order (topic, partition, epoch, offsets). With a `window`, a batch
+    whose manifest says its `kind` events all lie outside it is not read (one written before
+    manifests carried `time_us` always is)."""
     covered: dict[tuple[str, int, int], int] = {}  # (topic, partition, epoch) -> last offset taken
     for ref in list_batches(store, topic):
         manifest = json.loads(store.get(ref.key("manifests")))
@@ -36,14 +40,18 @@ def _batches_once(store: ObjectStore, kind: str, topic: str | None):
         identity = (ref.topic, ref.partition, ref.epoch)
         seen = covered.get(identity, -1)
         covered[identity] = max(seen, ref.last)
+        span = manifest.get("time_us", {}).get(kind) if window else None
+        if span is not None and (span[1] < window[0] or span[0] > window[1]):
+            continue
         if key is not None and ref.last > seen:
             yield ref, key, seen
 
 
-def _columns_once(store: ObjectStore, kind: str, topic: str | None) -> list[dict[str, np.ndarray]]:
+def _columns_once(store: ObjectStore, kind: str, topic: str | None,
+                  window: Window = None) -> list[dict[str, np.ndarray]]:
     """The columns of every committed batch of `kind`, each record kept once."""
     out = []
-    for ref, key, seen in _batches_once(store, kind, topic):
+    for ref, key, seen in _batches_once(store, kind, topic, window):
         columns = decode_columns(store.get(key))
         if ref.first <= seen:  # overlapping ranges from a rebalance race: keep each offset once
             keep = columns["offset"] > seen
@@ -105,9 +113,9 @@ def _coded_once(store: ObjectStore, kind: str, topic: str | None, value_column: 
     return coded.merged()
 
 
-def _rows_once(store: ObjectStore, kind: str, topic: str | None) -> Iterable[dict]:
+def _rows_once(store: ObjectStore, kind: str, topic: str | None, window: Window = None) -> Iterable[dict]:
     """The JSON lines of every committed batch of `kind`, each record once."""
-    for ref, key, seen in _batches_once(store, kind, topic):
+    for ref, key, seen in _batches_once(store, kind, topic, window):
         for line in store.get(key).decode().splitlines():
             row = json.loads(line)
             if row["offset"] > seen:
@@ -155,8 +163,10 @@ def load_watch_codes(store: ObjectStore, topic: str | None = None):
     return None if merged is None else merged[:4]
 
 
-def load_watches(store: ObjectStore, topic: str | None = None) -> WatchColumns:
-    merged = _merged(_columns_once(store, "watches", topic), "minute")
+def load_watches(store: ObjectStore, topic: str | None = None, window: Window = None) -> WatchColumns:
+    """Stored watches in event-time order; with a `window` (first, last time_us), those of the
+    batches that may hold watches in it (whole batches: the caller filters the rows)."""
+    merged = _merged(_columns_once(store, "watches", topic, window), "minute")
     if merged is None:
         return WatchColumns(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, "<U1"),
                             np.empty(0, np.int32))
@@ -168,7 +178,8 @@ def load_quarantine(store: ObjectStore, topic: str | None = None) -> list[dict]:
     return list(_rows_once(store, "quarantine", topic))
 
 
-def iter_recommendations(store: ObjectStore, topic: str | None = None) -> Iterable[dict]:
-    """Recommendation events of committed batches, each record once."""
-    return _rows_once(store, "recommendations", topic)
+def iter_recommendations(store: ObjectStore, topic: str | None = None, window: Window = None) -> Iterable[dict]:
+    """Recommendation events of committed batches, each record once; with a `window`, those of the
+    batches that may hold some in it (the caller filters the rows)."""
+    return _rows_once(store, "recommendations", topic, window)
 

@@ -9,7 +9,8 @@ slot of every successful answer is a trial; failed calls recommend nothing.
 
 Owns `QualityCounts`, `online_quality` (from parsed stream events, in any order) and
 `stored_quality_source` (the same over the stored recommendation and watch batches, as the
-`quality_source(start, end)` the controller's step takes when RELEASE_ONLINE_QUALITY is on).
+`quality_source(start, end)` the controller's step takes when RELEASE_ONLINE_QUALITY is on; it
+reads only the batches whose manifests' `time_us` overlap the analysed span and HISTORY_S before).
 Which variant a user saw is movierec.canary's rule, re-applied to the stream.
 
 Must not touch: the statistical test and how much evidence is enough (checks.py,
@@ -40,6 +41,9 @@ class QualityCounts:
         return None if self.recommended == 0 else self.watched / self.recommended
 
 
+# How far before the analysed span watches are looked for, to tell a movie being watched (or
+# watched lately) from one started after it was recommended.
+HISTORY_S = 24 * 3600.0
 QualitySource = Callable[[datetime, datetime], dict[str, QualityCounts]]
 
 
@@ -70,11 +74,18 @@ def online_quality(
     return {v: QualityCounts(*c) for v, c in counts.items()}
 
 
-def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: float = 3600.0) -> QualitySource:
+def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: float = 3600.0,
+                          history_s: float = HISTORY_S) -> QualitySource:
     """A `quality_source(start, end)` over the stored recommendation and watch batches (the batch
     loaders). Stream times are naive UTC; recommendations in [start, end] count, and the first
-    watches of their users up to `within_s` after them (earlier watches too: they tell a movie
-    already being watched from one started after the recommendation)."""
+    watches of their users up to `within_s` after them. Earlier watches tell a movie already being
+    watched from one started after the recommendation; they are looked for `history_s` back from
+    `start` (a movie last watched longer ago counts as started anew).
+
+    Only the batches whose manifests say they hold events in that span are read (recommendations
+    in [start, end], watches in [start - history_s, end + within_s]): a release step reads the
+    time it analyses, not the whole store. Batches written before manifests carried their times
+    are read whole, as before."""
 
     def source(start: datetime, end: datetime) -> dict[str, QualityCounts]:
         import numpy as np  # only this optional analysis needs numpy and the batch loaders
@@ -83,20 +94,21 @@ def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: flo
         from movierec.ratings import factorize_strings
 
         lo, hi = (t.astimezone(UTC).replace(tzinfo=None) for t in (start, end))
+        epoch = datetime(1970, 1, 1)
+        lo_us, end_us = (int((t - epoch).total_seconds() * 1e6) for t in (lo, hi))
+        hi_us, from_us = end_us + int(within_s * 1e6), lo_us - int(history_s * 1e6)
         recs = []
-        for r in iter_recommendations(store):
+        for r in iter_recommendations(store, window=(lo_us, end_us)):
             t = datetime.fromisoformat(r["time"])
             if r["status"] == 200 and lo <= t <= hi:
                 recs.append(RecommendationEvent(t, r["user_id"], r["server"], 200, tuple(r["movie_ids"]), None,
                                                 r["latency_ms"]))
         if not recs:
             return online_quality((), canary_percent, within_s)
-        watches = load_watches(store)  # in event-time order
-        epoch = datetime(1970, 1, 1)
-        lo_us = int((lo - epoch).total_seconds() * 1e6)
-        hi_us = int((hi - epoch).total_seconds() * 1e6 + within_s * 1e6)
+        watches = load_watches(store, window=(from_us, hi_us))  # in event-time order
         users = np.array(sorted({r.user_id for r in recs}), dtype=np.int64)
-        keep = np.flatnonzero((watches.time_us <= hi_us) & np.isin(watches.user_ids, users))
+        in_span = (watches.time_us >= from_us) & (watches.time_us <= hi_us)
+        keep = np.flatnonzero(in_span & np.isin(watches.user_ids, users))
         # The first watch of each (user, movie); one first watched before `start` never counts.
         _, user_code = np.unique(watches.user_ids[keep], return_inverse=True)
         # Codes of the whole column, then of the kept rows: no copy of the (fixed-width) id column.
