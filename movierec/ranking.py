@@ -24,7 +24,8 @@ The blend is folded into the factors (one more column), so serving stays one pro
 
 Owns `RankingParams` (settings RANKING_FACTORS, RANKING_POP_DAMPING), `Interactions` (the
 training pairs as matrix coordinates), `fit_ranker` -> `Ranker`, `rank_metrics` (precision,
-recall, NDCG, hit rate and catalogue coverage at k of any scoring), `ranking_report` (a model vs
+recall, NDCG, hit rate and catalogue coverage at k of any scoring), `table_coordinates` (a
+table's rows as model rows and movie indices, through its codes), `ranking_report` (a model vs
 popularity vs random on one holdout) and `recent_popularity` (the cold-start list).
 
 Must not touch: the SVD (movierec.training), the artifact, the object store, HTTP. scipy is

@@ -1,11 +1,13 @@
 """Ratings as columns: the in-memory table that training, evaluation and the model are built from.
 
-Owns `RatingsTable` (user ids int64, movie ids as a numpy unicode array, ratings float32, one row
-per rating, rows in chronological order, and each row's event time when it is known) and the
-operations on it that need no model: codes (sorted distinct ids, computed once and carried by
-`take`), keeping the latest rating per (user, movie), and the fast factorisers behind the codes.
-Also `WatchPairs` (the watch lines of a snapshot folded into one row per (user, movie): minutes
-watched and the last time) and the package's one 64-bit mixer, `splitmix64`.
+Owns `RatingsTable` (user ids int64, movie ids, ratings float32, one row per rating, rows in
+chronological order, and each row's event time when it is known; movie ids either per row as a
+numpy unicode array, or, from the batch loaders, as int32 codes into a sorted vocabulary with
+per-row strings only built when asked for) and the operations on it that need no model: codes
+(sorted distinct ids, computed once and carried by `take`), keeping the latest rating per (user,
+movie), and the fast factorisers behind the codes. Also `WatchPairs` (the watch lines of a
+snapshot folded into one row per (user, movie): minutes watched and the last time; coded the
+same way) and the package's one 64-bit mixer, `splitmix64`.
 
 Tables are built by the batch loaders (from stored ingest batches) and the ratings file of a
 snapshot; the holdout split is the training job's (`movierec.trainjob.holdout_split`).

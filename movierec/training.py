@@ -9,7 +9,8 @@ model, whose seen movies are every rating and watch of the snapshot, holdout inc
 cold-start list is recent popularity) and `evaluate` (RMSE, MAE with predictions clipped to 1..5
 as surprise does, and precision/recall/NDCG/hit rate/coverage@k of the model, of popularity and
 of random on the same holdout, where relevant means a holdout rating >= 4 and candidates are all
-movies the user has not seen in training: `movierec.ranking.ranking_report`). The job that
+movies the user has not seen in training: `movierec.ranking.ranking_report`), all on the
+holdout's codes, predictions in chunks (`predict_rows`: never holdout x factors arrays). The job that
 splits, fits, builds and evaluates is `movierec.trainjob.fit_and_evaluate`.
 
 Must not touch: stream parsing, data snapshots, the object store/registry, release policy, HTTP.
