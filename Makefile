@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-recommend bench-serve-memory bench-gateway bench-capacity bench-ingest bench-train bench-quality release-token release-status release-drill up down status demo simulate clean
+.PHONY: test lint bench-recommend bench-serve-memory bench-gateway bench-capacity bench-ingest bench-train bench-train-scale bench-quality release-token release-status release-drill up down status demo simulate clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench-ingest: $(STAMP)
 # on a throwaway local runtime (free ports); writes bench/results/train.json.
 bench-train: $(STAMP)
 	$(PY) -m bench.train
+
+# The train job and a bare scikit-surprise fit, each in its own process, at 1M, 4M and 10M ratings
+# (production parameters): wall, CPU, peak RSS, slopes, where the function's limits are reached;
+# writes bench/results/train_scale.json. Quick: ARGS="--sizes 0.25M,1M"; 20M: ARGS="--with-20m".
+bench-train-scale: $(STAMP)
+	$(PY) -m bench.train_scale $(ARGS)
 
 # The token that guards the release function's manual actions (promote/rollback/abort):
 # generated once, never a default. `make up` needs it (stack.yml lists it as a secret).

@@ -24,7 +24,8 @@ The blend is folded into the factors (one more column), so serving stays one pro
 
 Owns `RankingParams` (settings RANKING_FACTORS, RANKING_POP_DAMPING), `Interactions` (the
 training pairs as matrix coordinates), `fit_ranker` -> `Ranker`, `rank_metrics` (precision,
-recall, NDCG, hit rate and catalogue coverage at k of any scoring), `ranking_report` (a model vs
+recall, NDCG, hit rate and catalogue coverage at k of any scoring), `table_coordinates` (a
+table's rows as model rows and movie indices, through its codes), `ranking_report` (a model vs
 popularity vs random on one holdout) and `recent_popularity` (the cold-start list).
 
 Must not touch: the SVD (movierec.training), the artifact, the object store, HTTP. scipy is
@@ -326,13 +327,23 @@ def model_scores(model: RecommenderModel, rows: np.ndarray) -> np.ndarray:
     return scores
 
 
+def table_coordinates(model: RecommenderModel, table: RatingsTable) -> tuple[np.ndarray, np.ndarray]:
+    """(model row, movie index) of each row of `table` (-1 where the model does not know it),
+    through the table's codes: only its distinct ids are looked up, no per-row strings."""
+    users, user_codes, movies, movie_codes = table.codes
+    movies = np.asarray(movies)
+    if movies.dtype.kind != "U":
+        movies = np.array(movies.tolist(), dtype=str) if len(movies) else np.empty(0, "<U1")
+    return model.user_rows(users)[user_codes], model.movie_indices(movies)[movie_codes]
+
+
 def ranking_report(model: RecommenderModel, holdout: RatingsTable, k: int = DEFAULT_K, max_users: int = 10_000,
                    seed: int = 0, batch: int = 512) -> dict[str, Any]:
     """The model's top-k against popularity (most users with a seen pair in the model, which
     for the evaluation model is training) and random, and the SVD's own order when a ranking
     model ranks, on the same holdout users, relevant movies (holdout rating >= RELEVANT_RATING)
     and excluded movies (the model's seen)."""
-    rows, cols = model.user_rows(holdout.user_ids), model.movie_indices(holdout.movie_ids)
+    rows, cols = table_coordinates(model, holdout)
     ok = (rows >= 0) & (cols >= 0) & (holdout.ratings >= RELEVANT_RATING)
     ok[ok] = model.user_has_factors[rows[ok]] | model.user_ranked[rows[ok]]  # a personal list
     users = np.unique(rows[ok])

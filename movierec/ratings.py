@@ -1,11 +1,13 @@
 """Ratings as columns: the in-memory table that training, evaluation and the model are built from.
 
-Owns `RatingsTable` (user ids int64, movie ids as a numpy unicode array, ratings float32, one row
-per rating, rows in chronological order, and each row's event time when it is known) and the
-operations on it that need no model: codes (sorted distinct ids, computed once and carried by
-`take`), keeping the latest rating per (user, movie), and the fast factorisers behind the codes.
-Also `WatchPairs` (the watch lines of a snapshot folded into one row per (user, movie): minutes
-watched and the last time) and the package's one 64-bit mixer, `splitmix64`.
+Owns `RatingsTable` (user ids int64, movie ids, ratings float32, one row per rating, rows in
+chronological order, and each row's event time when it is known; movie ids either per row as a
+numpy unicode array, or, from the batch loaders, as int32 codes into a sorted vocabulary with
+per-row strings only built when asked for) and the operations on it that need no model: codes
+(sorted distinct ids, computed once and carried by `take`), keeping the latest rating per (user,
+movie), and the fast factorisers behind the codes. Also `WatchPairs` (the watch lines of a
+snapshot folded into one row per (user, movie): minutes watched and the last time; coded the
+same way) and the package's one 64-bit mixer, `splitmix64`.
 
 Tables are built by the batch loaders (from stored ingest batches) and the ratings file of a
 snapshot; the holdout split is the training job's (`movierec.trainjob.holdout_split`).
@@ -15,7 +17,6 @@ the object store, HTTP.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -124,37 +125,42 @@ def _compact(distinct: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.nd
     return distinct[used], renumber[codes]
 
 
-@dataclass(frozen=True, eq=False)
 class RatingsTable:
-    """One row per rating. Row order is chronological: a later row is a later rating."""
+    """One row per rating. Row order is chronological: a later row is a later rating.
 
-    user_ids: np.ndarray  # int64
-    movie_ids: np.ndarray  # numpy unicode ('<U..')
-    ratings: np.ndarray  # float32, RATING_MIN..RATING_MAX
-    time_us: np.ndarray | None = None  # int64 microseconds since the epoch (UTC), when known
+    Movie ids are held either per row (`RatingsTable(user_ids, movie_ids, ratings)`, a numpy
+    unicode array or strings) or as codes into a sorted vocabulary (`from_codes`, what the batch
+    loaders build: int32 per row and each distinct id once, no per-row strings). `movie_ids`
+    gives per-row strings either way, built on demand for a coded table (tests, exports): the
+    training path reads `codes` only.
+    """
 
-    def __post_init__(self) -> None:
-        if self.time_us is not None:
-            times = np.asarray(self.time_us, dtype=np.int64)
-            if times.shape != np.shape(self.user_ids):
-                raise ValueError(f"RatingsTable time_us has {times.shape} rows, user ids {np.shape(self.user_ids)}")
-            object.__setattr__(self, "time_us", times)
-        users = np.asarray(self.user_ids)
-        movies = np.asarray(self.movie_ids)
-        ratings = np.asarray(self.ratings)
+    __slots__ = ("__weakref__", "_codes", "_movie_ids", "ratings", "time_us", "user_ids")
+
+    def __init__(self, user_ids, movie_ids, ratings, time_us=None) -> None:
+        users, movies, ratings = np.asarray(user_ids), np.asarray(movie_ids), np.asarray(ratings)
         if not (users.ndim == movies.ndim == ratings.ndim == 1):
             raise ValueError("RatingsTable columns must be one-dimensional")
-        if not len(users) == len(movies) == len(ratings):
-            raise ValueError(
-                f"RatingsTable columns differ in length: users {len(users)}, movies {len(movies)}, "
-                f"ratings {len(ratings)}"
-            )
-        if users.dtype.kind not in "iu" and len(users):
-            raise ValueError(f"user ids must be integers, got dtype {users.dtype}")
         if movies.dtype.kind != "U":
             if len(movies) and not all(isinstance(m, str) for m in movies.tolist()):
                 raise ValueError("movie ids must be strings")
             movies = movies.astype(str) if len(movies) else np.empty(0, dtype="<U1")
+        self._init(users, movies, ratings, time_us, None)
+
+    def _init(self, users: np.ndarray, movies: np.ndarray | None, ratings: np.ndarray, time_us,
+              codes: Codes | None) -> None:
+        n_movies = len(movies) if movies is not None else len(codes.movie_codes)
+        if time_us is not None:
+            time_us = np.asarray(time_us, dtype=np.int64)
+            if time_us.shape != users.shape:
+                raise ValueError(f"RatingsTable time_us has {time_us.shape} rows, user ids {users.shape}")
+        if not len(users) == n_movies == len(ratings):
+            raise ValueError(
+                f"RatingsTable columns differ in length: users {len(users)}, movies {n_movies}, "
+                f"ratings {len(ratings)}"
+            )
+        if users.dtype.kind not in "iu" and len(users):
+            raise ValueError(f"user ids must be integers, got dtype {users.dtype}")
         users = users.astype(np.int64, copy=False)
         ratings = ratings.astype(np.float32, copy=False)
         if len(users) and users.min() < 0:
@@ -166,9 +172,34 @@ class RatingsTable:
                     f"{int(bad.sum())} rating(s) outside {RATING_MIN}..{RATING_MAX}, "
                     f"first {ratings[bad][0]!r}"
                 )
-        object.__setattr__(self, "user_ids", users)
-        object.__setattr__(self, "movie_ids", movies)
-        object.__setattr__(self, "ratings", ratings)
+        self.user_ids, self._movie_ids, self.ratings, self.time_us, self._codes = users, movies, ratings, time_us, codes
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("user_ids", "ratings", "time_us") and hasattr(self, name):
+            raise AttributeError(f"RatingsTable.{name} is read-only")
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_codes(cls, user_ids: np.ndarray, movies: np.ndarray, movie_codes: np.ndarray, ratings: np.ndarray,
+                   time_us: np.ndarray | None = None) -> RatingsTable:
+        """A table whose movies are `movies[movie_codes]`: `movies` sorted and distinct (an
+        object array of str, or unicode), every entry used by some row."""
+        table = cls.__new__(cls)
+        users = np.asarray(user_ids)
+        user_values, user_codes = factorize_ints(users) if len(users) else (np.empty(0, np.int64), np.empty(0, np.int64))
+        codes = Codes(user_values, user_codes, np.asarray(movies), np.asarray(movie_codes))
+        table._init(users, None, np.asarray(ratings), time_us, codes)
+        return table
+
+    @property
+    def movie_ids(self) -> np.ndarray:
+        """Per-row movie ids (numpy unicode); built on demand for a coded table."""
+        if self._movie_ids is not None:
+            return self._movie_ids
+        codes = self._codes
+        if len(codes.movie_codes) == 0:
+            return np.empty(0, dtype="<U1")
+        return np.asarray(codes.movies[codes.movie_codes], dtype=str)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -190,27 +221,27 @@ class RatingsTable:
     @property
     def codes(self) -> Codes:
         """Sorted distinct ids and per-row codes, computed once per table."""
-        cached = self.__dict__.get("_codes")
-        if cached is None:
+        if self._codes is None:
             users, user_codes = factorize_ints(self.user_ids)
-            movies, movie_codes = factorize_strings(self.movie_ids)
-            cached = Codes(users, user_codes, movies, movie_codes)
-            object.__setattr__(self, "_codes", cached)
-        return cached
+            movies, movie_codes = factorize_strings(self._movie_ids)
+            self._codes = Codes(users, user_codes, movies, movie_codes)
+        return self._codes
 
     def take(self, rows: np.ndarray) -> RatingsTable:
         """The rows selected by an index array or boolean mask, in that order.
 
         If this table's codes are known, the new table's are derived from them (integer work)
-        instead of factorising its movie-id strings again.
+        and a coded table stays coded (no per-row strings).
         """
         times = None if self.time_us is None else self.time_us[rows]
-        taken = RatingsTable(self.user_ids[rows], self.movie_ids[rows], self.ratings[rows], times)
-        codes = self.__dict__.get("_codes")
-        if codes is not None:
-            users, user_codes = _compact(codes.users, codes.user_codes[rows])
-            movies, movie_codes = _compact(codes.movies, codes.movie_codes[rows])
-            object.__setattr__(taken, "_codes", Codes(users, user_codes, movies, movie_codes))
+        codes = self._codes
+        if codes is None:
+            return RatingsTable(self.user_ids[rows], self._movie_ids[rows], self.ratings[rows], times)
+        users, user_codes = _compact(codes.users, codes.user_codes[rows])
+        movies, movie_codes = _compact(codes.movies, codes.movie_codes[rows])
+        taken = RatingsTable.__new__(RatingsTable)
+        per_row = None if self._movie_ids is None else self._movie_ids[rows]
+        taken._init(self.user_ids[rows], per_row, self.ratings[rows], times, Codes(users, user_codes, movies, movie_codes))
         return taken
 
     # -- cleaning ---------------------------------------------------------------
@@ -227,25 +258,38 @@ class RatingsTable:
         return self.take(np.sort(len(self) - 1 - first_from_end))  # take() carries the codes
 
 
-@dataclass(frozen=True, eq=False)
 class WatchPairs:
     """One row per (user, movie) the user watched: how many watch lines (minutes) and the time
-    of the last one. Built from a snapshot's watch lines by `from_lines`."""
+    of the last one. Built from a snapshot's watch lines by `from_lines` (per-line strings) or
+    `from_coded_lines` (codes into a vocabulary, what the batch loaders give: the pairs stay
+    coded and `movie_ids` is built on demand, as `RatingsTable`'s)."""
 
-    user_ids: np.ndarray  # int64
-    movie_ids: np.ndarray  # numpy unicode
-    minutes: np.ndarray  # int32, watch lines of the pair
-    last_time_us: np.ndarray  # int64 microseconds since the epoch (UTC)
+    __slots__ = ("_codes", "_movie_ids", "last_time_us", "minutes", "user_ids")
 
-    def __post_init__(self) -> None:
-        n = len(self.user_ids)
-        if not len(self.movie_ids) == len(self.minutes) == len(self.last_time_us) == n:
+    def __init__(self, user_ids, movie_ids, minutes, last_time_us) -> None:
+        movies = np.asarray(movie_ids)
+        self._init(user_ids, movies if movies.dtype.kind == "U" else movies.astype(str), minutes, last_time_us, None)
+
+    def _init(self, user_ids, movies, minutes, last_time_us, codes: Codes | None) -> None:
+        n = len(user_ids)
+        n_movies = len(movies) if movies is not None else len(codes.movie_codes)
+        if not n_movies == len(minutes) == len(last_time_us) == n:
             raise ValueError("WatchPairs columns differ in length")
-        movies = np.asarray(self.movie_ids)
-        object.__setattr__(self, "user_ids", np.asarray(self.user_ids, dtype=np.int64))
-        object.__setattr__(self, "movie_ids", movies if movies.dtype.kind == "U" else movies.astype(str))
-        object.__setattr__(self, "minutes", np.asarray(self.minutes, dtype=np.int32))
-        object.__setattr__(self, "last_time_us", np.asarray(self.last_time_us, dtype=np.int64))
+        self.user_ids = np.asarray(user_ids, dtype=np.int64)
+        self._movie_ids = movies
+        self.minutes = np.asarray(minutes, dtype=np.int32)
+        self.last_time_us = np.asarray(last_time_us, dtype=np.int64)
+        self._codes = codes
+
+    @property
+    def movie_ids(self) -> np.ndarray:
+        """Per-pair movie ids (numpy unicode); built on demand for coded pairs."""
+        if self._movie_ids is not None:
+            return self._movie_ids
+        codes = self._codes
+        if len(codes.movie_codes) == 0:
+            return np.empty(0, dtype="<U1")
+        return np.asarray(codes.movies[codes.movie_codes], dtype=str)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -259,30 +303,41 @@ class WatchPairs:
         """Fold watch lines (any order) into pairs, sorted by user id then movie id."""
         if len(user_ids) == 0:
             return cls.empty()
-        users, user_codes = factorize_ints(np.asarray(user_ids, dtype=np.int64))
         movies, movie_codes = factorize_strings(np.asarray(movie_ids))
-        keys = user_codes * len(movies) + movie_codes
+        return cls.from_coded_lines(time_us, user_ids, movies, movie_codes)
+
+    @classmethod
+    def from_coded_lines(cls, time_us: np.ndarray, user_ids: np.ndarray, movies: np.ndarray,
+                         movie_codes: np.ndarray) -> WatchPairs:
+        """As `from_lines`, of lines whose movies are `movies[movie_codes]` (`movies` sorted and
+        distinct, unicode or an object array of str): the pairs carry codes, not strings."""
+        if len(user_ids) == 0:
+            return cls.empty()
+        users, user_codes = factorize_ints(np.asarray(user_ids, dtype=np.int64))
+        keys = user_codes * len(movies) + np.asarray(movie_codes, dtype=np.int64)
         pair_keys, inverse, minutes = np.unique(keys, return_inverse=True, return_counts=True)
+        del keys
         last = np.full(len(pair_keys), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last, inverse.reshape(-1), np.asarray(time_us, dtype=np.int64))
         u, m = np.divmod(pair_keys, len(movies))
-        pairs = cls(users[u], movies[m], minutes.astype(np.int32), last)
-        object.__setattr__(pairs, "_codes", Codes(*_compact(users, u), *_compact(movies, m)))
+        pairs = cls.__new__(cls)
+        codes = Codes(*_compact(users, u), *_compact(np.asarray(movies), m))
+        pairs._init(users[u], None, minutes.astype(np.int32), last, codes)
         return pairs
 
     @property
     def codes(self) -> Codes:
         """Sorted distinct ids and per-row codes, computed once (as `RatingsTable.codes`)."""
-        cached = self.__dict__.get("_codes")
-        if cached is None:
-            cached = Codes(*factorize_ints(self.user_ids), *factorize_strings(self.movie_ids))
-            object.__setattr__(self, "_codes", cached)
-        return cached
+        if self._codes is None:
+            self._codes = Codes(*factorize_ints(self.user_ids), *factorize_strings(self._movie_ids))
+        return self._codes
 
     def take(self, rows: np.ndarray) -> WatchPairs:
-        taken = WatchPairs(self.user_ids[rows], self.movie_ids[rows], self.minutes[rows], self.last_time_us[rows])
-        codes = self.__dict__.get("_codes")
-        if codes is not None:
-            object.__setattr__(taken, "_codes", Codes(*_compact(codes.users, codes.user_codes[rows]),
-                                                      *_compact(codes.movies, codes.movie_codes[rows])))
+        codes = self._codes
+        if codes is None:
+            return WatchPairs(self.user_ids[rows], self._movie_ids[rows], self.minutes[rows], self.last_time_us[rows])
+        taken = WatchPairs.__new__(WatchPairs)
+        per_row = None if self._movie_ids is None else self._movie_ids[rows]
+        taken._init(self.user_ids[rows], per_row, self.minutes[rows], self.last_time_us[rows],
+                    Codes(*_compact(codes.users, codes.user_codes[rows]), *_compact(codes.movies, codes.movie_codes[rows])))
         return taken

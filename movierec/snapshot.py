@@ -9,8 +9,10 @@ manifest is stored write-once at `data/snapshots/<id>.json`; it holds nothing ti
 so taking the same snapshot twice is a no-op.
 
 Ratings and watches are read with the batches' own loaders (`movierec.batches.loaders`, which keep
-every Kafka offset once) through `SnapshotView`: a read-only store that shows only the snapshot's
-objects and refuses any whose bytes changed. One loader, and a snapshot cannot silently grow.
+every Kafka offset once, batch by batch, as integer codes): while a snapshot is taken through
+`_TakingView` (each object read once and hashed as it is read: one batch's bytes in memory at a
+time, one hash per object), and later through `SnapshotView`: a read-only store that shows only
+the snapshot's objects and refuses any whose bytes changed. One loader, and a snapshot cannot silently grow.
 `take_snapshot`/`load_snapshot` give the ratings; `take_snapshot_data`/`load_snapshot_data` give
 `SnapshotData`: the ratings (with their times) and the watches folded into (user, movie) pairs
 (`movierec.ratings.WatchPairs`), what training reads. A snapshot recorded before watches were
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from movierec.batches.layout import list_batches
-from movierec.batches.loaders import load_ratings, load_watches
+from movierec.batches.loaders import load_ratings, load_watch_codes
 from movierec.errors import Rejected
 from movierec.ratings import RatingsTable, WatchPairs
 from movierec.store import ObjectNotFoundError, ObjectStore, sha256_hex
@@ -77,9 +79,8 @@ def snapshot_id(objects) -> str:
 class SnapshotView:
     """A read-only ObjectStore showing only a snapshot's objects, each checked by sha256."""
 
-    def __init__(self, store: ObjectStore, objects: dict[str, str], prefetched: dict[str, bytes] | None = None):
+    def __init__(self, store: ObjectStore, objects: dict[str, str]):
         self.store, self.objects = store, objects
-        self._prefetched = dict(prefetched or {})
 
     def describe(self) -> str:
         return f"snapshot view of {self.store.describe()}"
@@ -87,9 +88,7 @@ class SnapshotView:
     def get(self, key: str) -> bytes:
         if key not in self.objects:
             raise ObjectNotFoundError(f"{self.describe()}: {key} is not in the snapshot")
-        data = self._prefetched.pop(key, None)
-        if data is None:
-            data = self.store.get(key)
+        data = self.store.get(key)
         if sha256_hex(data) != self.objects[key]:
             raise SnapshotError(f"{key} changed since the snapshot was taken (sha256 mismatch)")
         return data
@@ -121,26 +120,75 @@ class SnapshotData:
         return max(ends) if ends else None
 
 
-def _collect(store: ObjectStore, topic: str | None) -> tuple[Snapshot, SnapshotView]:
-    """Snapshot every committed batch (of `topic`, or all) now and store its manifest."""
-    objects: dict[str, str] = {}
-    fetched: dict[str, bytes] = {}
-    for ref in list_batches(store, topic):
-        manifest_key = ref.key("manifests")
-        data = store.get(manifest_key)
-        objects[manifest_key], fetched[manifest_key] = sha256_hex(data), data
-        batch_objects = json.loads(data).get("objects", {})
-        for kind in SNAPSHOT_KINDS:
-            key = batch_objects.get(kind)
-            if key:
-                data = store.get(key)
-                objects[key], fetched[key] = sha256_hex(data), data
-    if not objects:
+class _TakingView:
+    """The store while a snapshot is taken: the committed batches listed once (the snapshot's
+    moment), each object read once and hashed as it is read (that sha256 is the snapshot's
+    record of it), nothing kept but the (small) manifests. The loaders stream through it batch
+    by batch, so taking a snapshot holds one batch's bytes at a time."""
+
+    def __init__(self, store: ObjectStore, topic: str | None):
+        self.store = store
+        self.manifest_keys = [ref.key("manifests") for ref in list_batches(store, topic)]
+        self.objects: dict[str, str] = {}
+        self._manifests: dict[str, bytes] = {}
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+    def get(self, key: str) -> bytes:
+        data = self._manifests.get(key)
+        if data is not None:
+            return data
+        data = self.store.get(key)
+        digest = sha256_hex(data)
+        if self.objects.setdefault(key, digest) != digest:
+            raise SnapshotError(f"{key} changed while the snapshot was taken (sha256 mismatch)")
+        if key.startswith("data/manifests/"):
+            self._manifests[key] = data
+        return data
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.manifest_keys if k.startswith(prefix))
+
+    def put_once(self, key: str, data: bytes) -> bool:
+        raise SnapshotError("a snapshot is read-only")
+
+    replace = put_once
+
+    def record_rest(self) -> None:
+        """Hash the snapshot's objects the loaders did not need (a batch whose offsets an
+        overlapping range already holds, the watches of a ratings-only read): the snapshot
+        names every batch object either way."""
+        for manifest_key in self.manifest_keys:
+            batch_objects = json.loads(self.get(manifest_key)).get("objects", {})
+            for kind in SNAPSHOT_KINDS:
+                key = batch_objects.get(kind)
+                if key and key not in self.objects:
+                    self.get(key)
+
+
+def _collect(store: ObjectStore, topic: str | None, with_watches: bool):
+    """Snapshot every committed batch (of `topic`, or all) now, reading each object once, and
+    store its manifest: (snapshot, ratings, watch pairs or None)."""
+    view = _TakingView(store, topic)
+    if not view.manifest_keys:
         where = f"topic {topic!r}" if topic else "any topic"
         raise SnapshotError(f"no committed rating batches for {where} in {store.describe()}")
+    ratings = load_ratings(view, topic)
+    watches = _watch_pairs(view, topic) if with_watches else None
+    view.record_rest()
+    objects = view.objects
     snapshot = Snapshot(snapshot_id(objects.items()), topic, tuple(sorted(objects.items())))
     store.put_once(f"{SNAPSHOTS}/{snapshot.id}.json", _dump(snapshot.manifest()))
-    return snapshot, SnapshotView(store, objects, fetched)
+    return snapshot, ratings, watches
+
+
+def _watch_pairs(view: ObjectStore, topic: str | None) -> WatchPairs:
+    lines = load_watch_codes(view, topic)
+    return WatchPairs.empty() if lines is None else WatchPairs.from_coded_lines(*lines)
 
 
 def _recorded(store: ObjectStore, snap_id: str) -> tuple[Snapshot, SnapshotView]:
@@ -158,21 +206,20 @@ def _data(snapshot: Snapshot, view: SnapshotView) -> SnapshotData:
     ratings = load_ratings(view, snapshot.topic)
     if not any(k.startswith("data/watches/") for k, _ in snapshot.objects):
         return SnapshotData(ratings, WatchPairs.empty())  # recorded before snapshots held watches
-    watches = load_watches(view, snapshot.topic)
-    return SnapshotData(ratings, WatchPairs.from_lines(watches.time_us, watches.user_ids, watches.movie_ids))
+    return SnapshotData(ratings, _watch_pairs(view, snapshot.topic))
 
 
 def take_snapshot(store: ObjectStore, topic: str | None = None) -> tuple[Snapshot, RatingsTable]:
     """Snapshot every committed batch (of `topic`, or all) now, store its manifest, and return
     its ratings."""
-    snapshot, view = _collect(store, topic)
-    return snapshot, load_ratings(view, topic)
+    snapshot, ratings, _ = _collect(store, topic, with_watches=False)
+    return snapshot, ratings
 
 
 def take_snapshot_data(store: ObjectStore, topic: str | None = None) -> tuple[Snapshot, SnapshotData]:
     """As `take_snapshot`, returning the ratings and the watches."""
-    snapshot, view = _collect(store, topic)
-    return snapshot, _data(snapshot, view)
+    snapshot, ratings, watches = _collect(store, topic, with_watches=True)
+    return snapshot, SnapshotData(ratings, watches)
 
 
 def load_snapshot(store: ObjectStore, snap_id: str) -> tuple[Snapshot, RatingsTable]:

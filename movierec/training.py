@@ -9,7 +9,8 @@ model, whose seen movies are every rating and watch of the snapshot, holdout inc
 cold-start list is recent popularity) and `evaluate` (RMSE, MAE with predictions clipped to 1..5
 as surprise does, and precision/recall/NDCG/hit rate/coverage@k of the model, of popularity and
 of random on the same holdout, where relevant means a holdout rating >= 4 and candidates are all
-movies the user has not seen in training: `movierec.ranking.ranking_report`). The job that
+movies the user has not seen in training: `movierec.ranking.ranking_report`), all on the
+holdout's codes, predictions in chunks (`predict_rows`: never holdout x factors arrays). The job that
 splits, fits, builds and evaluates is `movierec.trainjob.fit_and_evaluate`.
 
 Must not touch: stream parsing, data snapshots, the object store/registry, release policy, HTTP.
@@ -42,6 +43,7 @@ from movierec.ranking import (
     fit_ranker,
     ranking_report,
     recent_popularity,
+    table_coordinates,
 )
 from movierec.ratings import RatingsTable, WatchPairs
 from movierec.settings import setting_field
@@ -93,10 +95,10 @@ def build_trainset(table: RatingsTable):
     if len(table) == 0:
         raise ValueError("cannot train on an empty ratings table")
     users, user_codes, movies, movie_codes = table.codes
-    ratings = table.ratings.astype(np.float64)
+    ratings = table.ratings
     rating_values, rating_codes = np.unique(ratings, return_inverse=True)
     rating_codes = rating_codes.reshape(-1)
-    rating_list = rating_values.tolist()
+    rating_list = rating_values.astype(np.float64).tolist()
 
     def sort_order(keys: np.ndarray, n_keys: int) -> np.ndarray:
         # A stable sort of small integer codes is a radix sort when they fit 16 bits.
@@ -104,19 +106,23 @@ def build_trainset(table: RatingsTable):
 
     def grouped(keys: np.ndarray, values: np.ndarray, n_keys: int, n_values: int) -> defaultdict:
         """key -> [(value, rating), ...] in table order. The (value, rating) tuples are shared:
-        one per distinct combination (a few per movie or user), not one per rating."""
+        one per distinct combination (a few per movie or user), not one per rating; each key's
+        list is cut straight from one object array (no intermediate list of every rating)."""
         order = sort_order(keys, n_keys)
-        combos = values[order] * len(rating_list) + rating_codes[order]
-        if n_values * len(rating_list) <= len(combos):
+        bounds = np.searchsorted(keys[order], np.arange(n_keys + 1)).tolist()
+        if n_values * len(rating_list) <= len(order):
+            combos = values[order].astype(np.int64) * len(rating_list) + rating_codes[order]
+            del order
             shared = np.empty(n_values * len(rating_list), dtype=object)
             shared[:] = [(v, r) for v in range(n_values) for r in rating_list]
-            pairs = shared[combos].tolist()
+            pairs = shared[combos]
+            del combos
         else:  # many distinct ratings: one tuple per rating is cheaper than the table
-            pairs = list(zip(values[order].tolist(), ratings[order].tolist()))
-        bounds = np.searchsorted(keys[order], np.arange(n_keys + 1)).tolist()
+            pairs = np.empty(len(order), dtype=object)
+            pairs[:] = list(zip(values[order].tolist(), ratings[order].astype(np.float64).tolist()))
         grouped_pairs = defaultdict(list)
         for key in range(n_keys):
-            grouped_pairs[key] = pairs[bounds[key]: bounds[key + 1]]
+            grouped_pairs[key] = pairs[bounds[key]: bounds[key + 1]].tolist()
         return grouped_pairs
 
     with _cyclic_gc_paused():
@@ -133,7 +139,7 @@ def build_trainset(table: RatingsTable):
         raw2inner_id_items={m: i for i, m in enumerate(movies.tolist())},
     )
     # Surprise would compute this lazily with a Python-level pass over all ratings.
-    trainset._global_mean = float(ratings.mean())
+    trainset._global_mean = float(ratings.astype(np.float64).mean())
     return trainset
 
 
@@ -151,6 +157,23 @@ def fit_svd(table: RatingsTable, params: SVDParams = SVDParams()):
     trainset = build_trainset(table)
     with _cyclic_gc_paused():
         return algo.fit(trainset)
+
+
+def predict_rows(model: RecommenderModel, rows: np.ndarray, items: np.ndarray, clip: bool = True,
+                 chunk: int = 1 << 16) -> np.ndarray:
+    """`model.predict` of (model row, movie index) pairs (-1: unknown), the same figures, in
+    chunks: at most `chunk` x factors floats are gathered at a time, never holdout x factors."""
+    ku, ki = rows >= 0, items >= 0
+    ku[ku] = model.user_has_factors[rows[ku]]  # watch-only users are unknown to the SVD
+    est = np.full(len(rows), model.global_mean, dtype=np.float64)
+    est[ku] += model.user_bias[rows[ku]]
+    est[ki] += model.item_bias[items[ki]]
+    both = np.flatnonzero(ku & ki)
+    for start in range(0, len(both), chunk):
+        at = both[start: start + chunk]
+        est[at] += np.einsum("ij,ij->i", model.user_factors[rows[at]], model.item_factors[items[at]],
+                             dtype=np.float64)
+    return np.clip(est, RATING_MIN, RATING_MAX) if clip else est
 
 
 def _rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -178,7 +201,7 @@ def evaluate(
     if len(holdout) == 0:
         raise ValueError("cannot evaluate on an empty holdout")
     truth = holdout.ratings.astype(np.float64)
-    rmse, mae = _rmse_mae(model.predict(holdout.user_ids, holdout.movie_ids, clip=True), truth)
+    rmse, mae = _rmse_mae(predict_rows(model, *table_coordinates(model, holdout)), truth)
     rmse_mean, _ = _rmse_mae(np.full(len(truth), np.clip(model.global_mean, RATING_MIN, RATING_MAX)), truth)
     metrics = {"rmse": rmse, "mae": mae, "rmse_global_mean": rmse_mean, "n_holdout": len(holdout), "k": k}
     report = ranking_report(model, holdout, k, max_ranking_users, seed, batch_users) if max_ranking_users else {}
@@ -194,11 +217,17 @@ def evaluate(
 
 
 # -- the job's models -------------------------------------------------------------------------
+def _unicode(ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    return ids if ids.dtype.kind == "U" else (np.array(ids.tolist(), dtype=str) if len(ids) else np.empty(0, "<U1"))
+
+
 def _pairs(users: np.ndarray, movies: np.ndarray, table: RatingsTable | WatchPairs):
     """(catalogue row, catalogue column) of each row of `table`, through its codes (only the
     distinct ids are looked up)."""
     codes = table.codes
-    return lookup_sorted(users, codes.users)[codes.user_codes], lookup_sorted(movies, codes.movies)[codes.movie_codes]
+    return (lookup_sorted(users, codes.users)[codes.user_codes],
+            lookup_sorted(movies, _unicode(codes.movies))[codes.movie_codes])
 
 
 def build_models(
@@ -216,7 +245,8 @@ def build_models(
     here on `train` + `train_watches`. `everything` and `watches` are the whole snapshot (train
     and holdout): the catalogue of both models and the served model's seen set."""
     users = np.union1d(everything.codes.users, watches.codes.users)
-    movies = np.union1d(everything.codes.movies, watches.codes.movies)
+    # The model's movie ids are a unicode array (its artifact's type): the vocabulary, not rows.
+    movies = np.union1d(_unicode(everything.codes.movies), _unicode(watches.codes.movies))
     nu, nm = len(users), len(movies)
     svd = svd_arrays(algo, train)
     rows, cols = lookup_sorted(users, svd["users"]), lookup_sorted(movies, svd["movies"])

@@ -166,9 +166,24 @@ def check_data(table: RatingsTable, config: TrainConfig, deduped: RatingsTable |
     return figures
 
 
-def _string_hash(strings: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each string of a numpy unicode array, vectorised over the characters
-    (one pass per character position instead of a Python call per string)."""
+def _string_hash(strings) -> np.ndarray:
+    """A 64-bit hash of each string (a numpy unicode or object array, or a list of str),
+    vectorised over the characters (one pass per character position instead of a Python call
+    per string). Strings are hashed in groups of one length, so the work and memory follow the
+    strings' own lengths, never the longest one times their number."""
+    if isinstance(strings, np.ndarray) and strings.dtype.kind == "U":
+        return _unicode_hash(strings)
+    strings = list(strings.tolist() if isinstance(strings, np.ndarray) else strings)
+    lengths = np.fromiter(map(len, strings), np.int64, len(strings))
+    h = np.empty(len(strings), dtype=np.uint64)
+    for length in np.unique(lengths).tolist():
+        at = np.flatnonzero(lengths == length)
+        h[at] = _unicode_hash(np.array([strings[i] for i in at.tolist()], dtype=f"<U{max(length, 1)}"))
+    return h
+
+
+def _unicode_hash(strings: np.ndarray) -> np.ndarray:
+    """FNV-1a over the code points of each string of a numpy unicode array."""
     strings = np.ascontiguousarray(strings)
     width = strings.dtype.itemsize // 4
     codepoints = strings.view(np.uint32).reshape(len(strings), width) if len(strings) else np.empty((0, width))
@@ -206,8 +221,7 @@ def holdout_split(table: RatingsTable, test_fraction: float, seed: int = 0) -> t
     every new model would look worse. Hashing the pair keeps a pair in the holdout of every
     snapshot that contains it: the stable model has never trained on the holdout either.
     """
-    movies = table.codes.movies.astype(table.movie_ids.dtype, copy=False)
-    is_holdout = holdout_mask(table.user_ids, movies, table.codes.movie_codes, test_fraction, seed)
+    is_holdout = holdout_mask(table.user_ids, table.codes.movies, table.codes.movie_codes, test_fraction, seed)
     return table.take(~is_holdout), table.take(is_holdout)
 
 
@@ -216,8 +230,7 @@ def split_watches(watches: WatchPairs, test_fraction: float, seed: int = 0) -> t
     if len(watches) == 0:
         return watches, watches
     codes = watches.codes
-    movies = codes.movies.astype(watches.movie_ids.dtype, copy=False)
-    is_holdout = holdout_mask(watches.user_ids, movies, codes.movie_codes, test_fraction, seed)
+    is_holdout = holdout_mask(watches.user_ids, codes.movies, codes.movie_codes, test_fraction, seed)
     return watches.take(~is_holdout), watches.take(is_holdout)
 
 

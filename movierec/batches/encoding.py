@@ -11,7 +11,8 @@ distinct ids, never with the longest one (a fixed-width '<U' column of 10,000 id
 of the distinct ids only: width x vocabulary size, not x rows) and also reads batches written
 before this format (a stored '<U' `movie_vocab`).
 
-Owns: `encode_columns`, `decode_columns`, `time_us`, the vocabulary columns (`encode_vocab`, `decode_vocab`)
+Owns: `encode_columns`, `decode_columns`, `time_us`, the vocabulary columns (`encode_vocab`,
+`decode_vocab`, `decode_vocab_list`)
 and `EventColumns` (one kind's columns of one batch, built part by part as records are parsed).
 
 Must not touch: keys (`layout`), which events go where (`builder`), the store.
@@ -51,22 +52,32 @@ def encode_vocab(ids: list[str]) -> dict[str, np.ndarray]:
     return {VOCAB_BLOB: blob, VOCAB_END: ends}
 
 
-def decode_vocab(blob: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The ids of `encode_vocab`'s columns, as a '<U' array (RatingsTable's movie id type)."""
+def decode_vocab_list(blob: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The ids of `encode_vocab`'s columns, as a list of str (memory: their own lengths)."""
     data = blob.tobytes()
     bounds = ends.tolist()
     if bounds and (bounds[-1] != len(data) or any(b > a for a, b in zip(bounds[1:], bounds))):
         raise ValueError("batch vocabulary offsets do not match its bytes")
     starts = [0, *bounds[:-1]]
-    ids = [data[a:b].decode("utf-8") for a, b in zip(starts, bounds)]
+    return [data[a:b].decode("utf-8") for a, b in zip(starts, bounds)]
+
+
+def decode_vocab(blob: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The ids of `encode_vocab`'s columns, as a '<U' array (RatingsTable's movie id type)."""
+    ids = decode_vocab_list(blob, ends)
     return np.array(ids, dtype=str) if ids else np.empty(0, dtype="<U1")
 
 
-def decode_columns(data: bytes) -> dict[str, np.ndarray]:
+def decode_columns(data: bytes, vocab_as_list: bool = False) -> dict[str, np.ndarray]:
+    """The batch's columns; `movie_vocab` as a '<U' array, or a list of str with `vocab_as_list`
+    (what the coded loaders read: no width that grows with the longest id)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         columns = {name: npz[name] for name in npz.files}
     if VOCAB_BLOB in columns:
-        columns["movie_vocab"] = decode_vocab(columns.pop(VOCAB_BLOB), columns.pop(VOCAB_END))
+        blob, ends = columns.pop(VOCAB_BLOB), columns.pop(VOCAB_END)
+        columns["movie_vocab"] = decode_vocab_list(blob, ends) if vocab_as_list else decode_vocab(blob, ends)
+    elif vocab_as_list and "movie_vocab" in columns:  # a batch written before the blob format
+        columns["movie_vocab"] = columns["movie_vocab"].tolist()
     return columns
 
 

@@ -5,7 +5,10 @@ each record once, also where two stored ranges overlap (a rebalance race). A rec
 (topic, partition, log epoch, offset): the same offset in two epochs is two records (the log was
 reset or replaced in between), so each epoch's offsets are kept once on their own.
 
-Owns: `load_ratings` (a `movierec.ratings.RatingsTable`), `load_watches` (`WatchColumns`),
+Ratings are read as integer codes, batch by batch (`_Coded`): one vocabulary merge, no per-row
+strings, each batch's bytes dropped once decoded.
+
+Owns: `load_ratings` (a coded `movierec.ratings.RatingsTable`), `load_watches` (`WatchColumns`), `load_watch_codes`,
 `load_quarantine`, `iter_recommendations`.
 
 Must not touch: writing batches (`builder`), Kafka, what readers do with the rows.
@@ -57,6 +60,59 @@ def _columns_once(store: ObjectStore, kind: str, topic: str | None,
     return out
 
 
+class _Coded:
+    """Batches of one kind read one at a time into integer columns: each batch's movie codes are
+    remapped into one vocabulary (a dict lookup per distinct id of the batch, a small array per
+    batch), so no per-row string is ever made and a batch's bytes are dropped once decoded."""
+
+    def __init__(self, value_column: str, value_dtype):
+        self.value_column, self.value_dtype = value_column, value_dtype
+        self.index: dict[str, int] = {}
+        self.parts: dict[str, list[np.ndarray]] = {"time_us": [], "user_id": [], "code": [], "value": []}
+
+    def add(self, columns: dict, seen: int | None) -> None:
+        vocab = columns["movie_vocab"]
+        index = self.index
+        lookup = np.fromiter((index.setdefault(m, len(index)) for m in vocab), np.int32, len(vocab))
+        keep = None if seen is None else columns["offset"] > seen
+        for name, column in (("time_us", columns["time_us"]), ("user_id", columns["user_id"]),
+                             ("code", lookup[columns["movie_code"]] if len(lookup) else
+                              np.empty(0, np.int32)), ("value", columns[self.value_column])):
+            self.parts[name].append(column if keep is None else column[keep])
+
+    def merged(self):
+        """(time_us, user_id, sorted distinct movie ids (object array of str), int32 codes into
+        them, values) in event-time order (ties keep stream order), or None without rows."""
+        if not self.parts["time_us"]:
+            return None
+        columns = {}
+        for name, dtype in (("time_us", np.int64), ("user_id", np.int64), ("code", np.int32),
+                            ("value", self.value_dtype)):
+            parts, self.parts[name] = self.parts[name], []
+            columns[name] = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+            del parts
+        vocab = np.empty(len(self.index), dtype=object)
+        vocab[:] = list(self.index)
+        used = np.bincount(columns["code"], minlength=len(vocab)) > 0  # ids of dropped overlap rows
+        order = np.flatnonzero(used)[np.argsort(vocab[used], kind="stable")]
+        rank = np.full(len(vocab), -1, np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        codes = rank[columns["code"]]
+        times = columns["time_us"]
+        if len(times) > 1 and not (times[1:] >= times[:-1]).all():  # several partitions: interleave
+            chrono = np.argsort(times, kind="stable")
+            return (times[chrono], columns["user_id"][chrono], vocab[order], codes[chrono],
+                    columns["value"][chrono])
+        return times, columns["user_id"], vocab[order], codes, columns["value"]
+
+
+def _coded_once(store: ObjectStore, kind: str, topic: str | None, value_column: str, value_dtype):
+    coded = _Coded(value_column, value_dtype)
+    for ref, key, seen in _batches_once(store, kind, topic):
+        coded.add(decode_columns(store.get(key), vocab_as_list=True), seen if ref.first <= seen else None)
+    return coded.merged()
+
+
 def _rows_once(store: ObjectStore, kind: str, topic: str | None, window: Window = None) -> Iterable[dict]:
     """The JSON lines of every committed batch of `kind`, each record once."""
     for ref, key, seen in _batches_once(store, kind, topic, window):
@@ -82,11 +138,11 @@ def load_ratings(store: ObjectStore, topic: str | None = None):
     in event-time order (ties keep stream order), each stream record once."""
     from movierec.ratings import RatingsTable
 
-    merged = _merged(_columns_once(store, "ratings", topic), "rating")
+    merged = _coded_once(store, "ratings", topic, "rating", np.float32)
     if merged is None:
         return RatingsTable.empty()
-    times, users, movies, ratings = merged
-    return RatingsTable(users, movies, ratings.astype(np.float32), time_us=times)
+    times, users, movies, codes, ratings = merged
+    return RatingsTable.from_codes(users, movies, codes, ratings, time_us=times)
 
 
 @dataclass(frozen=True)
@@ -98,6 +154,13 @@ class WatchColumns:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+
+def load_watch_codes(store: ObjectStore, topic: str | None = None):
+    """Every stored watch line as (time_us, user ids, sorted distinct movie ids (object array),
+    int32 codes into them), event-time order, each record once; None without watches."""
+    merged = _coded_once(store, "watches", topic, "minute", np.int32)
+    return None if merged is None else merged[:4]
 
 
 def load_watches(store: ObjectStore, topic: str | None = None, window: Window = None) -> WatchColumns:
