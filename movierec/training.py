@@ -30,7 +30,6 @@ from movierec.model import (
     COLD_START_SIZE,
     DEFAULT_K,
     RecommenderModel,
-    lookup_sorted,
     seen_csr,
     svd_arrays,
 )
@@ -46,6 +45,7 @@ from movierec.ranking import (
     table_coordinates,
 )
 from movierec.ratings import RatingsTable, WatchPairs
+from movierec.selection import lookup_sorted
 from movierec.settings import setting_field
 
 # Ranking metrics on more users than this use a seeded random sample of them (keeps evaluation
