@@ -80,10 +80,17 @@ def read_replica_state(state_dir: str | Path) -> dict[str, Any]:
         "runtime_pid": None, "functions": {}}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(taken: set[int] = frozenset()) -> int:
+    """A port free now and not in `taken` (the ports of replicas this runtime started: the kernel may
+    hand a port just released by a probe to the next probe, and a server that binds with
+    SO_REUSEPORT, as granian does, would then share it with another function silently)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
+    raise OSError("no free port on 127.0.0.1 outside the ones this runtime's replicas hold")
 
 
 class Replica:
@@ -137,6 +144,7 @@ class ReplicaProcesses:
         self._pumps: set[asyncio.Task[Any]] = set()  # never cancelled: they end when the output does
         self._draining: list[Replica] = []  # out of rotation, waiting for in-flight requests
         self._live: dict[int, Replica] = {}  # pid -> every replica process that has not exited yet
+        self._ports_starting: set[int] = set()  # given to a replica whose process is not in _live yet
 
     # ----- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -181,7 +189,15 @@ class ReplicaProcesses:
                     secrets_dir: Path) -> Replica:
         fprocess = config.env_process or image.fprocess
         argv = process_command(fprocess)
-        port = free_port()
+        port = free_port({r.port for r in self._live.values()} | self._ports_starting)
+        self._ports_starting.add(port)
+        try:
+            return await self._start_on(port, config, image, generation, index, secrets_dir, argv, fprocess)
+        finally:
+            self._ports_starting.discard(port)
+
+    async def _start_on(self, port: int, config: FunctionConfig, image: Image, generation: int, index: int,
+                        secrets_dir: Path, argv: list[str], fprocess: str) -> Replica:
         instance = f"{config.name}-{generation}-{index}"
         rootfs = self.rootfs_dir / f"{instance}.{secrets.token_hex(4)}"
         await asyncio.to_thread(link_tree, image.root, rootfs)

@@ -122,3 +122,42 @@ def test_a_replica_killed_with_sigkill_leaves_no_worker_holding_its_port(tmp_pat
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_second_server_on_a_port_already_served_refuses_to_start_instead_of_sharing_it(tmp_path):
+    """granian binds with SO_REUSEPORT: without a check, a replica started on a port another
+    replica already serves (a port race in the runtime) would silently take half of its calls,
+    e.g. ingest's cron calls answered by recommend. The second must exit with one line."""
+    import time
+
+    import requests
+
+    from scripts._proc import free_port
+
+    stack = load_stack(REPO / "stack.yml", env={})
+    context = build_function(stack, stack.functions["recommend"], tmp_path / "build")
+    save_model(build_bench_model(50, 40, n_factors=4, seed=3), tmp_path / "model")
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PORT": str(port),
+           "MODEL_PATH": str(tmp_path / "model"), "STORE_URL": "", "PUSHGATEWAY_URL": ""}
+    first = subprocess.Popen([sys.executable, "index.py"], cwd=context.path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/_/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and first.poll() is None, "index.py never became ready"
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "index.py"], cwd=context.path, env=env, timeout=60,
+                                capture_output=True, text=True)
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"cannot serve on 127.0.0.1:{port}" in lines[0], second.stderr
+        assert first.poll() is None and requests.get(f"http://127.0.0.1:{port}/_/ready", timeout=5).status_code == 200
+    finally:
+        first.kill()
+        first.wait()

@@ -59,10 +59,21 @@ if __name__ == "__main__":  # granian's main process: bind, fork the worker, nev
         index.start_lock_thread()
         return index.serve
 
+    def _refuse_a_shared_port(host: str, port: int) -> None:
+        """granian binds with SO_REUSEPORT, so on a port another server already listens on (with
+        SO_REUSEPORT too, e.g. another replica) it would share the calls silently. A probe bound
+        without SO_REUSEPORT fails with EADDRINUSE while anyone listens there (SO_REUSEADDR only
+        passes connections left in TIME_WAIT)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+
     _server = Server("index:serve", address=os.getenv("BIND_HOST", "127.0.0.1"), port=int(os.getenv("PORT", "5000")),
                      interface=Interfaces.WSGI, workers=1,
                      blocking_threads=int(os.getenv("SERVER_THREADS", "8")), log_enabled=False, log_access=False)
     try:
+        _refuse_a_shared_port(os.getenv("BIND_HOST", "127.0.0.1"), int(os.getenv("PORT", "5000")))
         _server.serve(target_loader=_load_app)
     except SystemExit as e:
         sys.exit(_WORKER_EXIT.value or e.code)
