@@ -1,7 +1,9 @@
 """Function logs: every replica's output, kept per function, and `/system/logs` as faas-provider serves it.
 
-Each replica's stdout and stderr go through a pipe into `<state>/logs/function-<name>.log`, one
-line per output line: `<RFC3339 UTC timestamp> <instance> <text>`, where the instance is the
+Each replica writes its stdout and stderr to its own output file (a file, not a pipe, so that it
+outlives the runtime); `LogBook.pump` copies it into `<state>/logs/function-<name>.log`, one
+line per output line, a fraction of a second later (`_TAIL_POLL`), resuming after a restart of the
+runtime where it stopped (`<output>.offset`, the end of the last whole line copied): `<RFC3339 UTC timestamp> <instance> <text>`, where the instance is the
 replica's HOSTNAME (`<name>-<generation>-<index>`, like a pod name). Lines of all replicas of a
 function are in one file in the order they were written (each line one append, never interleaved).
 
@@ -15,7 +17,7 @@ or `since` that does not parse: 422. What `faas-cli logs` sends: `follow` always
 
 Owns: the replica output pump (`LogBook.pump`), the function log files' line format, reading them
 back (filters, tail, follow) and the `/system/logs` route.
-Must not touch: processes (the replica module hands over their output pipe), other routes, auth.
+Must not touch: processes (the replica module hands over their output file), other routes, auth.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ log = logging.getLogger("localfaas.logs")
 
 _CHUNK = 64 * 1024
 _FOLLOW_POLL = 0.25
+_TAIL_POLL = 0.1  # how often a replica's output file is checked for new lines
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # lines written before timestamps were kept
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 
@@ -56,31 +59,53 @@ class LogBook:
     def path(self, name: str) -> Path:
         return self.folder / f"function-{name}.log"
 
-    async def pump(self, name: str, instance: str, stream: asyncio.StreamReader) -> None:
-        """Copy a replica's output into its function's log, a timestamped line at a time, until EOF."""
+    async def pump(self, name: str, instance: str, source: Path, done: asyncio.Event) -> None:
+        """Copy a replica's output file into its function's log, a timestamped line at a time, from
+        where an earlier pump of it stopped, until `done` is set and the file is read to its end."""
         self.folder.mkdir(parents=True, exist_ok=True)
         prefix = f" {instance} ".encode()
+        offset_file = source.with_suffix(".offset")
+        try:
+            offset = int(offset_file.read_text() or 0)
+        except (OSError, ValueError):
+            offset = 0
         partial = b""
+        try:
+            src = os.open(source, os.O_RDONLY)
+        except OSError:
+            return
         with open(self.path(name), "ab", buffering=0) as out:  # noqa: ASYNC230 - local appends
             def write(lines: list[bytes]) -> None:
                 stamp = _now().encode()
                 with contextlib.suppress(OSError):  # a full disk must not block the replica
                     out.write(b"".join(stamp + prefix + line.rstrip(b"\r") + b"\n" for line in lines))
 
-            while True:
-                try:
-                    chunk = await stream.read(_CHUNK)
-                except (OSError, ValueError):
-                    chunk = b""
-                if not chunk:
-                    break
-                *lines, partial = (partial + chunk).split(b"\n")
-                if len(partial) > _CHUNK:  # an endless line: cut it rather than hold it
-                    lines, partial = [*lines, partial], b""
-                if lines:
-                    write(lines)
-            if partial:
-                write([partial])
+            try:
+                while True:
+                    finished = done.is_set()
+                    try:
+                        chunk = os.pread(src, _CHUNK, offset + len(partial))
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        if finished:
+                            break
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(done.wait(), _TAIL_POLL)
+                        continue
+                    data = partial + chunk  # starts at `offset`
+                    *lines, partial = data.split(b"\n")
+                    if len(partial) > _CHUNK:  # an endless line: cut it rather than hold it
+                        lines, partial = [*lines, partial], b""
+                    if lines:
+                        write(lines)
+                        offset += len(data) - len(partial)
+                        with contextlib.suppress(OSError):
+                            offset_file.write_text(str(offset))
+                if partial:
+                    write([partial])
+            finally:
+                os.close(src)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Supervisor:
         for sub in ("logs", "run", "secrets"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.images.open()
-        self.processes.open()
+        self.processes.open(self.images.get)
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def close(self) -> None:
@@ -148,9 +148,11 @@ class Supervisor:
 
     # ----- deploy / update / scale / remove --------------------------------------------------
     async def deploy(self, config: FunctionConfig, image: Image, *, source: str = "api",
-                     replicas: int | None = None, wait: float = 0.0) -> None:
+                     replicas: int | None = None, wait: float = 0.0, adopt: bool = False) -> None:
         """Create the function, or roll it to the new config when it exists already. Returns once
-        its replicas are started, or (with `wait`) once they serve or `wait` seconds have passed."""
+        its replicas are started, or (with `wait`) once they serve or `wait` seconds have passed.
+        `adopt` (a restore at start): replicas a killed runtime left running this very deployment
+        are taken over instead of started (`ReplicaProcesses.adopt`); only the missing ones start."""
         if config.name in self.functions:
             await self.update(config, image, wait=wait)
             return
@@ -159,10 +161,17 @@ class Supervisor:
         runtime = FunctionRuntime(config, image, desired, source)
         self.functions[config.name] = runtime
         async with runtime.lock:
-            runtime.generation = runtime.pending_generation = 1
-            runtime.replicas = [await self._start(runtime, config, image, 1, i) for i in range(desired)]
+            adopted = await self.processes.adopt(config, image, desired) if adopt else []
+            generation = max((r.generation for r in adopted), default=1)
+            runtime.generation = runtime.pending_generation = generation
+            for replica in adopted:
+                self._spawn_task(self._watch_exit(runtime, replica))
+            used = {r.index for r in adopted}
+            free = (i for i in itertools.count() if i not in used)
+            runtime.replicas = adopted + [await self._start(runtime, config, image, generation, next(free))
+                                          for _ in range(desired - len(adopted))]
             self._persist(runtime)
-        await self._wait_serving(runtime, 1, wait)
+        await self._wait_serving(runtime, generation, wait)
 
     async def update(self, config: FunctionConfig, image: Image, *, wait: float = 0.0) -> None:
         """Rolling update: the new generation takes traffic once all of it is ready."""
