@@ -121,9 +121,9 @@ def write_project(root: Path) -> Path:
 class LocalFaas:
     """`python -m localfaas up` on a free port, as a real process; `stop()` ends it by its PID."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, env: dict[str, str] | None = None, port: int | None = None):
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = root / "var"
         self.record_file = root / "calls.jsonl"
@@ -132,7 +132,7 @@ class LocalFaas:
                             "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "20",
                             "LOCALFAAS_TEST_HOST_ONLY": "must-not-leak"})
         environment.update(env or {})
-        with open(root / "localfaas.out", "wb") as log:  # the child keeps its own copy of the fd
+        with open(root / "localfaas.out", "ab") as log:  # the child keeps its own copy of the fd
             self.process = self._spawn(root, environment, log)
 
     def _spawn(self, root: Path, environment: dict[str, str], log) -> subprocess.Popen:
