@@ -2,7 +2,7 @@
 
 Each replica writes its stdout and stderr to its own output file (a file, not a pipe, so that it
 outlives the runtime); `LogBook.pump` copies it into `<state>/logs/function-<name>.log`, one
-line per output line, a fraction of a second later (`_TAIL_POLL`), resuming after a restart of the
+line per output line, as soon as it is written (inotify; polled without it), resuming after a restart of the
 runtime where it stopped (`<output>.offset`, the end of the last whole line copied): `<RFC3339 UTC timestamp> <instance> <text>`, where the instance is the
 replica's HOSTNAME (`<name>-<generation>-<index>`, like a pod name). Lines of all replicas of a
 function are in one file in the order they were written (each line one append, never interleaved).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -41,7 +42,45 @@ log = logging.getLogger("localfaas.logs")
 
 _CHUNK = 64 * 1024
 _FOLLOW_POLL = 0.25
-_TAIL_POLL = 0.1  # how often a replica's output file is checked for new lines
+_TAIL_POLL = 0.1  # how often a replica's output file is checked for new lines without inotify
+_IN_MODIFY, _IN_NONBLOCK, _IN_CLOEXEC = 0x2, 0o4000, 0o2000000
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _inotify_init1, _inotify_add_watch = _libc.inotify_init1, _libc.inotify_add_watch
+except (OSError, AttributeError):  # not Linux: polled
+    _inotify_init1 = _inotify_add_watch = None
+
+
+class _Changes:
+    """Wakes up when a file is written to (inotify), else every `_TAIL_POLL` seconds."""
+
+    def __init__(self, path: Path, done: asyncio.Event):
+        self.done, self.fd, self.changed = done, -1, asyncio.Event()
+        if _inotify_init1 is not None:
+            fd = _inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd >= 0 and _inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) >= 0:
+                self.fd = fd
+                asyncio.get_running_loop().add_reader(fd, self._drain)
+            elif fd >= 0:
+                os.close(fd)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self.fd, 4096)
+        self.changed.set()
+
+    async def wait(self) -> None:
+        waits = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(self.done.wait())]
+        await asyncio.wait(waits, timeout=_TAIL_POLL if self.fd < 0 else 5.0, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        self.changed.clear()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # lines written before timestamps were kept
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 
@@ -74,6 +113,7 @@ class LogBook:
             src = os.open(source, os.O_RDONLY)
         except OSError:
             return
+        changes = _Changes(source, done)
         with open(self.path(name), "ab", buffering=0) as out:  # noqa: ASYNC230 - local appends
             def write(lines: list[bytes]) -> None:
                 stamp = _now().encode()
@@ -90,8 +130,7 @@ class LogBook:
                     if not chunk:
                         if finished:
                             break
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(done.wait(), _TAIL_POLL)
+                        await changes.wait()
                         continue
                     data = partial + chunk  # starts at `offset`
                     *lines, partial = data.split(b"\n")
@@ -105,6 +144,7 @@ class LogBook:
                 if partial:
                     write([partial])
             finally:
+                changes.close()
                 os.close(src)
 
 

@@ -1,27 +1,21 @@
-"""Replica processes: starting one, adopting one an earlier runtime started, knowing when it is
-ready or sick, and stopping it.
+"""Replica processes: starting one, adopting one an earlier runtime started, readiness, health, stopping.
 
 Owns: the `Replica` (one process of a function, on its own free 127.0.0.1 port, with the function's
 environment, the path of its private secrets folder, and its own folder `<state>/run/rootfs/<instance>.<id>`:
 hard links to its image's read-only files, removed when it exits, like a container's writable
-layer), `ReplicaProcesses`: starting a replica (in its own session, nothing tying it to the
-runtime's process: its output goes to its own file `<state>/run/output/<instance>.<id>.out`, which
-`localfaas.logs.LogBook.pump` copies into the function log, so it keeps serving when the runtime is
-killed, as a container outlives its provider), adopting at start the replicas a killed runtime left
-(`open` + `adopt`: recorded in the replica state file, still the same process (start time), its
-image and FunctionDeployment (`config_hash`) those of the restored deployment, answering
-`/_/ready`; every other one left over is stopped by `stop_orphans`, by pidfd), readiness
-(`/_/ready` must return 200 before a replica gets traffic; a replica that answers something else
-is "waiting for" what it says, logged once, never an error), the liveness check of one replica
-(`/_/health`; three failures kill it), draining then SIGTERM then SIGKILL, stopping every process
-it started or adopted, and the replica state file (`localfaas.replicastate`: every replica process
-that has not exited yet, draining ones too, rewritten atomically whenever one starts, is adopted
-or exits, so operator tools find replica pids without reading logs, and stop by verified pid what a
-killed runtime left: `stop_recorded`).
+layer), `ReplicaProcesses`: starting a replica (its own session; nothing ties it to the runtime:
+its output goes to a file, `<state>/run/output/<instance>.<id>.out`, that `LogBook.pump` copies into
+the function log, so it serves on when the runtime is killed, as a container outlives its provider),
+adopting at start what a killed runtime left (`open` + `adopt`: recorded in the replica state file,
+still the same process, running the restored deployment's image and FunctionDeployment, answering
+`/_/ready`; `stop_orphans` stops every other one, by pidfd), readiness (`/_/ready` must return 200
+before a replica gets traffic; another answer is "waiting for" what it says, logged once, never an
+error), liveness (`/_/health`; three failures kill it), draining then SIGTERM then SIGKILL, stopping
+every process it started or adopted, and the replica state file (`localfaas.replicastate`),
+rewritten whenever a replica starts, is adopted or exits.
 Must not touch: which replicas a function should have (the supervisor decides: deploy, rolling
 update, scale, restart after a crash), HTTP routing of client requests, stack parsing, building,
-and any process it did not start or adopt (a recorded pid that is now another process is never
-signalled).
+and any process it did not start or adopt (a recorded pid now another process is never signalled).
 """
 from __future__ import annotations
 

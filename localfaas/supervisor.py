@@ -1,7 +1,8 @@
 """Running functions as local replica processes, the way OpenFaaS runs them as containers.
 
 Owns: the deployed functions (`FunctionRuntime`: the desired config and image, desired replicas,
-the serving generation and a rollout's pending one, round-robin `pick`), deploy, scaling (0
+the serving generation and a rollout's pending one, round-robin `pick`), deploy (a restore at start
+may adopt the replicas a killed runtime left running that deployment), scaling (0
 allowed; at most `com.openfaas.scale.max`), scale from zero for a call, rolling updates as a
 Deployment does them (the call returns once the new replicas are started; they take traffic only
 when all are ready, then the old ones are drained and stopped; until then the old ones keep
