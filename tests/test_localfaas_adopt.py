@@ -65,7 +65,6 @@ def test_a_killed_runtime_leaves_its_replicas_serving_and_the_next_one_adopts_th
         calls.start()
         faas.wait_until(lambda: len(calls.results) > 30, "calls before the kill")
 
-        killed_at = time.monotonic()
         kill_runtime(faas)
         # The runtime is gone; its replicas serve on (called on their own ports).
         for port in ports:
@@ -87,7 +86,6 @@ def test_a_killed_runtime_leaves_its_replicas_serving_and_the_next_one_adopts_th
         assert set(statuses) <= {200, None}, [s for s in statuses if s not in (200, None)]  # no HTTP error, ever
         refused = [sent for sent, status in calls.results if status is None]  # while no gateway listened
         assert all(sent < back_at for sent in refused)
-        assert all(status == 200 for sent, status in calls.results if sent < killed_at)
         assert all(status == 200 for sent, status in calls.results if sent > back_at)
         log_text = (again.state / "logs" / "localfaas.log").read_text()
         assert "adopted <replica echo g1#0" in log_text and "started <replica echo" not in log_text.split(
