@@ -34,6 +34,8 @@ def ready():
 def handle(event, context):
     if event.path == "/slow":
         time.sleep(float(event.query.get("s", "0.2")))
+    if event.path == "/say":  # one line of output, for the function log
+        print("said", event.query.get("w"), flush=True)
     secrets_dir = os.environ.get("SECRETS_DIR", "")
     token_file = os.path.join(secrets_dir, "api-token")
     return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": {

@@ -69,6 +69,7 @@ def test_a_killed_runtime_leaves_its_replicas_serving_and_the_next_one_adopts_th
         # The runtime is gone; its replicas serve on (called on their own ports).
         for port in ports:
             assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{ports[0]}/say?w=while-down", timeout=5).status_code == 200
         assert all(pid_alive(p) for pids in before.values() for p in pids)
 
         # Started again on the same port and state folder: the calls go on through the same URL.
@@ -90,6 +91,13 @@ def test_a_killed_runtime_leaves_its_replicas_serving_and_the_next_one_adopts_th
         log_text = (again.state / "logs" / "localfaas.log").read_text()
         assert "adopted <replica echo g1#0" in log_text and "started <replica echo" not in log_text.split(
             "left running by the previous runtime")[-1]
+
+        # What a replica wrote while no runtime ran reaches the function log once, after the restart.
+        function_log = again.state / "logs" / "function-echo.log"
+        again.wait_until(lambda: "said while-down" in function_log.read_text(), "the line written while down")
+        assert again.call("echo", "/say", params={"w": "after"}).status_code == 200
+        again.wait_until(lambda: "said after" in function_log.read_text(), "a line written after the restart")
+        assert function_log.read_text().count("said while-down") == 1
 
         # `localfaas down` (SIGTERM) stops adopted replicas as it stops its own.
         assert again.stop() == 0
