@@ -9,8 +9,10 @@ deployed unchanged with faas-cli later:
 - `functionconfig`: a deployment's settings (`FunctionConfig`, FunctionDeployment JSON, scaling
   labels, durations) and the deploy errors;
 - `records`: what was deployed, one record per function in the state folder, restored on restart;
-- `replica`: one replica process (start from its image, readiness, liveness, drain and stop) and
-  the replica state file;
+- `replica`: one replica process (start from its image, adoption after a restart, readiness,
+  liveness, drain and stop);
+- `replicastate`: the replica state file and knowing a recorded process again (start time, pidfd):
+  replicas outlive a killed runtime, as containers outlive their provider;
 - `logs`: the replicas' output (one timestamped line per output line, per instance) and
   `/system/logs` (NDJSON, as faas-provider serves it);
 - `supervisor`: each deployed function's replicas (deploy, scaling and scale from zero, rolling

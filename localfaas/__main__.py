@@ -6,7 +6,10 @@
       then stops every replica it started and exits 0. What was deployed before (the records in
       `<state>/deployments/`: env, labels, image snapshot, replicas, deletes) is restored instead of
       stack.yml's entries; stack.yml is deployed only for functions with no record, or for every
-      function with `--redeploy-stack` (or LOCALFAAS_REDEPLOY_STACK=1).
+      function with `--redeploy-stack` (or LOCALFAAS_REDEPLOY_STACK=1). Replicas outlive the
+      runtime: after a kill (SIGKILL, a crash), the next `up` adopts the replicas still running a
+      restored deployment before its gateway listens (so they serve from its first request), and
+      stops the left-over ones no deployment runs any more (`localfaas.replica`).
   python -m localfaas build --stack stack.yml [--out build]
       writes the build contexts only (`faas-cli build --shrinkwrap`).
 
@@ -110,13 +113,41 @@ async def _restore_image(images: ImageStore, record: DeploymentRecord) -> Image 
         return None
 
 
+async def _adopt_all(supervisor: Supervisor, images: ImageStore, stack_configs: dict[str, FunctionConfig],
+                     redeploy_stack: bool) -> None:
+    """Before the gateway listens: restore the recorded deployments whose replicas a killed runtime
+    left running, adopting those (no process started unless replicas are missing)."""
+    for name, record in supervisor.records.load().items():
+        if record.deleted or (redeploy_stack and name in stack_configs) or not supervisor.processes.has_orphans(name):
+            continue
+        image = images.get(record.digest)
+        if image is None:
+            continue  # restored later from its tag, with new replicas
+        log.info("function %s: restored its last deployment (%s, %s, %d replica(s)), adopting the replicas "
+                 "left running", name, record.updated_at, image.digest[:19], record.replicas)
+        try:
+            await supervisor.deploy(record.config, image, source=record.source, replicas=record.replicas, adopt=True)
+        except DeployError as exc:
+            log.error("%s", exc)
+
+
 async def _deploy_all(supervisor: Supervisor, images: ImageStore, stack_configs: dict[str, FunctionConfig],
                       redeploy_stack: bool) -> None:
-    """What `up` deploys: each recorded deployment as it was, stack.yml for the rest."""
+    """What `up` deploys: each recorded deployment as it was, stack.yml for the rest; then the
+    left-over replicas no deployment adopted are stopped."""
+    try:
+        await _deploy_records(supervisor, images, stack_configs, redeploy_stack)
+    finally:
+        await supervisor.processes.stop_orphans()
+    await supervisor.collect_images()
+
+
+async def _deploy_records(supervisor: Supervisor, images: ImageStore, stack_configs: dict[str, FunctionConfig],
+                          redeploy_stack: bool) -> None:
     records = supervisor.records.load()
     for name, record in records.items():
-        if redeploy_stack and name in stack_configs:
-            continue
+        if (redeploy_stack and name in stack_configs) or name in supervisor.functions:
+            continue  # from the stack file below, or already restored with its adopted replicas
         if record.deleted:
             if name in stack_configs:
                 log.info("function %s: deleted through the API (%s): not deployed from the stack file "
@@ -142,7 +173,6 @@ async def _deploy_all(supervisor: Supervisor, images: ImageStore, stack_configs:
             await supervisor.deploy(config, image, source="stack")
         except DeployError as exc:
             log.error("%s", exc)
-    await supervisor.collect_images()
 
 
 async def up(args: argparse.Namespace) -> int:
@@ -182,6 +212,7 @@ async def up(args: argparse.Namespace) -> int:
                              f"(e.g. printf '%s' VALUE > {path} && chmod 600 {path})")
 
     await supervisor.start()
+    await _adopt_all(supervisor, images, stack_configs, redeploy)
     await asyncio.to_thread(images.refresh_tags)
     runner = GatewayRunner(gateway.make_app(), access_log=None, handle_signals=False)
     await runner.setup()

@@ -1,7 +1,9 @@
 """Function logs: every replica's output, kept per function, and `/system/logs` as faas-provider serves it.
 
-Each replica's stdout and stderr go through a pipe into `<state>/logs/function-<name>.log`, one
-line per output line: `<RFC3339 UTC timestamp> <instance> <text>`, where the instance is the
+Each replica writes its stdout and stderr to its own output file (a file, not a pipe, so that it
+outlives the runtime); `LogBook.pump` copies it into `<state>/logs/function-<name>.log`, one
+line per output line, as soon as it is written (inotify; polled without it), resuming after a restart of the
+runtime where it stopped (`<output>.offset`, the end of the last whole line copied): `<RFC3339 UTC timestamp> <instance> <text>`, where the instance is the
 replica's HOSTNAME (`<name>-<generation>-<index>`, like a pod name). Lines of all replicas of a
 function are in one file in the order they were written (each line one append, never interleaved).
 
@@ -15,12 +17,13 @@ or `since` that does not parse: 422. What `faas-cli logs` sends: `follow` always
 
 Owns: the replica output pump (`LogBook.pump`), the function log files' line format, reading them
 back (filters, tail, follow) and the `/system/logs` route.
-Must not touch: processes (the replica module hands over their output pipe), other routes, auth.
+Must not touch: processes (the replica module hands over their output file), other routes, auth.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -39,6 +42,45 @@ log = logging.getLogger("localfaas.logs")
 
 _CHUNK = 64 * 1024
 _FOLLOW_POLL = 0.25
+_TAIL_POLL = 0.1  # how often a replica's output file is checked for new lines without inotify
+_IN_MODIFY, _IN_NONBLOCK, _IN_CLOEXEC = 0x2, 0o4000, 0o2000000
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _inotify_init1, _inotify_add_watch = _libc.inotify_init1, _libc.inotify_add_watch
+except (OSError, AttributeError):  # not Linux: polled
+    _inotify_init1 = _inotify_add_watch = None
+
+
+class _Changes:
+    """Wakes up when a file is written to (inotify), else every `_TAIL_POLL` seconds."""
+
+    def __init__(self, path: Path, done: asyncio.Event):
+        self.done, self.fd, self.changed = done, -1, asyncio.Event()
+        if _inotify_init1 is not None:
+            fd = _inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd >= 0 and _inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) >= 0:
+                self.fd = fd
+                asyncio.get_running_loop().add_reader(fd, self._drain)
+            elif fd >= 0:
+                os.close(fd)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self.fd, 4096)
+        self.changed.set()
+
+    async def wait(self) -> None:
+        waits = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(self.done.wait())]
+        await asyncio.wait(waits, timeout=_TAIL_POLL if self.fd < 0 else 5.0, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        self.changed.clear()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
 _ZERO_TIME = "0001-01-01T00:00:00Z"  # lines written before timestamps were kept
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 
@@ -56,31 +98,54 @@ class LogBook:
     def path(self, name: str) -> Path:
         return self.folder / f"function-{name}.log"
 
-    async def pump(self, name: str, instance: str, stream: asyncio.StreamReader) -> None:
-        """Copy a replica's output into its function's log, a timestamped line at a time, until EOF."""
+    async def pump(self, name: str, instance: str, source: Path, done: asyncio.Event) -> None:
+        """Copy a replica's output file into its function's log, a timestamped line at a time, from
+        where an earlier pump of it stopped, until `done` is set and the file is read to its end."""
         self.folder.mkdir(parents=True, exist_ok=True)
         prefix = f" {instance} ".encode()
+        offset_file = source.with_suffix(".offset")
+        try:
+            offset = int(offset_file.read_text() or 0)
+        except (OSError, ValueError):
+            offset = 0
         partial = b""
+        try:
+            src = os.open(source, os.O_RDONLY)
+        except OSError:
+            return
+        changes = _Changes(source, done)
         with open(self.path(name), "ab", buffering=0) as out:  # noqa: ASYNC230 - local appends
             def write(lines: list[bytes]) -> None:
                 stamp = _now().encode()
                 with contextlib.suppress(OSError):  # a full disk must not block the replica
                     out.write(b"".join(stamp + prefix + line.rstrip(b"\r") + b"\n" for line in lines))
 
-            while True:
-                try:
-                    chunk = await stream.read(_CHUNK)
-                except (OSError, ValueError):
-                    chunk = b""
-                if not chunk:
-                    break
-                *lines, partial = (partial + chunk).split(b"\n")
-                if len(partial) > _CHUNK:  # an endless line: cut it rather than hold it
-                    lines, partial = [*lines, partial], b""
-                if lines:
-                    write(lines)
-            if partial:
-                write([partial])
+            try:
+                while True:
+                    finished = done.is_set()
+                    try:
+                        chunk = os.pread(src, _CHUNK, offset + len(partial))
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        if finished:
+                            break
+                        await changes.wait()
+                        continue
+                    data = partial + chunk  # starts at `offset`
+                    *lines, partial = data.split(b"\n")
+                    if len(partial) > _CHUNK:  # an endless line: cut it rather than hold it
+                        lines, partial = [*lines, partial], b""
+                    if lines:
+                        write(lines)
+                        offset += len(data) - len(partial)
+                        with contextlib.suppress(OSError):
+                            offset_file.write_text(str(offset))
+                if partial:
+                    write([partial])
+            finally:
+                changes.close()
+                os.close(src)
 
 
 @dataclass(frozen=True)

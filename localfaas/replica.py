@@ -1,27 +1,26 @@
-"""Replica processes: starting one, knowing when it is ready or sick, and stopping it.
+"""Replica processes: starting one, adopting one an earlier runtime started, readiness, health, stopping.
 
 Owns: the `Replica` (one process of a function, on its own free 127.0.0.1 port, with the function's
 environment, the path of its private secrets folder, and its own folder `<state>/run/rootfs/<instance>.<id>`:
 hard links to its image's read-only files, removed when it exits, like a container's writable
-layer), `ReplicaProcesses`: starting a replica (its output piped to `localfaas.logs.LogBook`,
-`PR_SET_PDEATHSIG` so it dies with the runtime), readiness (`/_/ready` must return 200 before a
-replica gets traffic; a replica that answers something else is "waiting for" what it says, logged
-once, never an error), the liveness check of one replica (`/_/health`; three failures kill it),
-draining then SIGTERM then SIGKILL, stopping every process it started, by PID, and the replica state file `<state>/run/localfaas-replicas.json`
-(`REPLICAS_FILE`): `{"runtime_pid": N, "functions": {name: [{"pid", "port", "generation",
-"index"}, ...]}}`, every replica process that has not exited yet (draining ones too), rewritten
-atomically whenever a replica starts or exits, so operator tools find replica pids without reading
-logs (`read_replica_state`). Written by a live runtime only: after a SIGKILL of the runtime it is
-stale, so readers check `runtime_pid` and each pid's parent.
+layer), `ReplicaProcesses`: starting a replica (its own session; nothing ties it to the runtime:
+its output goes to a file, `<state>/run/output/<instance>.<id>.out`, that `LogBook.pump` copies into
+the function log, so it serves on when the runtime is killed, as a container outlives its provider),
+adopting at start what a killed runtime left (`open` + `adopt`: recorded in the replica state file,
+still the same process, running the restored deployment's image and FunctionDeployment, answering
+`/_/ready`; `stop_orphans` stops every other one, by pidfd), readiness (`/_/ready` must return 200
+before a replica gets traffic; another answer is "waiting for" what it says, logged once, never an
+error), liveness (`/_/health`; three failures kill it), draining then SIGTERM then SIGKILL, stopping
+every process it started or adopted, and the replica state file (`localfaas.replicastate`),
+rewritten whenever a replica starts, is adopted or exits.
 Must not touch: which replicas a function should have (the supervisor decides: deploy, rolling
 update, scale, restart after a crash), HTTP routing of client requests, stack parsing, building,
-and any process it did not start.
+and any process it did not start or adopt (a recorded pid now another process is never signalled).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -39,45 +38,26 @@ from localfaas.build import process_command
 from localfaas.functionconfig import FunctionConfig
 from localfaas.images import Image, link_tree, remove_tree
 from localfaas.logs import LogBook
+from localfaas.replicastate import (
+    REPLICAS_FILE,
+    AdoptedProcess,
+    boot_id,
+    config_hash,
+    read_replica_state,
+    recorded_replicas,
+    runtime_alive,
+    same_process,
+    start_ticks,
+    write_atomic,
+)
 
 log = logging.getLogger("localfaas.replica")
 
-REPLICAS_FILE = Path("run") / "localfaas-replicas.json"
 # What a replica inherits from the runtime's own environment: enough to run a process, nothing
 # else, so a function only sees what its stack entry gives it (as in a container).
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "VIRTUAL_ENV")
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: replicas then outlive a SIGKILLed runtime
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    # If the runtime itself is SIGKILLed, its replicas get SIGTERM instead of living on orphaned.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` so that a reader sees the old content or the new one, never a part."""
-    tmp = path.parent / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
-
-
-def read_replica_state(state_dir: str | Path) -> dict[str, Any]:
-    """The replica state file of the runtime using `state_dir` (see the module docstring);
-    no runtime and no functions when there is none (yet) or it cannot be read."""
-    try:
-        state = json.loads((Path(state_dir) / REPLICAS_FILE).read_text())
-    except (OSError, ValueError):
-        return {"runtime_pid": None, "functions": {}}
-    return state if isinstance(state, dict) and isinstance(state.get("functions"), dict) else {
-        "runtime_pid": None, "functions": {}}
+ADOPT_PROBE_S = 3.0  # how long a left-over replica has to answer /_/ready (any status) to be adopted
+__all__ = ["REPLICAS_FILE", "Replica", "ReplicaProcesses", "read_replica_state", "write_atomic"]
 
 
 def free_port(taken: set[int] = frozenset()) -> int:
@@ -95,25 +75,31 @@ def free_port(taken: set[int] = frozenset()) -> int:
 
 class Replica:
     def __init__(self, config: FunctionConfig, image: Image, generation: int, index: int, port: int,
-                 process: asyncio.subprocess.Process, rootfs: Path):
+                 process: asyncio.subprocess.Process | AdoptedProcess, rootfs: Path, output: Path,
+                 started_wall: float | None = None):
         self.config = config  # what it was started with (a rollout may already want another)
         self.image = image
         self.function = config.name
         self.instance = f"{config.name}-{generation}-{index}"
         self.rootfs = rootfs
+        self.output = output  # its stdout and stderr, copied into the function log
+        self.start = start_ticks(process.pid)  # with the pid, which process this is (replicastate)
+        self.adopted = isinstance(process, AdoptedProcess)
         self.generation = generation
         self.index = index
         self.port = port
         self.process = process
         self.url = f"http://127.0.0.1:{port}"
-        self.started_at = time.monotonic()
+        self.started_wall = time.time() if started_wall is None else started_wall
+        self.started_at = time.monotonic() - max(0.0, time.time() - self.started_wall)
         self.ready = False
         self.stopping = False  # set before drain: no new traffic, never restarted
         self.inflight = 0
         self.health_failures = 0
         self.awaiting_ready = False  # a readiness wait owns this replica
         self.waiting_for = ""  # what its readiness answer said while not ready (logged once)
-        self.exited = asyncio.Event()
+        self.exited = asyncio.Event()  # set once the process is gone (its output then read to the end)
+        self.config_hash = ""  # of the FunctionDeployment it runs (replicastate.config_hash)
 
     @property
     def pid(self) -> int:
@@ -139,19 +125,58 @@ class ReplicaProcesses:
         self.stop_grace = stop_grace
         self.logbook = LogBook(state_dir / "logs")
         self.rootfs_dir = state_dir / "run" / "rootfs"
+        self._boot = boot_id()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pumps: set[asyncio.Task[Any]] = set()  # never cancelled: they end when the output does
         self._draining: list[Replica] = []  # out of rotation, waiting for in-flight requests
         self._live: dict[int, Replica] = {}  # pid -> every replica process that has not exited yet
         self._ports_starting: set[int] = set()  # given to a replica whose process is not in _live yet
+        self._orphans: list[Replica] = []  # left by a killed runtime, not (yet) adopted
+        self.output_dir = state_dir / "run" / "output"
 
     # ----- lifecycle -------------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, image_of: Callable[[str], Image | None]) -> None:
+        """Start: take over the replicas a killed runtime left running (`orphans`, until `adopt`
+        claims them or `stop_orphans` stops them), remove what belonged to the others."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
-        remove_tree(self.rootfs_dir)  # folders of replicas that died with a killed runtime
-        self.rootfs_dir.mkdir(parents=True, exist_ok=True)
-        self.write_state()  # replaces a stale file a killed runtime left behind
+        for folder in (self.rootfs_dir, self.output_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._take_orphans(image_of)
+        keep = {r.rootfs.name for r in self._live.values()} | {r.output.name for r in self._live.values()} | {
+            r.output.with_suffix(".offset").name for r in self._live.values()}
+        for folder in (self.rootfs_dir, self.output_dir):  # those of replicas that are gone
+            for stale in folder.iterdir():
+                if stale.name not in keep:
+                    remove_tree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+        self.write_state()  # replaces the file an earlier runtime left behind
+
+    def _take_orphans(self, image_of: Callable[[str], Image | None]) -> None:
+        state = read_replica_state(self.state_dir)
+        if runtime_alive(state) and state.get("runtime_pid") != os.getpid():
+            log.warning("the runtime that wrote %s (pid %s) still runs: its replicas are left alone",
+                        self.state_dir / REPLICAS_FILE, state.get("runtime_pid"))
+            return
+        for name, entry in recorded_replicas(state):
+            try:
+                start, port = entry["start"], int(entry["port"])
+                rootfs, output = self.rootfs_dir / str(entry["rootfs"]), self.output_dir / str(entry["output"])
+                generation, index = int(entry["generation"]), int(entry["index"])
+            except (KeyError, TypeError, ValueError):
+                continue  # a file of an older runtime: nothing to tell the process by
+            if not same_process(entry["pid"], start, state.get("boot_id")) or "/" in rootfs.name + output.name:
+                continue  # gone, or the pid is another process now: never signalled
+            process = AdoptedProcess.open(entry["pid"], start)
+            if process is None:
+                continue
+            digest = str(entry.get("digest") or "")
+            image = image_of(digest) or Image(digest, rootfs, "")
+            replica = Replica(FunctionConfig(name=name), image, generation, index, port, process, rootfs, output,
+                              float(entry.get("startedAt") or time.time()))
+            replica.config_hash = str(entry.get("config") or "")
+            self._orphans.append(replica)
+            self._watch(replica)
+            log.info("function %s: %r left running by the previous runtime", name, replica)
 
     def cancel_tasks(self) -> None:
         for task in list(self._tasks):
@@ -160,13 +185,19 @@ class ReplicaProcesses:
     async def stop_all(self, current: list[Replica]) -> None:
         """Stop `current` and every other replica started here (SIGTERM, then SIGKILL), then the
         probe session."""
-        replicas = {r.pid: r for r in [*current, *self._draining, *self._live.values()]}  # each once
+        replicas = {r.pid: r for r in [*current, *self._draining, *self._orphans, *self._live.values()]}  # each once
         await asyncio.gather(*(self.terminate(r, drain=False) for r in replicas.values()), return_exceptions=True)
         self._live = {pid: r for pid, r in self._live.items() if r.alive}
+        for replica in replicas.values():
+            if not replica.alive:
+                replica.exited.set()  # its pump reads the rest of its output, then stops
         if self._pumps:  # the last lines the replicas wrote
             await asyncio.wait(list(self._pumps), timeout=self.stop_grace)
         for replica in replicas.values():
             remove_tree(replica.rootfs)
+            if not replica.alive:
+                for path in (replica.output, replica.output.with_suffix(".offset")):
+                    path.unlink(missing_ok=True)
         self.write_state()
         if self._session:
             await self._session.close()
@@ -189,7 +220,7 @@ class ReplicaProcesses:
                     secrets_dir: Path) -> Replica:
         fprocess = config.env_process or image.fprocess
         argv = process_command(fprocess)
-        port = free_port({r.port for r in self._live.values()} | self._ports_starting)
+        port = free_port({r.port for r in [*self._live.values(), *self._orphans]} | self._ports_starting)
         self._ports_starting.add(port)
         try:
             return await self._start_on(port, config, image, generation, index, secrets_dir, argv, fprocess)
@@ -200,6 +231,7 @@ class ReplicaProcesses:
                         secrets_dir: Path, argv: list[str], fprocess: str) -> Replica:
         instance = f"{config.name}-{generation}-{index}"
         rootfs = self.rootfs_dir / f"{instance}.{secrets.token_hex(4)}"
+        output = self.output_dir / f"{rootfs.name}.out"
         await asyncio.to_thread(link_tree, image.root, rootfs)
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
         env.update({"PYTHONUNBUFFERED": "1", "mode": "http", "fprocess": fprocess})
@@ -210,39 +242,106 @@ class ReplicaProcesses:
             "HOSTNAME": instance,
         })
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, cwd=rootfs, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C on the runtime must not hit replicas before their drain
-                preexec_fn=_die_with_parent,
-            )
+            out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:  # its output goes to a file, not a pipe: it must not die (EPIPE) with the runtime
+                process = await asyncio.create_subprocess_exec(
+                    *argv, cwd=rootfs, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C on the runtime must not hit replicas before their drain
+                )
+            finally:
+                os.close(out)
         except OSError:
             remove_tree(rootfs)
+            output.unlink(missing_ok=True)
             raise
-        replica = Replica(config, image, generation, index, port, process, rootfs)
+        replica = Replica(config, image, generation, index, port, process, rootfs, output)
+        replica.config_hash = config_hash(config.to_deployment())
         log.info("function %s: started %r from image %s (%s)", config.name, replica, image.digest[:19],
                  " ".join(argv))
-        self._live[replica.pid] = replica
-        self.write_state()
-        assert process.stdout is not None
-        pump = asyncio.create_task(self.logbook.pump(config.name, instance, process.stdout))
-        self._pumps.add(pump)
-        pump.add_done_callback(self._pumps.discard)
-        self.spawn(self._forget_on_exit(replica))
+        self._watch(replica)
         return replica
 
-    async def _forget_on_exit(self, replica: Replica) -> None:
+    def _watch(self, replica: Replica) -> None:
+        """Count the replica as live, copy its output into the function log, forget it when it exits."""
+        self._live[replica.pid] = replica
+        self.write_state()
+        pump = asyncio.create_task(self.logbook.pump(replica.function, replica.instance, replica.output,
+                                                     replica.exited))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+        self.spawn(self._forget_on_exit(replica, pump))
+
+    async def _forget_on_exit(self, replica: Replica, pump: asyncio.Task[Any]) -> None:
         await replica.process.wait()
+        replica.ready = False
+        replica.exited.set()  # the pump reads the output file to its end, then stops
         self._live.pop(replica.pid, None)
+        if replica in self._orphans:
+            self._orphans.remove(replica)
+        await asyncio.wait([pump], timeout=self.stop_grace)
         await asyncio.to_thread(remove_tree, replica.rootfs)
+        for path in (replica.output, replica.output.with_suffix(".offset")):
+            path.unlink(missing_ok=True)
         self.write_state()
 
+    # ----- adopting --------------------------------------------------------------------------
+    def has_orphans(self, name: str) -> bool:
+        return any(r.function == name for r in self._orphans)
+
+    async def adopt(self, config: FunctionConfig, image: Image, count: int) -> list[Replica]:
+        """Up to `count` left-over replicas that run exactly this deployment (image digest and
+        FunctionDeployment) and answer `/_/ready` (200: ready now; another status: up, waiting for
+        what it says); they become this runtime's replicas, with their pids, ports and instances."""
+        wanted = config_hash(config.to_deployment())
+        matching = sorted((r for r in self._orphans if r.function == config.name and r.alive
+                           and r.image.digest == image.digest and r.config_hash == wanted),
+                          key=lambda r: (-r.generation, r.index))[:count]
+        answers = await asyncio.gather(*(self._probe_until_answer(r) for r in matching))
+        adopted = []
+        for replica, status in zip(matching, answers, strict=True):
+            if status is None:
+                continue  # not answering: stopped with the other orphans, replaced by a new replica
+            self._orphans.remove(replica)
+            replica.config, replica.image = config, image
+            adopted.append(replica)
+            log.info("function %s: adopted %r (running since %s, /_/ready %s)", config.name, replica,
+                     time.strftime("%H:%M:%S", time.localtime(replica.started_wall)), status)
+            if status == 200:
+                self._mark_ready(replica)
+            else:
+                self.spawn(self.await_ready(replica))
+        if adopted:
+            self.write_state()
+        return adopted
+
+    async def _probe_until_answer(self, replica: Replica) -> int | None:
+        deadline = time.monotonic() + ADOPT_PROBE_S
+        while replica.alive and time.monotonic() < deadline:
+            status, _ = await self._probe(replica, "/_/ready")
+            if status is not None:
+                return status
+            await asyncio.sleep(0.1)
+        return None
+
+    async def stop_orphans(self) -> None:
+        """Stop every left-over replica no restored deployment adopted (changed, deleted, scaled
+        down, not answering), by its pidfd."""
+        orphans, self._orphans = list(self._orphans), []
+        for replica in orphans:
+            log.info("function %s: stopping %r left by the previous runtime: no current deployment runs it",
+                     replica.function, replica)
+        await asyncio.gather(*(self.terminate(r, drain=False) for r in orphans), return_exceptions=True)
+
     def write_state(self) -> None:
-        functions: dict[str, list[dict[str, int]]] = {name: [] for name in self.function_names()}
+        functions: dict[str, list[dict[str, Any]]] = {name: [] for name in self.function_names()}
         for r in sorted(self._live.values(), key=lambda r: (r.function, r.generation, r.index, r.pid)):
             functions.setdefault(r.function, []).append(
-                {"pid": r.pid, "port": r.port, "generation": r.generation, "index": r.index})
-        state = {"runtime_pid": os.getpid(), "functions": functions}
+                {"pid": r.pid, "port": r.port, "generation": r.generation, "index": r.index, "instance": r.instance,
+                 "start": r.start, "startedAt": round(r.started_wall, 3), "digest": r.image.digest,
+                 "config": r.config_hash, "rootfs": r.rootfs.name, "output": r.output.name})
+        state = {"runtime_pid": os.getpid(), "runtime_start": start_ticks(os.getpid()), "boot_id": self._boot,
+                 "functions": functions}
         try:
             write_atomic(self.state_dir / REPLICAS_FILE, (json.dumps(state, indent=1) + "\n").encode(), 0o644)
         except OSError as exc:  # the file informs operators; replicas run without it

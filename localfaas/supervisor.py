@@ -1,7 +1,8 @@
 """Running functions as local replica processes, the way OpenFaaS runs them as containers.
 
 Owns: the deployed functions (`FunctionRuntime`: the desired config and image, desired replicas,
-the serving generation and a rollout's pending one, round-robin `pick`), deploy, scaling (0
+the serving generation and a rollout's pending one, round-robin `pick`), deploy (a restore at start
+may adopt the replicas a killed runtime left running that deployment), scaling (0
 allowed; at most `com.openfaas.scale.max`), scale from zero for a call, rolling updates as a
 Deployment does them (the call returns once the new replicas are started; they take traffic only
 when all are ready, then the old ones are drained and stopped; until then the old ones keep
@@ -99,7 +100,7 @@ class Supervisor:
         for sub in ("logs", "run", "secrets"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.images.open()
-        self.processes.open()
+        self.processes.open(self.images.get)
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def close(self) -> None:
@@ -148,9 +149,11 @@ class Supervisor:
 
     # ----- deploy / update / scale / remove --------------------------------------------------
     async def deploy(self, config: FunctionConfig, image: Image, *, source: str = "api",
-                     replicas: int | None = None, wait: float = 0.0) -> None:
+                     replicas: int | None = None, wait: float = 0.0, adopt: bool = False) -> None:
         """Create the function, or roll it to the new config when it exists already. Returns once
-        its replicas are started, or (with `wait`) once they serve or `wait` seconds have passed."""
+        its replicas are started, or (with `wait`) once they serve or `wait` seconds have passed.
+        `adopt` (a restore at start): replicas a killed runtime left running this very deployment
+        are taken over instead of started (`ReplicaProcesses.adopt`); only the missing ones start."""
         if config.name in self.functions:
             await self.update(config, image, wait=wait)
             return
@@ -159,10 +162,17 @@ class Supervisor:
         runtime = FunctionRuntime(config, image, desired, source)
         self.functions[config.name] = runtime
         async with runtime.lock:
-            runtime.generation = runtime.pending_generation = 1
-            runtime.replicas = [await self._start(runtime, config, image, 1, i) for i in range(desired)]
+            adopted = await self.processes.adopt(config, image, desired) if adopt else []
+            generation = max((r.generation for r in adopted), default=1)
+            runtime.generation = runtime.pending_generation = generation
+            for replica in adopted:
+                self._spawn_task(self._watch_exit(runtime, replica))
+            used = {r.index for r in adopted}
+            free = (i for i in itertools.count() if i not in used)
+            runtime.replicas = adopted + [await self._start(runtime, config, image, generation, next(free))
+                                          for _ in range(desired - len(adopted))]
             self._persist(runtime)
-        await self._wait_serving(runtime, 1, wait)
+        await self._wait_serving(runtime, generation, wait)
 
     async def update(self, config: FunctionConfig, image: Image, *, wait: float = 0.0) -> None:
         """Rolling update: the new generation takes traffic once all of it is ready."""

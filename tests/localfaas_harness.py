@@ -34,6 +34,8 @@ def ready():
 def handle(event, context):
     if event.path == "/slow":
         time.sleep(float(event.query.get("s", "0.2")))
+    if event.path == "/say":  # one line of output, for the function log
+        print("said", event.query.get("w"), flush=True)
     secrets_dir = os.environ.get("SECRETS_DIR", "")
     token_file = os.path.join(secrets_dir, "api-token")
     return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": {
@@ -121,9 +123,9 @@ def write_project(root: Path) -> Path:
 class LocalFaas:
     """`python -m localfaas up` on a free port, as a real process; `stop()` ends it by its PID."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, env: dict[str, str] | None = None, port: int | None = None):
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = root / "var"
         self.record_file = root / "calls.jsonl"
@@ -132,7 +134,7 @@ class LocalFaas:
                             "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "20",
                             "LOCALFAAS_TEST_HOST_ONLY": "must-not-leak"})
         environment.update(env or {})
-        with open(root / "localfaas.out", "wb") as log:  # the child keeps its own copy of the fd
+        with open(root / "localfaas.out", "ab") as log:  # the child keeps its own copy of the fd
             self.process = self._spawn(root, environment, log)
 
     def _spawn(self, root: Path, environment: dict[str, str], log) -> subprocess.Popen:

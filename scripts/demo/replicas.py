@@ -1,8 +1,9 @@
 """The replica killer: `kill -9` one replica of a function under load, and time its restoration.
 
 Owns: `replica_pids` (live replicas of a function from the runtime's state file
-`<state>/run/localfaas-replicas.json`, only children of the runtime process this driver started, so
-a pid reused by anything else is never chosen) and `kill_one_replica` (refused on a stack the
+`<state>/run/localfaas-replicas.json`, written by the runtime process this driver started, each
+only while it is still the recorded process (its start time, `localfaas.replicastate.same_process`:
+adopted replicas are not the runtime's children), so a pid reused by anything else is never chosen) and `kill_one_replica` (refused on a stack the
 driver did not start).
 
 Must not touch: processes of a stack it did not start; the runtime's internals (it reads the state
@@ -13,35 +14,25 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
-from localfaas.replica import read_replica_state
+from localfaas.replicastate import read_replica_state, same_process
 from scripts.demo.handle import StackHandle
 from scripts.demo.progress import DemoError, Progress, wait_for
 
 
-def _ppid_and_state(pid: int) -> tuple[int, str] | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), fields[0]
-
-
 def replica_pids(handle: StackHandle, function: str) -> list[int]:
-    """Live replica processes of `function`, from the runtime's replica state file
-    (`<state>/run/localfaas-replicas.json`), that are children of the runtime process this driver
-    started (so a pid reused by anything else is never chosen)."""
+    """Live replica processes of `function`, from the replica state file
+    (`<state>/run/localfaas-replicas.json`) of the runtime process this driver started, each still
+    the process recorded there (so a pid reused by anything else is never chosen)."""
     runtime = handle.runtime_pid()
     state = read_replica_state(handle.state_dir)
     if runtime is None or state.get("runtime_pid") != runtime:
         return []
     found = []
     for replica in state["functions"].get(function, []):
-        pid = int(replica["pid"])
-        info = _ppid_and_state(pid)
-        if info is not None and info[0] == runtime and info[1] != "Z" and pid not in found:
+        pid = replica.get("pid")
+        if same_process(pid, replica.get("start"), state.get("boot_id")) and pid not in found:
             found.append(pid)
     return found
 

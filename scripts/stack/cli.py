@@ -4,7 +4,9 @@ Owns: the commands `up` (every port it will bind checked free first, `check_port
 variable that moves a taken one; Debian packages present, the release token made, every service not
 already running started in order and, when one fails, what this run started stopped again; at the
 end a few users the simulator is sure to produce, `example_users`), `down` (in reverse, by verified
-PID; before our own broker stops, `final_ingest`: one last ingest run, bounded by
+PID; once localfaas is stopped, or found not running after a crash, the function replicas a killed
+localfaas left running, from its replica state file, each only while it is still the recorded
+process: `localfaas.replicastate.stop_recorded`; before our own broker stops, `final_ingest`: one last ingest run, bounded by
 FINAL_INGEST_SECONDS, drains what the broker holds into the store, since our broker keeps its log
 in memory only; a failed run is one line and the broker still stops), `status` ("stack is down" and exit 0 when nothing runs, else one line per service, the
 functions' replicas through the one gateway API client `movierec.adapters.gateway`, and exit 3 when
@@ -33,12 +35,13 @@ import sys
 import time
 from pathlib import Path
 
+from localfaas.replicastate import stop_recorded
 from movierec.adapters.gateway import GatewayClient
 from movierec.errors import ConfigError, MovierecError
 from scripts._proc import free_port, port_open
 from scripts.stack.config import ROOT, StackConfig, StackError, local_defaults
 from scripts.stack.processes import log_file, pid_file, running_pid, start_service, stop_pid
-from scripts.stack.services import PACKAGES, Service, services
+from scripts.stack.services import PACKAGES, STOP_GRACE_S, Service, services
 
 
 def ensure_packages(install: bool = True) -> None:
@@ -179,6 +182,15 @@ def final_ingest(config: StackConfig) -> None:
           + ("nothing left in the broker" if left == 0 else f"{left} left in the broker (lost when it stops)"))
 
 
+def _stop_left_replicas(config: StackConfig) -> None:
+    """The function replicas a killed localfaas left running (they outlive it, as containers do)."""
+    t0 = time.monotonic()
+    stopped = stop_recorded(config.state_dir, grace_s=STOP_GRACE_S)
+    if stopped:
+        print(f"{'replicas':<12} stopped {len(stopped)} left running by a killed localfaas, pids "
+              f"{', '.join(map(str, stopped))} ({time.monotonic() - t0:.1f}s)")
+
+
 def down(config: StackConfig) -> int:
     for service in reversed(services(config)):
         path = pid_file(config, service.name)
@@ -187,6 +199,8 @@ def down(config: StackConfig) -> int:
             if path.exists():
                 print(f"{service.name:<12} not running (removed stale {path.name})")
                 path.unlink(missing_ok=True)
+            if service.name == "localfaas":
+                _stop_left_replicas(config)
             continue
         if service.name == "broker":  # ours, log in memory: drain it into the store first
             final_ingest(config)
@@ -194,6 +208,8 @@ def down(config: StackConfig) -> int:
         how = stop_pid(pid, service.stop_grace_s, service.stop_signal)
         path.unlink(missing_ok=True)
         print(f"{service.name:<12} {how}, pid {pid} ({time.monotonic() - t0:.1f}s)")
+        if service.name == "localfaas":  # it stops its replicas; those it could not (a SIGKILL after its grace)
+            _stop_left_replicas(config)
     return 0
 
 
