@@ -144,7 +144,7 @@ logs             {config.state_dir / 'logs'}/<service>.log      stop with: make 
     users = example_users(config)
     if users:
         print(f"""
-users in the simulated data (personalised once the first model serves, a few minutes after `up`):
+users in the simulated data (personalised once the first model serves, within about a minute):
 {chr(10).join(f"  curl {config.url(config.public_port)}/recommend/{u}" for u in users)}""")
     return 0
 
