@@ -127,7 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     _release("RELEASE_MAX_P99", "duration", "500ms", "check: canary p99 latency at most"),
     _release("RELEASE_MAX_P99_RATIO", "float", "1.5", "check: canary p99 at most this times stable's", minimum=1),
     _release("RELEASE_P99_RATIO_FLOOR", "duration", "100ms", "below this p99 the ratio check is not judged"),
-    _release("RELEASE_ALPHA", "float", "0.05", "significance level of the statistical checks",
+    _release("RELEASE_ALPHA", "float", "0.05", "significance level of the statistical checks (online quality: over all the looks of a window)",
              minimum=0, maximum=1),
     _release("RELEASE_TIMEOUT", "duration", "24h", "roll back a release that never gathered enough evidence"),
     _release("RELEASE_ONLINE_QUALITY", "bool", "0", "also compare the share of recommendations watched"),
