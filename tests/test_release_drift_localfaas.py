@@ -187,7 +187,9 @@ from movierec.adapters.prometheus import PrometheusClient
 from movierec.release import ReleaseConfig, run_release_step
 from movierec.store import LocalDirectoryStore
 store, prometheus, gateway, user, password = sys.argv[1:6]
-config = ReleaseConfig(window_s=20, min_requests=30, lease_ttl_s=4, scrape_interval_s=1.0)
+# It runs right after a window restart: a scrape interval this short makes it query (and hang on)
+# its silent Prometheus at once, instead of waiting for two intervals of evidence without asking.
+config = ReleaseConfig(window_s=20, min_requests=30, lease_ttl_s=4, scrape_interval_s=0.001)
 run_release_step(config, LocalDirectoryStore(store), PrometheusClient(prometheus, timeout_s=600, attempts=1),
                  GatewayClient(gateway, user, password), None)
 """
