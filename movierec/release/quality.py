@@ -9,6 +9,11 @@ slot of every successful answer is a trial; failed calls recommend nothing. The 
 per user too (`QualityCounts`' per-user sums): one user's recommendations are correlated (a user
 who watches a lot watches many of them), so checks.py compares the variants with the user as the
 unit, not the movie.
+Which variant a user saw is taken from the user id (movierec.canary's rule): a canary user's call
+that nginx answered from `recommend` instead (the canary failed or was late: gateway/README.md)
+counts as the canary's, with stable's list. The stream's line (logged by the caller) does not say
+which function answered; nginx's access log does (`variant=canary function=recommend`). Those
+calls are the canary's 5xx or slow calls in the gateway's figures, which the other checks judge.
 
 Owns `QualityCounts`, `online_quality` (from parsed stream events, in any order) and
 `stored_quality_source` (the same over the stored recommendation and watch batches, as the
