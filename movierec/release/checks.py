@@ -40,9 +40,11 @@ alpha (a Bonferroni split over 480 looks would be p < 0.0001 at every look; a fi
 decision would give up failing fast). Assumed: information grows about in proportion to time
 (steady traffic over the window; a window that starts quiet and ends busy makes early looks a
 little laxer than stated: simulated with traffic tripling over the window, 4.5% of equal-variant
-releases were rolled back, and 5.75% with traffic growing nine-fold); a window restarted by drift (drift.py) is a new sequence of looks on
-new evidence. After the window, the first look that can judge decides either way (promote or
-roll back), at t = 1.
+releases were rolled back, and 5.75% with traffic growing nine-fold); a window restarted by drift
+(drift.py) is a new sequence of looks on new evidence. After the window, the first look that can
+judge decides either way (promote or roll back), at t = 1. The check asks "not worse": promoting
+an equal canary is right, and promoting a worse one is a miss (power), not an alpha error; the
+simulation rolls back 97% of canaries at 0.7x stable's watch-through.
 The unit is the user: one user's recommended movies are not independent trials (a user who
 watches a lot watches many of them), so each share is a ratio of per-user sums and its variance
 the delta method's cluster-robust one, sum_u (x_u - p n_u)^2 / N^2 x G / (G - 1) over the G users
@@ -50,8 +52,9 @@ the delta method's cluster-robust one, sum_u (x_u - p n_u)^2 / N^2 x G / (G - 1)
 and roll back equal variants more often still. The error-rate check keeps its binomial test at
 `alpha` per look (requests from Prometheus carry no user).
 
-Owns: the specs, the loop, the z-tests, the sequential boundary (`look_bound`), VariantMetrics, Check, Decision. Must not touch: where the
-figures come from (controller.py, promql.py), state, services.
+Owns: the specs, the loop, the z-tests, the sequential boundary (`look_bound`), VariantMetrics,
+Check, Decision. Must not touch: where the figures come from (controller.py, promql.py), state,
+services.
 """
 from __future__ import annotations
 
@@ -215,7 +218,7 @@ class NotWorse:
     `look_bound` at elapsed / window_s (the detail gets `look`); otherwise at p < alpha.
     `margin` (a config field, a relative tolerance m): fails only when the canary is significantly
     worse than stable's proportion x (1 - m) (LOWER) or x (1 + m) (HIGHER), `margin_z_test`; at
-    m = 0 it is the pooled `two_proportion_z_test`."""
+    m = 0 it is the pooled `two_proportion_z_test` (unit TRIAL)."""
 
     name: str
     source: str
