@@ -184,18 +184,21 @@ def acquire(store: ObjectStore, name: str, holder: str, ttl_s: float,
 
 
 def lease_state(store: ObjectStore, name: str, clock: Callable[[], float] = time.time) -> dict | None:
-    """The latest holder's record with `"held"` and `"released"` (bools), or None when the lease
-    was never taken."""
+    """The latest holder's record with `"held"`, `"released"` and `"holder_gone"` (bools: the
+    holder is a process of this machine that has exited, so the next taker gets the lease at
+    once, as `acquire` decides), or None when the lease was never taken."""
     latest, record = _latest(store, name)
     if record is None:
         return None
-    return {**record, "held": _holds(store, name, latest, record, clock()),
-            "released": store.exists(_released_key(name, latest))}
+    gone = holder_gone(record)
+    return {**record, "held": _holds(store, name, latest, record, clock(), gone),
+            "released": store.exists(_released_key(name, latest)), "holder_gone": gone}
 
 
-def _holds(store: ObjectStore, name: str, token: int, record: dict, now: float) -> bool:
+def _holds(store: ObjectStore, name: str, token: int, record: dict, now: float,
+           gone: bool | None = None) -> bool:
     return (now < record.get("expires_at", 0) and not store.exists(_released_key(name, token))
-            and not holder_gone(record))
+            and not (holder_gone(record) if gone is None else gone))
 
 
 def _latest(store: ObjectStore, name: str) -> tuple[int, dict | None]:

@@ -127,8 +127,8 @@ SETTINGS: tuple[Setting, ...] = (
     _release("RELEASE_MAX_P99", "duration", "500ms", "check: canary p99 latency at most"),
     _release("RELEASE_MAX_P99_RATIO", "float", "1.5", "check: canary p99 at most this times stable's", minimum=1),
     _release("RELEASE_P99_RATIO_FLOOR", "duration", "100ms", "below this p99 the ratio check is not judged"),
-    _release("RELEASE_ALPHA", "float", "0.05", "significance level of the statistical checks",
-             minimum=0, maximum=1),
+    _release("RELEASE_ALPHA", "float", "0.05", "significance level of the statistical checks (online quality: "
+             "over all the looks of a window)", minimum=0, maximum=1),
     _release("RELEASE_TIMEOUT", "duration", "24h", "roll back a release that never gathered enough evidence"),
     _release("RELEASE_ONLINE_QUALITY", "bool", "0", "also compare the share of recommendations watched"),
     _release("RELEASE_LEASE_TTL", "duration", "3m", "one release step at a time: a lease held longer than this "
@@ -139,6 +139,8 @@ SETTINGS: tuple[Setting, ...] = (
              "watched is significantly below (1 - this) x stable's", minimum=0, maximum=0.99),
     _release("CANARY_PERCENT", "int", "20", "users in the canary: user id mod 100 below this",
              minimum=0, maximum=100),
+    _release("RELEASE_SCRAPE_INTERVAL", "duration", "15s", "how often Prometheus scrapes the gateway (faasd: "
+             "15s): the analysis measures no range shorter than two of these", minimum=0.001),
     _release("RELEASE_GATEWAY_JOB", "str", "openfaas-gateway",
              "Prometheus job of the gateway's own metrics: the only series the analysis counts"),
     _release("STABLE_FUNCTION", "str", "recommend", "the function serving the stable model"),

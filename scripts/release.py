@@ -258,6 +258,9 @@ def _lease_line(lease: dict[str, Any] | None, now: datetime) -> str:
     expires = datetime.fromisoformat(lease["expires"])
     if lease.get("released") or expires <= now:
         return f"free (last: {lease['holder']}, token {lease['token']})"
+    if lease.get("holder_exited"):  # what the next step's acquire decides: free at once, not at its expiry
+        return (f"free (its holder, pid {lease.get('pid')}, has exited; last: {lease['holder']}, "
+                f"token {lease['token']})")
     return f"held by {lease['holder']} (token {lease['token']}) until {_when(lease['expires'], now)}"
 
 

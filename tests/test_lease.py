@@ -61,7 +61,7 @@ def test_a_released_lease_fences_its_own_holder_and_says_it_was_released(store):
         lease.check()
     assert lease_state(store, "ingest/g", clock) | {"process": None, "id": None} == {
         "token": 1, "holder": "a", "acquired_at": clock.now, "expires_at": clock.now + 100,
-        "process": None, "id": None, "held": False, "released": True}
+        "process": None, "id": None, "held": False, "released": True, "holder_gone": False}
 
 
 def test_an_expired_lease_is_taken_over_and_its_old_holder_is_fenced(store):

@@ -60,6 +60,7 @@ functions:
       OPENFAAS_URL: ${OPENFAAS_URL}
       PROMETHEUS_URL: ${PROMETHEUS_URL}
       PUSHGATEWAY_URL: ""
+      RELEASE_SCRAPE_INTERVAL: "1ms"  # a step asks Prometheus at once, not two intervals into the window
     secrets:
       - basic-auth-user
       - basic-auth-password

@@ -200,3 +200,15 @@ def test_the_controllers_own_probes_are_not_evidence(release):
         assert result.action == WAIT and result.reason == "0 of 100 canary requests so far", result.reason
     analysis = ReleaseStore(store).running().analysis
     assert analysis["metrics"]["canary"]["requests"] == 0 and analysis["probes_subtracted"]["canary"] == 16
+
+
+def test_no_range_shorter_than_two_scrape_intervals_is_measured(release):
+    """increase()/rate() over less than two scrape intervals (RELEASE_SCRAPE_INTERVAL, 15 s: 30 s)
+    hold fewer than two samples: a step that early waits without asking Prometheus; the next one,
+    30 s in, measures over 30 s and judges (here: a failing canary, rolled back)."""
+    store, _registry, deployer, _v1, _v2 = release
+    early, asked = step(store, deployer, T0 + timedelta(seconds=29), canary=FAILING)
+    assert early.action == WAIT and asked.queries == []
+    assert "shorter than two scrape intervals (30s): nothing measured yet" in early.reason
+    judged, asked = step(store, deployer, T0 + timedelta(seconds=30), canary=FAILING)
+    assert judged.action == ROLLBACK and asked.queries and all("[30s]" in q for q in asked.queries)

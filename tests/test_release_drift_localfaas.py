@@ -64,7 +64,7 @@ from tests.fitting import train_model
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parents[1]
 # A local window: 20 s of evidence and 30 canary requests; a step's lease lasts 4 s.
-CONFIG = ReleaseConfig(window_s=20, min_requests=30, timeout_s=900, lease_ttl_s=4)
+CONFIG = ReleaseConfig(window_s=20, min_requests=30, timeout_s=900, lease_ttl_s=4, scrape_interval_s=1.0)
 
 
 class RestartableStack(RecommendStack):
@@ -187,7 +187,9 @@ from movierec.adapters.prometheus import PrometheusClient
 from movierec.release import ReleaseConfig, run_release_step
 from movierec.store import LocalDirectoryStore
 store, prometheus, gateway, user, password = sys.argv[1:6]
-config = ReleaseConfig(window_s=20, min_requests=30, lease_ttl_s=4)
+# It runs right after a window restart: a scrape interval this short makes it query (and hang on)
+# its silent Prometheus at once, instead of waiting for two intervals of evidence without asking.
+config = ReleaseConfig(window_s=20, min_requests=30, lease_ttl_s=4, scrape_interval_s=0.001)
 run_release_step(config, LocalDirectoryStore(store), PrometheusClient(prometheus, timeout_s=600, attempts=1),
                  GatewayClient(gateway, user, password), None)
 """

@@ -6,6 +6,7 @@ together never both act; a step whose lease expired and was taken over cannot wr
 state; a step that died on this machine frees it at once."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -77,7 +78,8 @@ def test_a_second_taker_is_refused_at_once_naming_the_holder_and_the_expiry(stor
     second.release()
     assert read_lease(store, T0 + timedelta(seconds=7)) == {
         "token": 2, "holder": "step on host-b pid 2", "acquired": "2026-11-28T01:00:06Z",
-        "expires": "2026-11-28T01:03:06Z", "released": True, "held": False}
+        "expires": "2026-11-28T01:03:06Z", "released": True, "held": False,
+        "holder_exited": False, "pid": os.getpid()}  # this process took it, and is running
 
 
 def test_an_expired_lease_is_taken_over_and_its_holder_can_no_longer_write(store):

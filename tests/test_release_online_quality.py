@@ -67,7 +67,11 @@ from movierec.training import SVDParams
 from tests.fitting import train_model
 
 ROOT = Path(__file__).resolve().parent.parent
-USERS, MOVIES, SEED = 300, 200, 7  # the world the simulator builds (--users/--movies/--seed)
+# The world the simulator builds (--users/--movies/--seed). 1000 users and 8000 events a release:
+# the check's unit is the user (checks.py), and with the 300 users and 4000 events this test had
+# (some 40 canary users) the worse ranker's per-user z came out between 2.4 and 5.4 over runs,
+# too close to the bound of 1.96 to be sure; with ~110 canary users it was 4.6 to 10.
+USERS, MOVIES, SEED = 1000, 200, 7
 CANARY_PERCENT = 20
 CONFIG = ReleaseConfig(window_s=2.0, min_requests=100, timeout_s=3600, canary_percent=CANARY_PERCENT,
                        online_quality=True, min_recommended=400)
@@ -235,7 +239,7 @@ def released(kafka_bootstrap, tmp_path_factory):
             release = start_release(CONFIG, store, deployer, candidate, now=started)
             empty = run_release_step(CONFIG, store, EqualHealthyMetrics(), deployer, None,
                                      now=started + timedelta(seconds=CONFIG.window_s + 1), quality_source=quality)
-            simulate(kafka_bootstrap, topic, entry.url, events=4000)
+            simulate(kafka_bootstrap, topic, entry.url, events=8000)
             ingest(kafka_bootstrap, topic, store)
             ended = datetime.now(UTC)
             step = run_release_step(CONFIG, store, EqualHealthyMetrics(), deployer, None, now=ended,
@@ -367,7 +371,7 @@ def test_a_movie_already_being_watched_when_recommended_earns_nothing():
         WatchEvent(T + timedelta(minutes=2), 5, "b+2002", 0),  # a start: counted
         WatchEvent(T + timedelta(minutes=3), 5, "b+2002", 1),
     ]
-    assert online_quality(events, CANARY_PERCENT)[CANARY] == QualityCounts(2, 1)
+    assert online_quality(events, CANARY_PERCENT)[CANARY] == QualityCounts.of_users([(2, 1)])
 
 
 def test_the_stored_source_counts_first_watches_of_the_release_period_only(tmp_path):
@@ -390,6 +394,7 @@ def test_the_stored_source_counts_first_watches_of_the_release_period_only(tmp_p
     store_batch(store, parse_batch("movielog1", 0, [(i, line.encode()) for i, line in enumerate(lines)], []))
     source = stored_quality_source(store, CANARY_PERCENT, within_s=3600)
     start = T.replace(tzinfo=UTC)
-    assert source(start, start + timedelta(minutes=5)) == {CANARY: QualityCounts(3, 1), STABLE: QualityCounts(1, 1)}
+    assert source(start, start + timedelta(minutes=5)) == {CANARY: QualityCounts.of_users([(3, 1)]),
+                                                         STABLE: QualityCounts.of_users([(1, 1)])}
     assert source(start + timedelta(minutes=5), start + timedelta(minutes=9)) == {
         CANARY: QualityCounts(0, 0), STABLE: QualityCounts(0, 0)}

@@ -36,6 +36,7 @@ from movierec.release import (
     evaluate_checks,
     manual_action,
     online_quality,
+    per_user_z_test,
     prom_range,
     run_release_step,
     start_release,
@@ -118,7 +119,9 @@ def test_the_check_records_keep_their_names_outcomes_and_details():
     quality = {CANARY: QualityCounts(2000, 100), STABLE: QualityCounts(8000, 800)}
     checks = [(c.name, c.passed, c.detail) for c in evaluate_checks(canary, stable, CONFIG, quality)]
     z_err, p_err = two_proportion_z_test(30, 1000, 8, 4000)
-    z_watch, p_watch = two_proportion_z_test(800, 8000, 100, 2000)
+    # Counts without per-user figures: one unit per recommended movie (unpooled), judged as the
+    # last look of the window (no elapsed time given): z >= z_(1 - alpha/2) fails.
+    z_watch, p_watch = per_user_z_test(quality[STABLE], quality[CANARY])
     assert checks == [
         ("success_rate", False, "canary success 0.9700 (floor 0.99)"),
         ("p99_latency", False, "canary p99 600 ms (bound 500 ms)"),
@@ -126,7 +129,8 @@ def test_the_check_records_keep_their_names_outcomes_and_details():
          f"canary errors 30/1000 vs stable 8/4000: z={z_err:.2f} p={p_err:.4f} (alpha 0.05)"),
         ("p99_vs_stable", False, "p99 ratio to stable 3.00 (bound 1.5, judged above 100 ms)"),
         ("watched_share_vs_stable", False,
-         f"watched canary 100/2000 vs stable 800/8000: z={z_watch:.2f} p={p_watch:.4f}"),
+         (f"watched canary 100/2000 vs stable 800/8000 (2000 and 8000 trials): z={z_watch:.2f} p={p_watch:.4f}; "
+          "fails at z >= 1.96 (p < 0.025) 100% into the window (alpha 0.05 over all looks)")),
     ]
     unknown = evaluate_checks(VariantMetrics(requests=1000), stable, CONFIG)  # no histogram, no quality
     assert [(c.name, c.passed, c.detail) for c in unknown] == [
@@ -238,7 +242,8 @@ def test_online_quality_counts_recommended_movies_watched_within_the_window():
         RecommendationEvent(t, 56, "h", 0, (), "timeout", 800),  # failed call: nothing recommended
     ]
     q = online_quality(events, canary_percent=20, within_s=3600)
-    assert q[CANARY] == QualityCounts(2, 1) and q[STABLE] == QualityCounts(1, 0)
+    assert q[CANARY] == QualityCounts(2, 1, users=1, watched_sq=1, watched_rec=2, recommended_sq=4)
+    assert q[STABLE] == QualityCounts.of_users([(1, 0)])
 
 
 # -- state machine and actions -------------------------------------------------------------

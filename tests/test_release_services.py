@@ -168,7 +168,7 @@ def gateway():
 def release_world(tmp_path, gateway, namespace, started):
     """A store with a stable model and a running release of a candidate, started at `started`."""
     store, _registry, versions = two_published_versions(tmp_path, started)
-    config = ReleaseConfig(window_s=30, min_requests=100, namespace=namespace)
+    config = ReleaseConfig(window_s=30, min_requests=100, namespace=namespace, scrape_interval_s=1.0)  # its scrape
     deployer = GatewayClient(gateway.url, "admin", "gw-password", backoff_s=0.01)
     bootstrap_stable(config, store, deployer, versions[0], now=started)
     start_release(config, store, deployer, versions[1], now=started)

@@ -5,7 +5,10 @@ while a canary runs fails at once saying how to get out. Rendering from the cont
 status record here; the command against the running stack is in test_release_cli.py."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +31,7 @@ from tests.release_fakes import (
     two_published_versions,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
 CONFIG = ReleaseConfig(window_s=600, min_requests=100, timeout_s=3600)
 
@@ -95,6 +99,29 @@ def test_no_release_yet_and_a_held_lease_read_as_such(tmp_path):
     screen = render_status(status(store), T0 + timedelta(minutes=2))
     assert "lease     held by step on host-a pid 7 (token 2) until 01:04:00Z (2m00s from now)" in screen
     held.release()
+
+
+def test_a_lease_whose_holder_has_exited_reads_free_as_the_next_step_would_take_it(tmp_path):
+    """A release replica killed mid-step leaves its lease unexpired; the next step takes it at once
+    (movierec.lease: the holder is a process of this machine that no longer exists), so the
+    screen says free, naming the pid, and not "held until" its expiry."""
+    store, registry, (v1, v2) = two_published_versions(tmp_path, T0)
+    deployer = DriftingDeployer(lambda spec: registry.resolve(spec) if spec else None)
+    bootstrap_stable(CONFIG, store, deployer, v1, now=T0)
+    start_release(CONFIG, store, deployer, v2, now=T0)
+    code = ("import os, sys; from datetime import datetime; from movierec.release import acquire_lease; "
+            "from movierec.store import LocalDirectoryStore; acquire_lease(LocalDirectoryStore(sys.argv[1]), "
+            "'step', 3600, datetime.fromisoformat(sys.argv[2])); print(os.getpid()); os._exit(0)")
+    done = subprocess.run([sys.executable, "-c", code, str(store.root), (T0 + timedelta(minutes=1)).isoformat()],
+                          check=True, cwd=ROOT, capture_output=True, text=True)
+    pid = int(done.stdout.strip())
+    found = status(store)
+    assert found["lease"]["holder_exited"] is True and found["lease"]["held"] is False
+    assert found["lease"]["pid"] == pid and found["lease"]["released"] is False
+    screen = render_status(found, T0 + timedelta(minutes=2))  # 58 minutes before its expiry
+    assert f"lease     free (its holder, pid {pid}, has exited; last: step on " in screen
+    assert "held by" not in screen
+    assert acquire_lease(store, "step", 180, T0 + timedelta(minutes=2), holder="next step").token == 3
 
 
 def test_a_drill_during_a_running_canary_fails_at_once_with_the_way_out(tmp_path):

@@ -10,6 +10,9 @@
   to whole requests here (COUNTS says so wherever they are shown), so the evidence, the checks and
   the operator's screen all show the same integers; the controller's own health probes in the
   range (drift.py keeps them) are subtracted, so they never count as evidence.
+- No range shorter than two scrape intervals (RELEASE_SCRAPE_INTERVAL) is measured: over it
+  increase()/rate() hold fewer than two samples (empty, or one interval extrapolated to the range),
+  so until the evidence is that old the step waits without querying (`not_counted`).
 - `analyse`: measure from `evidence_start` and decide (checks.py's `decide`), recording
   `release.analysis` (window, range, figures, queries, decision). Before the canary is verified
   serving the candidate, the range starts when the release's versions were last applied and its
@@ -94,6 +97,11 @@ def analyse(config: ReleaseConfig, release: Release, prometheus: MetricsSource, 
     The controller's own probes inside the range are subtracted (`probes_subtracted`)."""
     start, full = evidence_start(release, config)
     elapsed = max((at - start).total_seconds(), 0.0)
+    shortest = min(2 * config.scrape_interval_s, config.window_s)
+    if elapsed < shortest:  # increase()/rate() need two samples in the range: nothing to measure yet
+        return not_counted(config, release, at, (
+            f"the evidence is {elapsed:.0f}s old, shorter than two scrape intervals ({shortest:g}s): "
+            "nothing measured yet"))
     range_s = min(max(elapsed, 1.0), config.window_s)
     metrics, queries = measure(prometheus, config, range_s, at)
     own = probes_between(release, at - timedelta(seconds=range_s), at)

@@ -8,6 +8,8 @@ tuple of named check specs, each one of three kinds, its thresholds named by Rel
   `minimum` (a config field) it is judged only once both variants have that many trials, and
   until then it is pending (`Check.passed` None): the online-quality check never passes on
   `0/0 vs 0/0`; with a `margin` (a config field) only a drop beyond that relative tolerance fails;
+  `unit` USER compares per-user counts (QualityCounts' sums, below), `sequential` judges it against
+  a boundary that is honest over the release's many looks (below);
 - `RatioToStable`: canary figure / stable figure at most a config field, judged only above a
   floor (a config field) where the figure is coarse.
 `evaluate_checks` runs them in order, one `Check` record (name, passed: True | False | None for
@@ -21,14 +23,45 @@ wait while any check is pending (roll back when the release times out with it st
 little evidence never promotes);
 promote when every check passes and the window has elapsed.
 
-Owns: the specs, the loop, the z-tests, VariantMetrics, Check, Decision. Must not touch: where the
-figures come from (controller.py, promql.py), state, services.
+The online-quality check is looked at on EVERY step (the release function's cron: every minute
+on the stack, every 15 s where it is run that often; 120 to 480 looks over a 2 h window), and
+rolls back the first time it fails. Testing at `alpha` on each look would roll back an equal
+canary far more often than `alpha` (tests/test_release_sequential.py measures it: most releases
+of two equal variants). So `watched_share_vs_stable` is sequential, an O'Brien-Fleming-type
+boundary: at a look a fraction t = elapsed / window (capped at 1) into the window it fails only
+when z >= c / sqrt(t), c = z_(1 - alpha/2) (1.96 at alpha 0.05; at t = 1/12, ten minutes into
+2 h, z >= 6.8). Why this one: z sqrt(t) is, under the null and with information growing with
+time, a Brownian motion B(t), and the chance that it EVER reaches c on [0, 1] is 2 (1 - Phi(c))
+= alpha (the reflection principle; the continuous-monitoring limit of Lan-DeMets' O'Brien-Fleming
+spending). Looks at discrete steps can only cross less often, so the bound holds for any number
+and spacing of steps: no step count or state between steps is needed, and a rollback stays fast
+for a canary that is clearly worse. The price is the final look, at p < alpha/2 instead of
+alpha (a Bonferroni split over 480 looks would be p < 0.0001 at every look; a fixed-horizon
+decision would give up failing fast). Assumed: information grows about in proportion to time
+(steady traffic over the window; a window that starts quiet and ends busy makes early looks a
+little laxer than stated: simulated with traffic tripling over the window, 4.5% of equal-variant
+releases were rolled back, and 5.75% with traffic growing nine-fold); a window restarted by drift
+(drift.py) is a new sequence of looks on new evidence. After the window, the first look that can
+judge decides either way (promote or roll back), at t = 1. The check asks "not worse": promoting
+an equal canary is right, and promoting a worse one is a miss (power), not an alpha error; the
+simulation rolls back 97% of canaries at 0.7x stable's watch-through.
+The unit is the user: one user's recommended movies are not independent trials (a user who
+watches a lot watches many of them), so each share is a ratio of per-user sums and its variance
+the delta method's cluster-robust one, sum_u (x_u - p n_u)^2 / N^2 x G / (G - 1) over the G users
+(`per_user_z_test`); the binomial variance of the movies would understate it by the design effect
+and roll back equal variants more often still. The error-rate check keeps its binomial test at
+`alpha` per look (requests from Prometheus carry no user).
+
+Owns: the specs, the loop, the z-tests, the sequential boundary (`look_bound`), VariantMetrics,
+Check, Decision. Must not touch: where the figures come from (controller.py, promql.py), state,
+services.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 from movierec.canary import CANARY, STABLE
@@ -42,6 +75,7 @@ ROLLBACK = "rollback"
 MIN, MAX = "min", "max"
 HIGHER, LOWER = "higher", "lower"  # which way a NotWorse proportion is worse
 METRICS, QUALITY = "metrics", "quality"  # where a NotWorse check reads its counts
+TRIAL, USER = "trial", "user"  # a NotWorse check's unit: each trial, or each user (QualityCounts)
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,36 @@ def margin_z_test(x1: float, n1: float, x2: float, n2: float, scale: float) -> t
     return z, 0.5 * math.erfc(z / math.sqrt(2))
 
 
+def _share_variance(counts: QualityCounts) -> float:
+    """The cluster-robust (delta method) variance of watched / recommended, the user the unit."""
+    units, x2, xn, n2 = counts.per_user()
+    n, p = counts.recommended, counts.watched / counts.recommended
+    spread = max(x2 - 2 * p * xn + p * p * n2, 0.0)  # sum over users of (x_u - p n_u)^2
+    return spread / (n * n) * (units / (units - 1) if units > 1 else 1.0)
+
+
+def per_user_z_test(first: QualityCounts, second: QualityCounts, scale: float = 1.0) -> tuple[float, float]:
+    """One-sided test that `first`'s share watched is GREATER than `scale` x `second`'s, each user
+    one unit (see the module's header): (z, p-value). No evidence (an empty variant, no variance
+    at all) gives (0.0, 1.0)."""
+    if first.recommended <= 0 or second.recommended <= 0:
+        return 0.0, 1.0
+    se = math.sqrt(_share_variance(first) + scale * scale * _share_variance(second))
+    if se == 0:
+        return 0.0, 1.0
+    z = (first.watched / first.recommended - scale * second.watched / second.recommended) / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def look_bound(alpha: float, fraction: float) -> float:
+    """The z a sequential check must reach to fail at a look `fraction` (0, 1] into its window:
+    z_(1 - alpha/2) / sqrt(fraction), so that over all looks of the window it fails an equal
+    canary at most `alpha` of the time (the module's header). Infinite at fraction <= 0."""
+    if fraction <= 0:
+        return math.inf
+    return NormalDist().inv_cdf(1 - alpha / 2) / math.sqrt(min(fraction, 1.0))
+
+
 # -- the kinds of check ----------------------------------------------------------------------------
 Quality = Mapping[str, QualityCounts] | None
 
@@ -129,7 +193,7 @@ class Bound:
     unknown: str | None = None
 
     def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
-              quality: Quality) -> Check | None:
+              quality: Quality, elapsed_s: float | None = None) -> Check | None:
         value = getattr(canary, self.figure)
         if value is None and self.unknown is not None:
             return Check(self.name, False, self.unknown)
@@ -149,9 +213,12 @@ class NotWorse:
 
     `minimum` (a config field): a variant with fewer trials makes the check pending (passed None,
     detail `waiting` with the same names and `minimum`): no evidence is not "not worse".
+    `unit` USER: the counts are QualityCounts and each user is one unit (`per_user_z_test`; the
+    detail also gets canary_units, stable_units, units). `sequential`: it fails only beyond
+    `look_bound` at elapsed / window_s (the detail gets `look`); otherwise at p < alpha.
     `margin` (a config field, a relative tolerance m): fails only when the canary is significantly
     worse than stable's proportion x (1 - m) (LOWER) or x (1 + m) (HIGHER), `margin_z_test`; at
-    m = 0 it is the pooled `two_proportion_z_test`."""
+    m = 0 it is the pooled `two_proportion_z_test` (unit TRIAL)."""
 
     name: str
     source: str
@@ -161,11 +228,13 @@ class NotWorse:
     alpha: str = "alpha"
     minimum: str | None = None
     margin: str | None = None
+    unit: str = TRIAL
+    sequential: bool = False
     waiting: str = ("too little evidence yet: {canary_n:g} canary and {stable_n:g} stable trials"
                     " (at least {minimum} each)")
 
     def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
-              quality: Quality) -> Check | None:
+              quality: Quality, elapsed_s: float | None = None) -> Check | None:
         if self.source == QUALITY:
             if quality is None:
                 return None
@@ -181,18 +250,31 @@ class NotWorse:
                                                               minimum=getattr(config, self.minimum), alpha=alpha))
         margin = getattr(config, self.margin) if self.margin is not None else 0.0
         # The tests ask "is proportion 1 greater": put the variant that would be worse first.
-        if not margin:
-            z, p = (two_proportion_z_test(cx, cn, sx, sn) if self.worse == HIGHER
-                    else two_proportion_z_test(sx, sn, cx, cn))
-            tolerance = ""
-        elif self.worse == HIGHER:
-            z, p = margin_z_test(cx, cn, sx, sn, 1 + margin)
-            tolerance = f" (tolerating {margin:.0%} more)"
+        scale = 1.0 if not margin else (1 + margin if self.worse == HIGHER else 1 / (1 - margin))
+        first, second = (c, s) if self.worse == HIGHER else (s, c)
+        if self.unit == USER:
+            z, p = per_user_z_test(first, second, scale)
+        elif not margin:
+            z, p = two_proportion_z_test(getattr(first, x), getattr(first, n), getattr(second, x), getattr(second, n))
         else:
-            z, p = margin_z_test(sx, sn, cx, cn, 1 / (1 - margin))
-            tolerance = f" (tolerating {margin:.0%} fewer)"
-        return Check(self.name, p >= alpha, self.detail.format(canary_x=cx, canary_n=cn, stable_x=sx, stable_n=sn,
-                                                               z=z, p=p, alpha=alpha, tolerance=tolerance))
+            z, p = margin_z_test(getattr(first, x), getattr(first, n), getattr(second, x), getattr(second, n), scale)
+        tolerance = "" if not margin else f" (tolerating {margin:.0%} {'more' if self.worse == HIGHER else 'fewer'})"
+        look = ""
+        if self.sequential:
+            fraction = 1.0 if elapsed_s is None else min(max(elapsed_s, 0.0) / config.window_s, 1.0)
+            bound = look_bound(alpha, fraction)
+            passed = z < bound
+            look = (f"; fails at z >= {bound:.2f} (p < {0.5 * math.erfc(bound / math.sqrt(2)):.2g}) "
+                    f"{fraction:.0%} into the window (alpha {alpha} over all looks)")
+        else:
+            passed = p >= alpha
+        units = {}
+        if self.unit == USER:
+            units = {"canary_units": c.per_user()[0], "stable_units": s.per_user()[0],
+                     "units": "users" if c.users or s.users else "trials"}
+        return Check(self.name, passed, self.detail.format(canary_x=cx, canary_n=cn, stable_x=sx, stable_n=sn,
+                                                           z=z, p=p, alpha=alpha, tolerance=tolerance, look=look,
+                                                           **units))
 
 
 @dataclass(frozen=True)
@@ -209,7 +291,7 @@ class RatioToStable:
     scale: float = 1.0
 
     def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
-              quality: Quality) -> Check | None:
+              quality: Quality, elapsed_s: float | None = None) -> Check | None:
         value, base = getattr(canary, self.figure), getattr(stable, self.figure)
         if value is None or not base:
             return None
@@ -236,9 +318,9 @@ RELEASE_CHECKS: tuple[CheckSpec, ...] = (
     RatioToStable("p99_vs_stable", figure="p99_latency_s", limit="max_p99_ratio", floor="p99_ratio_floor_s",
                   scale=1000, detail="p99 ratio to stable {ratio:.2f} (bound {limit}, judged above {floor:.0f} ms)"),
     NotWorse("watched_share_vs_stable", source=QUALITY, counts=("watched", "recommended"), worse=LOWER,
-             detail="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}: z={z:.2f} p={p:.4f}"
-                    "{tolerance}",
-             minimum="min_recommended", margin="quality_margin",
+             detail="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}"
+                    " ({canary_units} and {stable_units} {units}): z={z:.2f} p={p:.4f}{look}{tolerance}",
+             minimum="min_recommended", margin="quality_margin", unit=USER, sequential=True,
              waiting="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}: too little evidence"
                      " (at least {minimum} recommended per variant), waiting"),
 )
@@ -250,11 +332,13 @@ def evaluate_checks(
     config: ReleaseConfig,
     quality: Quality = None,
     checks: tuple[CheckSpec, ...] = RELEASE_CHECKS,
+    elapsed_s: float | None = None,
 ) -> list[Check]:
-    """Every spec of `checks` judged in order; the ones with nothing to judge are left out."""
+    """Every spec of `checks` judged in order; the ones with nothing to judge are left out.
+    `elapsed_s`: how far into the window this look is (sequential checks; None: the whole window)."""
     results = []
     for spec in checks:
-        check = spec.judge(canary, stable, config, quality)
+        check = spec.judge(canary, stable, config, quality, elapsed_s)
         if check is not None:
             results.append(check)
     return results
@@ -279,7 +363,7 @@ def decide(
                 f" (< {config.min_requests}): not enough evidence to promote",
             )
         return Decision(WAIT, f"{canary.requests:g} of {config.min_requests} canary requests so far")
-    checks = tuple(evaluate_checks(canary, stable, config, quality))
+    checks = tuple(evaluate_checks(canary, stable, config, quality, elapsed_s=elapsed_s))
     failed = [c for c in checks if c.passed is False]
     if failed:
         return Decision(ROLLBACK, "; ".join(c.detail for c in failed), checks)

@@ -4,7 +4,7 @@ Owns `ReleaseConfig`: the analysis window, the minimum sample, the bounds the ch
 (checks.py names these fields, among them the online-quality minimum), the timeout, the lease's
 TTL, the canary share and the function names. Its
 defaults are the table's (movierec.settings, group "release"; a test keeps the two equal), and
-`from_env` reads RELEASE_* (RELEASE_GATEWAY_JOB: whose series count as evidence), CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
+`from_env` reads RELEASE_* (RELEASE_GATEWAY_JOB: whose series count as evidence; RELEASE_SCRAPE_INTERVAL: the shortest range measured is two of them), CANARY_PERCENT, STABLE_FUNCTION, CANARY_FUNCTION and
 FUNCTION_NAMESPACE through `Settings`, so a bad value is a `ConfigError` naming the variable.
 
 Must not touch: what the figures mean (checks.py), services.
@@ -42,6 +42,9 @@ class ReleaseConfig:
     # 0 rolls back any significant drop; a small world's fixed canary users may watch less by nature.
     quality_margin: float = 0.0
     gateway_job: str = "openfaas-gateway"  # the Prometheus job of the gateway's own metrics (promql.GATEWAY_JOB)
+    # Prometheus' scrape interval of the gateway: increase()/rate() over a range shorter than two
+    # of these holds fewer than two samples (empty, or one interval extrapolated), so none is asked.
+    scrape_interval_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReleaseConfig:
@@ -65,4 +68,5 @@ class ReleaseConfig:
             min_recommended=s.get("RELEASE_MIN_RECOMMENDED"),
             quality_margin=s.get("RELEASE_QUALITY_MARGIN"),
             gateway_job=s.get("RELEASE_GATEWAY_JOB"),
+            scrape_interval_s=s.get("RELEASE_SCRAPE_INTERVAL"),
         )

@@ -18,6 +18,16 @@ monitoring/render.py gives the gateway's /metrics; RELEASE_GATEWAY_JOB where a p
 otherwise). A series pushed to the Pushgateway cannot carry that job: the Pushgateway's scrape
 keeps only the batch jobs' own metrics (monitoring/render.py), and gateway_* are not among them.
 
+The canary's fallback answers (nginx's `@canary_fallback`: a canary call answered 502/503/504,
+or not within `canary_read_timeout`, is sent to `recommend`) reach the gateway as `recommend`
+calls: the canary's figures select the exact `function_name` `recommend-canary.<namespace>`
+(`function_is`, never a regex), so none of them counts as the canary's; they count in stable's
+figures, as the answers of stable's model they are. The failed canary attempt itself is the
+canary's (its 5xx, or its late answer's latency, once the gateway sees the call complete).
+Ranges: the analysis asks for none shorter than two scrape intervals (analysis.py); the alert
+rules use 1m and 2m (4 and 8 of faasd's 15 s scrapes), the dashboards `$__rate_interval` (at
+least 4x the datasource's 15 s timeInterval).
+
 Owns: the metric names, the selectors, the templates, the range format, the gateway's job name.
 Must not touch: querying (the MetricsSource the controller is given), thresholds (checks.py, the
 rules' own numbers).

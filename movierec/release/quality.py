@@ -5,7 +5,15 @@ A recommended movie counts as watched when the user's FIRST watch of it falls wi
 after the recommendation: a movie the user was already watching (or had watched) before it was
 recommended earns nothing, so a model that recommends what users are in the middle of (a "seen"
 movie, which the contract forbids anyway) cannot buy watch-through with it. Every recommended
-slot of every successful answer is a trial; failed calls recommend nothing.
+slot of every successful answer is a trial; failed calls recommend nothing. The counts are kept
+per user too (`QualityCounts`' per-user sums): one user's recommendations are correlated (a user
+who watches a lot watches many of them), so checks.py compares the variants with the user as the
+unit, not the movie.
+Which variant a user saw is taken from the user id (movierec.canary's rule): a canary user's call
+that nginx answered from `recommend` instead (the canary failed or was late: gateway/README.md)
+counts as the canary's, with stable's list. The stream's line (logged by the caller) does not say
+which function answered; nginx's access log does (`variant=canary function=recommend`). Those
+calls are the canary's 5xx or slow calls in the gateway's figures, which the other checks judge.
 
 Owns `QualityCounts`, `online_quality` (from parsed stream events, in any order) and
 `stored_quality_source` (the same over the stored recommendation and watch batches, as the
@@ -31,14 +39,38 @@ from movierec.store import ObjectStore
 
 @dataclass(frozen=True)
 class QualityCounts:
-    """Online quality of one variant: recommended movies, and how many of them got watched."""
+    """Online quality of one variant: recommended movies, and how many of them got watched; and,
+    per USER (the test's unit, checks.py), the sufficient statistics of each user's (watched x_u,
+    recommended n_u): how many users, sum x_u^2, sum x_u n_u, sum n_u^2.
+
+    Counts without the per-user figures (users 0: written before they were kept, or made by
+    hand) read as one unit per recommended movie (`per_user`), the binomial view."""
 
     recommended: int = 0
     watched: int = 0
+    users: int = 0
+    watched_sq: int = 0  # sum over users of watched^2
+    watched_rec: int = 0  # sum over users of watched x recommended
+    recommended_sq: int = 0  # sum over users of recommended^2
 
     @property
     def share(self) -> float | None:
         return None if self.recommended == 0 else self.watched / self.recommended
+
+    def per_user(self) -> tuple[int, int, int, int]:
+        """(units, sum x^2, sum x n, sum n^2): the users', or one unit per recommended movie."""
+        if self.users:
+            return self.users, self.watched_sq, self.watched_rec, self.recommended_sq
+        return self.recommended, self.watched, self.watched, self.recommended
+
+    @classmethod
+    def of_users(cls, per_user: Iterable[tuple[int, int]]) -> QualityCounts:
+        """From each user's (recommended, watched)."""
+        n = x = users = x2 = xn = n2 = 0
+        for rec, got in per_user:
+            users, n, x = users + 1, n + rec, x + got
+            x2, xn, n2 = x2 + got * got, xn + got * rec, n2 + rec * rec
+        return cls(n, x, users, x2, xn, n2)
 
 
 # How far before the analysed span watches are looked for, to tell a movie being watched (or
@@ -63,15 +95,15 @@ def online_quality(
             known = first_watch.get(key)
             if known is None or event.time < known:
                 first_watch[key] = event.time
-    counts = {CANARY: [0, 0], STABLE: [0, 0]}
+    counts: dict[str, dict[int, list[int]]] = {CANARY: {}, STABLE: {}}
     for rec in recommendations:
-        bucket = counts[variant_for_user(rec.user_id, canary_percent)]
+        user = counts[variant_for_user(rec.user_id, canary_percent)].setdefault(rec.user_id, [0, 0])
         for movie in rec.movie_ids:
-            bucket[0] += 1
+            user[0] += 1
             first = first_watch.get((rec.user_id, movie))
             if first is not None and 0 <= (first - rec.time).total_seconds() <= within_s:
-                bucket[1] += 1
-    return {v: QualityCounts(*c) for v, c in counts.items()}
+                user[1] += 1
+    return {v: QualityCounts.of_users((n, x) for n, x in users.values()) for v, users in counts.items()}
 
 
 def stored_quality_source(store: ObjectStore, canary_percent: int, within_s: float = 3600.0,

@@ -203,9 +203,12 @@ def holding(store: ObjectStore, actor: str, ttl_s: float, now: datetime | None =
 
 def read_lease(store: ObjectStore, now: datetime | None = None) -> dict[str, Any] | None:
     """The latest holder of the release lease: holder, token, acquired, expires (UTC stamps),
-    released and held (bools); None before any lease."""
+    released, held and holder_exited (bools: its holder was a process of this machine that no
+    longer exists, so the lease is free for the next step at once, whatever its expiry says), and
+    the holder's pid; None before any lease."""
     found = leases.lease_state(store, RELEASE_LEASE, _lease_clock(now))
     if found is None:
         return None
     return {"holder": found["holder"], "token": found["token"], "acquired": leases.utc(found["acquired_at"]),
-            "expires": leases.utc(found["expires_at"]), "released": found["released"], "held": found["held"]}
+            "expires": leases.utc(found["expires_at"]), "released": found["released"], "held": found["held"],
+            "holder_exited": found["holder_gone"], "pid": (found.get("process") or {}).get("pid")}
