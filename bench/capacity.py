@@ -43,6 +43,7 @@ import numpy as np
 
 from bench.localstack import RecommendStack, _answers_200
 from bench.recommend import build_bench_model
+from bench.report import write_result
 from movierec.artifact import save_model
 from scripts._proc import free_port
 
@@ -302,9 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" not in args.paths:
         args.paths.append("baseline")
     result = report(args, run(args))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, result)
     return 0
 
 

@@ -22,7 +22,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench/recommend.py: re
 
 import argparse
 import asyncio
-import json
 import platform
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import numpy as np
 
 from bench.localstack import RecommendStack
 from bench.recommend import build_bench_model
+from bench.report import write_result
 from movierec.artifact import save_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.json"
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     result["targets_met"] = targets
     for text, ok in targets.items():
         print(f"target {text}: {'met' if ok else 'NOT met'}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, result)
     return 0
 
 

@@ -29,7 +29,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as a serving replica runs 
 
 import argparse
 import itertools
-import json
 import platform
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import write_result
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.ranking import METRICS, RANKERS
 from movierec.registry import load_serving_model
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")},
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
 
     print()
     print(f"holdout top-20 on {m['n_ranking_users']} users (relevant: a holdout rating >= 4)")
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'measure':<24}{'value':>12}   target")
     for name, value, target in rows:
         print(f"{name:<24}{value:>12}   {target}")
-    print(f"\nwrote {args.out}")
+    print()
     return result
 
 

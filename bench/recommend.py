@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import write_result
 from movierec.artifact import load_model, save_model
 from movierec.model import ARRAY_NAMES, RecommenderModel, cold_start_ranking, from_arrays
 from movierec.ratings import RatingsTable
@@ -256,9 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:28} {a:>10.3f} {b:>10.3f} {n:>7}")
     print(f"speedup p50 {result['speedup_p50']}x, p99 {result['speedup_p99']}x; same top-20 as surprise (unclipped) "
           f"{result['same_top20_as_surprise_unclipped']}; load_model {result['load_s']} s; RSS after load {result['rss_mb']} MiB")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

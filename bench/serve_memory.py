@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bench.report import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serve_memory.json"
 MIB = 2**20
@@ -279,9 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"peak RSS over the process before loading: {result['peak_rss_over_artifact']}x the artifact; "
           f"fits {limit:.0f} MiB: {result['fits_limit']}; the limit holds ~{fits_ratings:,} ratings "
           f"(~{result['users_the_limit_holds']:,} users) with every page resident")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import platform
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.report import write_result
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.store import LocalDirectoryStore
 from movierec.synthetic import SyntheticWorld
@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
 
     print()
     print(f"{'measure':<28}{'value':>12}   target")
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'rmse / noise floor':<28}{rmse / noise_floor:>12.3f}   <= 1.1")
     rtc = "null" if register_to_canary_s is None else f"{register_to_canary_s:.2f}"
     print(f"{'register_to_canary_s':<28}{rtc:>12}")
-    print(f"\nwrote {args.out}")
+    print()
     return 0
 
 

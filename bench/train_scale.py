@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "train_scale.json"
 TOPIC = "movielog1"
@@ -310,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
         "measured": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
 
     print(f"\n{'ratings':>10} {'job wall':>9} {'job cpu':>8} {'job peak':>9} {'bare fit':>9} {'bare peak':>10}"
           f" {'time x':>7} {'rss x':>6}")
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['ratings']:>10} {r['job_wall_s']:>8.1f}s {r['job_cpu_s']:>7.1f}s {r['job_peak_rss_mb']:>6.0f} MB"
               f" {r['bare_fit_s']:>8.1f}s {r['bare_peak_rss_mb']:>7.0f} MB {r['time_ratio']:>7.2f} {r['rss_ratio']:>6.2f}")
     print(f"slope {result['slope']}\nextrapolated {json.dumps(result['extrapolated'])}")
-    print(f"load average {os.getloadavg()} on {os.cpu_count()} cpus\nwrote {args.out}")
+    print(f"load average {os.getloadavg()} on {os.cpu_count()} cpus")
     return 0
 
 

@@ -33,6 +33,13 @@ class Codes(NamedTuple):
     movie_codes: np.ndarray  # per row: position in `movies`
 
 
+def decoded_movie_ids(codes: Codes) -> np.ndarray:
+    """Per-row movie ids as numpy unicode, from the codes (a coded table keeps no string column)."""
+    if len(codes.movie_codes) == 0:
+        return np.empty(0, dtype="<U1")
+    return np.asarray(codes.movies[codes.movie_codes], dtype=str)
+
+
 GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (2**64 / golden ratio)
 
 
@@ -194,12 +201,7 @@ class RatingsTable:
     @property
     def movie_ids(self) -> np.ndarray:
         """Per-row movie ids (numpy unicode); built on demand for a coded table."""
-        if self._movie_ids is not None:
-            return self._movie_ids
-        codes = self._codes
-        if len(codes.movie_codes) == 0:
-            return np.empty(0, dtype="<U1")
-        return np.asarray(codes.movies[codes.movie_codes], dtype=str)
+        return self._movie_ids if self._movie_ids is not None else decoded_movie_ids(self._codes)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -284,12 +286,7 @@ class WatchPairs:
     @property
     def movie_ids(self) -> np.ndarray:
         """Per-pair movie ids (numpy unicode); built on demand for coded pairs."""
-        if self._movie_ids is not None:
-            return self._movie_ids
-        codes = self._codes
-        if len(codes.movie_codes) == 0:
-            return np.empty(0, dtype="<U1")
-        return np.asarray(codes.movies[codes.movie_codes], dtype=str)
+        return self._movie_ids if self._movie_ids is not None else decoded_movie_ids(self._codes)
 
     def __len__(self) -> int:
         return len(self.user_ids)

@@ -79,6 +79,41 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+def _recommend_replica_env(tmp_path):
+    """A built recommend function with a small saved model, and the env a runtime gives its replica."""
+    from scripts._proc import free_port
+
+    stack = load_stack(REPO / "stack.yml", env={})
+    context = build_function(stack, stack.functions["recommend"], tmp_path / "build")
+    save_model(build_bench_model(50, 40, n_factors=4, seed=3), tmp_path / "model")
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PORT": str(port),
+           "MODEL_PATH": str(tmp_path / "model"), "STORE_URL": "", "PUSHGATEWAY_URL": ""}
+    return context, env, port
+
+
+def _start_ready_replica(context, env, port) -> subprocess.Popen:
+    """`python index.py` as the runtime starts it, once its /_/ready answers 200."""
+    import time
+
+    import requests
+
+    process = subprocess.Popen([sys.executable, "index.py"], cwd=context.path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/_/ready", timeout=2).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            process.wait()
+            raise AssertionError("index.py never became ready")
+        time.sleep(0.05)
+
+
 def test_a_replica_killed_with_sigkill_leaves_no_worker_holding_its_port(tmp_path):
     """`python index.py` is granian's main process and the handler runs in its forked worker: a
     `kill -9` of the process the runtime started (what the demo and an OOM kill do) must take the
@@ -88,26 +123,11 @@ def test_a_replica_killed_with_sigkill_leaves_no_worker_holding_its_port(tmp_pat
 
     import requests
 
-    from scripts._proc import free_port, pid_alive
+    from scripts._proc import pid_alive
 
-    stack = load_stack(REPO / "stack.yml", env={})
-    context = build_function(stack, stack.functions["recommend"], tmp_path / "build")
-    save_model(build_bench_model(50, 40, n_factors=4, seed=3), tmp_path / "model")
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PORT": str(port),
-           "MODEL_PATH": str(tmp_path / "model"), "STORE_URL": "", "PUSHGATEWAY_URL": ""}
-    process = subprocess.Popen([sys.executable, "index.py"], cwd=context.path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context, env, port = _recommend_replica_env(tmp_path)
+    process = _start_ready_replica(context, env, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/_/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "index.py never became ready"
-            time.sleep(0.05)
         workers = _children_of(process.pid)
         assert workers, "the handler runs in a forked worker"
         process.send_signal(signal.SIGKILL)
@@ -128,30 +148,11 @@ def test_a_second_server_on_a_port_already_served_refuses_to_start_instead_of_sh
     """granian binds with SO_REUSEPORT: without a check, a replica started on a port another
     replica already serves (a port race in the runtime) would silently take half of its calls,
     e.g. ingest's cron calls answered by recommend. The second must exit with one line."""
-    import time
-
     import requests
 
-    from scripts._proc import free_port
-
-    stack = load_stack(REPO / "stack.yml", env={})
-    context = build_function(stack, stack.functions["recommend"], tmp_path / "build")
-    save_model(build_bench_model(50, 40, n_factors=4, seed=3), tmp_path / "model")
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PORT": str(port),
-           "MODEL_PATH": str(tmp_path / "model"), "STORE_URL": "", "PUSHGATEWAY_URL": ""}
-    first = subprocess.Popen([sys.executable, "index.py"], cwd=context.path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context, env, port = _recommend_replica_env(tmp_path)
+    first = _start_ready_replica(context, env, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/_/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and first.poll() is None, "index.py never became ready"
-            time.sleep(0.05)
         second = subprocess.run([sys.executable, "index.py"], cwd=context.path, env=env, timeout=60,
                                 capture_output=True, text=True, check=False)
         assert second.returncode == 1
