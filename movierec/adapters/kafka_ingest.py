@@ -1,6 +1,7 @@
 """The Kafka consumer loop of ingest: topic -> immutable batches in the object store, exactly once.
 
-Owns `run_ingest` (one bounded run: consume in the consumer group, hand records to the batch
+Owns `run_ingest` (one bounded run: consume in the consumer group until caught up with the log end
+it last fetched, even while the stream flows, or a bound: INGEST_MAX_SECONDS/RECORDS, idle; hand records to the batch
 builders, store each batch, commit after it, measure the lag, push the summary as job "ingest"
 through `movierec.adapters.pushgateway`), the consumer (`_Ingester`, kafka-python), the broker
 probe and the CLI: `python -m movierec.adapters.kafka_ingest [--max-records N] [-v]`.
@@ -292,7 +293,13 @@ class _Ingester:
                         records = self.accept(tp, records)
                         if records:
                             self.take(tp.partition, records)
-                    continue
+                    if not self.caught_up():
+                        continue
+                    # Caught up while the stream still flows: stop now and store what was read
+                    # (the next scheduled run takes the rest), rather than read on until
+                    # INGEST_MAX_SECONDS with the batch unstored and the replica busy.
+                    stop = "caught_up"
+                    break
                 if self.caught_up():
                     stop = "caught_up"
                     break
