@@ -376,7 +376,7 @@ RELEASE_CHECKS: tuple[CheckSpec, ...] = (
                   scale=1000, detail="p99 ratio to stable {ratio:.2f} (bound {limit}, judged above {floor:.0f} ms)"),
     ShareAtMost("canary_over_budget_share", counts=("over_budget_calls", "timed_calls"), limit="max_over_budget_share",
                 minimum="min_requests",
-                detail="canary calls over 250 ms (nginx's 300 ms budget: their users got stable's answer)"
+                detail="canary calls over 250 ms (after 300 ms nginx serves stable's answer)"
                        " {x:g}/{n:g} = {share:.2%} (bound {limit:.2%}): z={z:.2f} p={p:.4f}{look}",
                 waiting="canary calls over 250 ms: {n:g} timed, too little evidence (at least {minimum}), waiting"),
     NotWorse("watched_share_vs_stable", source=QUALITY, counts=("watched", "recommended"), worse=LOWER,
