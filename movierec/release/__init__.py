@@ -7,7 +7,7 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Wh
 | module | owns |
 | --- | --- |
 | `config.py` | `ReleaseConfig`, built from movierec.settings (RELEASE_*, CANARY_PERCENT, function names) |
-| `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable), the one loop `evaluate_checks`, `decide` (pure), the z-tests (watch-through: per user, an O'Brien-Fleming-type boundary over the window's looks, `look_bound`) |
+| `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable, a share not significantly above a bound: calls over the canary's latency budget), the one loop `evaluate_checks`, `decide` (pure), the z-tests (watch-through: per user, an O'Brien-Fleming-type boundary over the window's looks, `look_bound`) |
 | `promql.py` | the PromQL templates over the gateway metrics (the analysis, demo, dashboards and alerts use them) |
 | `state.py` | states, `Release` (with `serving_since` and its `events`), `ReleaseStore` (`releases/current.json`, `releases/history/`, fenced writes), the release errors; one step at a time: `acquire_lease`, `holding`, `read_lease` over THE lease (movierec.lease, `leases/release/`: `Lease.check` is the fencing token, `LeaseHeld` 409, `LeaseLost`), `clock_from` |
 | `drift.py` | the record as desired state: `observe`, `reconcile` (re-apply drift, restart the window, record events) |
