@@ -126,6 +126,9 @@ SETTINGS: tuple[Setting, ...] = (
              minimum=0, maximum=1),
     _release("RELEASE_MAX_P99", "duration", "500ms", "check: canary p99 latency at most"),
     _release("RELEASE_MAX_P99_RATIO", "float", "1.5", "check: canary p99 at most this times stable's", minimum=1),
+    _release("RELEASE_MAX_OVER_BUDGET_SHARE", "float", "0.01", "check: share of canary calls slower than 250 ms "
+             "(the gateway's bucket within nginx's 300ms canary budget, whose users got stable's answer) not "
+             "significantly above this", minimum=0, maximum=1),
     _release("RELEASE_P99_RATIO_FLOOR", "duration", "100ms", "below this p99 the ratio check is not judged"),
     _release("RELEASE_ALPHA", "float", "0.05", "significance level of the statistical checks (online quality: "
              "over all the looks of a window)", minimum=0, maximum=1),

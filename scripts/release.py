@@ -224,7 +224,8 @@ def _running_lines(r: dict[str, Any], now: datetime) -> list[str]:
                      f"{(discarded.get('decision') or {}).get('action')}")
     checks = decision.get("checks") or []
     lines.append("checks" + ("" if checks else "    not judged yet (too few canary requests in the window)"))
-    lines += [f"  {'ok  ' if c['passed'] else 'FAIL'}  {c['name']:<24}{c['detail']}" for c in checks]
+    verdict = {True: "ok  ", False: "FAIL", None: "wait"}  # None: pending, too little evidence yet
+    lines += [f"  {verdict[c['passed']]}  {c['name']:<26}{c['detail']}" for c in checks]
     events = r.get("events") or []
     if events:
         lines.append(f"events    latest {min(len(events), 8)} of {len(events)}")

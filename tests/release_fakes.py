@@ -23,7 +23,8 @@ from movierec.release import ReleaseConfig, VariantMetrics, bootstrap_stable, st
 from movierec.store import LocalDirectoryStore
 
 REPO = Path(__file__).resolve().parent.parent
-GOOD = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.02, p99_latency_s=0.09)
+GOOD = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.02, p99_latency_s=0.09, timed_calls=1000,
+                      over_budget_calls=0)
 
 
 def handler_event(method: str, path: str = "/", headers: dict | None = None, query: dict | None = None,
@@ -50,8 +51,12 @@ class FakePrometheus:
         m = self.by_function[function]
         if promql.startswith("histogram_quantile"):
             return m.p99_latency_s
+        if 'le="' in promql:
+            return m.over_budget_calls
         if "_sum" in promql:
             return m.mean_latency_s
+        if "_count" in promql:
+            return m.timed_calls
         return m.errors if "5.." in promql else m.requests
 
 

@@ -184,12 +184,14 @@ def test_a_drift_during_the_measurement_discards_it_and_stops_the_promotion(rele
 def test_the_controllers_own_probes_are_not_evidence(release):
     """A canary nobody calls: the gateway counts only the controller's health probes (200s)."""
     store, _registry, deployer, _v1, _v2 = release
-    probed = VariantMetrics(requests=0, errors=0, mean_latency_s=0.001, p99_latency_s=0.005)
+    probed = VariantMetrics(requests=0, errors=0, mean_latency_s=0.001, p99_latency_s=0.005, timed_calls=0,
+                            over_budget_calls=0)
 
     class CountingProbes(FakePrometheus):
         def query_value(self, promql, at=None):
             value = super().query_value(promql, at)
-            if "increase(" in promql and "5.." not in promql and "recommend-canary." in promql:
+            if "increase(" in promql and "5.." not in promql and 'le="' not in promql \
+                    and "recommend-canary." in promql:  # the calls counted and timed, all fast
                 return value + 2 * self.rounds  # every earlier probe round's 2 answered probes
             return value
 
@@ -200,6 +202,7 @@ def test_the_controllers_own_probes_are_not_evidence(release):
         assert result.action == WAIT and result.reason == "0 of 100 canary requests so far", result.reason
     analysis = ReleaseStore(store).running().analysis
     assert analysis["metrics"]["canary"]["requests"] == 0 and analysis["probes_subtracted"]["canary"] == 16
+    assert analysis["metrics"]["canary"]["timed_calls"] == 0  # the probes are not timed evidence either
 
 
 def test_no_range_shorter_than_two_scrape_intervals_is_measured(release):

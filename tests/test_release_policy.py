@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway.render import NginxSettings
 from movierec.canary import CANARY, STABLE
 from movierec.errors import ConfigError, Conflict, Rejected, http_status
 from movierec.events import RecommendationEvent, WatchEvent
@@ -35,6 +36,7 @@ from movierec.release import (
     decide,
     evaluate_checks,
     manual_action,
+    one_proportion_z_test,
     online_quality,
     per_user_z_test,
     prom_range,
@@ -44,6 +46,7 @@ from movierec.release import (
     two_proportion_z_test,
     variant_queries,
 )
+from movierec.release.promql import CANARY_BUDGET_LE, DURATION_BUCKETS
 from movierec.settings import parse_duration
 from tests.release_fakes import GOOD, FakeDeployer, FakePrometheus, two_published_versions
 
@@ -104,13 +107,13 @@ def test_a_bad_release_setting_is_a_config_error_naming_the_variable(name, raw):
 def test_every_check_names_config_fields_and_figures_that_exist():
     fields = {f.name for f in dataclasses.fields(ReleaseConfig)}
     for spec in RELEASE_CHECKS:
-        thresholds = [getattr(spec, k) for k in ("limit", "floor", "alpha") if hasattr(spec, k)]
+        thresholds = [getattr(spec, k) for k in ("limit", "floor", "alpha", "minimum") if getattr(spec, k, None)]
         assert thresholds and set(thresholds) <= fields, spec.name
         figures = [spec.figure] if hasattr(spec, "figure") else list(spec.counts)
         owner = QualityCounts() if getattr(spec, "source", None) == "quality" else GOOD
         assert all(hasattr(owner, f) for f in figures), spec.name
     assert [c.name for c in RELEASE_CHECKS] == ["success_rate", "p99_latency", "error_rate_vs_stable",
-                                                "p99_vs_stable", "watched_share_vs_stable"]
+                                                "p99_vs_stable", "canary_over_budget_share", "watched_share_vs_stable"]
 
 
 def test_the_check_records_keep_their_names_outcomes_and_details():
@@ -159,6 +162,9 @@ def test_the_recorded_queries_are_unchanged():
         "mean_latency_s": f"sum(rate(gateway_functions_seconds_sum{{{sel}}}[90s]))"
                           f" / sum(rate(gateway_functions_seconds_count{{{sel}}}[90s]))",
         "p99_latency_s": f"histogram_quantile(0.99, sum by (le) (rate(gateway_functions_seconds_bucket{{{sel}}}[90s])))",
+        "timed_calls": f"sum(increase(gateway_functions_seconds_count{{{sel}}}[90s]))",
+        "over_budget_calls": f"sum(increase(gateway_functions_seconds_count{{{sel}}}[90s]))"
+                             f' - sum(increase(gateway_functions_seconds_bucket{{{sel},le="0.25"}}[90s]))',
     }
     assert prom_range(0.2) == "1s"
 
@@ -223,6 +229,69 @@ def test_policy_rolls_back_an_error_rate_significantly_above_stable_even_under_t
     stable = VariantMetrics(requests=8000, errors=8, mean_latency_s=0.02, p99_latency_s=0.09)  # 99.9%
     d = decide(canary, stable, config, elapsed_s=600)
     assert d.action == ROLLBACK and [c.name for c in d.checks if not c.passed] == ["error_rate_vs_stable"]
+
+
+def test_the_over_budget_bucket_is_the_largest_gateway_bucket_within_nginx_canary_budget():
+    """Calls slower than it are the ones nginx gave up on (their users got stable's answer)."""
+    budget_s = parse_duration(NginxSettings.__dataclass_fields__["canary_read_timeout"].default)
+    assert CANARY_BUDGET_LE == max(b for b in DURATION_BUCKETS if b <= budget_s) == 0.25
+    assert ReleaseConfig().max_p99_s > budget_s  # why the p99 bound alone misses it
+    [spec] = [c for c in RELEASE_CHECKS if c.name == "canary_over_budget_share"]
+    assert f"{CANARY_BUDGET_LE * 1000:.0f} ms" in spec.detail and f"{budget_s * 1000:.0f} ms" in spec.detail
+
+
+def test_one_proportion_z_test_against_a_fixed_bound():
+    z, p = one_proportion_z_test(50, 1000, 0.01)
+    assert z > 10 and p < 1e-6
+    assert one_proportion_z_test(10, 1000, 0.01) == (pytest.approx(0.0), pytest.approx(0.5))
+    assert one_proportion_z_test(0, 0, 0.01) == (0.0, 1.0)
+    assert one_proportion_z_test(1, 100, 0.0)[1] == 0.0 and one_proportion_z_test(0, 100, 0.0) == (0.0, 1.0)
+
+
+def test_a_canary_answering_in_300_to_500_ms_is_rolled_back_for_its_over_budget_share():
+    """Under the p99 bound (500 ms), all successes, stable as slow: only the budget check sees that
+    nginx served stable's fallback to these users."""
+    late = VariantMetrics(requests=1000, errors=0, mean_latency_s=0.4, p99_latency_s=0.49, timed_calls=1000,
+                          over_budget_calls=900)
+    stable = dataclasses.replace(late, requests=4000, timed_calls=4000, over_budget_calls=0)
+    d = decide(late, stable, CONFIG, elapsed_s=60)  # 10% into the window: fails fast all the same
+    assert d.action == ROLLBACK
+    assert [c.name for c in d.checks if c.passed is False] == ["canary_over_budget_share"]
+    [check] = [c for c in d.checks if c.name == "canary_over_budget_share"]
+    assert "900/1000 = 90.00% (bound 1.00%)" in check.detail and "10% into the window" in check.detail
+    assert check.detail in d.reason
+
+
+def test_a_fast_canary_passes_the_over_budget_share_and_is_promoted():
+    few_late = dataclasses.replace(GOOD, over_budget_calls=12)  # 1.2% of 1000: not significantly above 1%
+    d = decide(few_late, GOOD, CONFIG, elapsed_s=600)
+    assert d.action == PROMOTE
+    [check] = [c for c in d.checks if c.name == "canary_over_budget_share"]
+    assert check.passed is True and "12/1000 = 1.20% (bound 1.00%)" in check.detail
+
+
+def test_the_over_budget_share_is_sequential_over_the_window():
+    """2.5% late of 1000 (z = (0.025 - 0.01) / 0.00315 = 4.77): significant at the window's last
+    look (z >= 1.96), not at a look 1/10 into it (z >= 1.96 / sqrt(0.1) = 6.20), as the watched share."""
+    late = dataclasses.replace(GOOD, over_budget_calls=25)
+    assert decide(late, GOOD, CONFIG, elapsed_s=60).action == WAIT  # below 6.20 at 10%
+    assert decide(late, GOOD, CONFIG, elapsed_s=600).action == ROLLBACK  # above 1.96 at 100%
+
+
+def test_too_few_timed_canary_calls_leave_the_over_budget_share_pending():
+    """Histogram counts below the minimum (here behind the invocation counter): no evidence is
+    not "within budget", the release waits, and times out into a rollback."""
+    unseen = dataclasses.replace(GOOD, timed_calls=40, over_budget_calls=0)
+    d = decide(unseen, GOOD, CONFIG, elapsed_s=600)
+    assert d.action == WAIT and "canary_over_budget_share" in d.reason and "40 timed" in d.reason
+    [check] = [c for c in d.checks if c.name == "canary_over_budget_share"]
+    assert check.pending
+    assert decide(unseen, GOOD, CONFIG, elapsed_s=3600).action == ROLLBACK
+
+
+def test_the_over_budget_check_is_left_out_when_the_histogram_was_not_measured():
+    assert "canary_over_budget_share" not in {c.name for c in evaluate_checks(VariantMetrics(requests=1000), GOOD,
+                                                                              CONFIG)}
 
 
 def test_policy_rolls_back_when_the_watched_share_is_significantly_lower():

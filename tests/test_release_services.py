@@ -83,13 +83,14 @@ def pushgateway(tmp_path_factory):
 def prometheus(tmp_path_factory, pushgateway):
     """A real Prometheus with the stack's own scrape config (monitoring/render.py) scraping an
     endpoint that serves the gateway's metric names, and the Pushgateway, fed with two scenarios:
-    namespace `good` (healthy canary) and `bad` (10% 5xx, slow canary)."""
+    namespace `good` (healthy canary), `bad` (10% 5xx, slow canary) and `late` (both variants answer
+    every call in 400 ms: under the 500 ms p99 bound, over nginx's 300 ms canary budget)."""
     tmp = tmp_path_factory.mktemp("prometheus")
     registry = CollectorRegistry()
     invocations = Counter("gateway_function_invocation", "invocations", ["function_name", "code"], registry=registry)
     seconds = Histogram("gateway_functions_seconds", "duration", ["function_name", "code"], buckets=BUCKETS,
                         registry=registry)
-    names = [f"{f}.{ns}" for ns in ("good", "bad") for f in ("recommend", "recommend-canary")]
+    names = [f"{f}.{ns}" for ns in ("good", "bad", "late") for f in ("recommend", "recommend-canary")]
     for name in names:  # series exist at 0 before the first scrape, so increase() sees every call
         for code in ("200", "500"):
             invocations.labels(name, code)
@@ -119,6 +120,10 @@ def prometheus(tmp_path_factory, pushgateway):
             for _ in range(CANARY_PER_TICK):
                 invocations.labels("recommend-canary.good", "200").inc()
                 seconds.labels("recommend-canary.good", "200").observe(0.03)
+            for function, count in (("recommend", STABLE_PER_TICK), ("recommend-canary", CANARY_PER_TICK)):
+                for _ in range(count):
+                    invocations.labels(f"{function}.late", "200").inc()
+                    seconds.labels(f"{function}.late", "200").observe(0.4)
             for i in range(CANARY_PER_TICK):
                 code, latency = ("500", 0.9) if i == 0 else ("200", 0.3)
                 invocations.labels("recommend-canary.bad", code).inc()
@@ -186,6 +191,23 @@ def test_measure_reads_request_counts_errors_and_latency_from_prometheus(prometh
     assert 0.5 < canary.p99_latency_s <= 1.0  # the bucket holding the slowest 1%
     assert stable.errors == 0 and 0.01 < stable.p99_latency_s <= 0.025
     assert 'function_name="recommend-canary.bad"' in queries["canary"]["p99_latency_s"]
+    # Every `bad` canary call is slower than the 250 ms bucket (0.3 s and 0.9 s), no stable call is.
+    assert canary.timed_calls == canary.requests and canary.over_budget_calls == canary.timed_calls
+    assert stable.over_budget_calls == 0 and stable.timed_calls == pytest.approx(stable.requests, abs=1)
+
+
+def test_a_canary_answering_after_nginx_gave_up_is_rolled_back_on_its_over_budget_share_alone(prometheus):
+    """The slow drill over real gateway metrics: 400 ms answers, all 200, as slow as stable. The
+    gateway's figures pass (p99 under 500 ms, ratio 1); nginx served their users stable's answer."""
+    config = ReleaseConfig(namespace="late", window_s=30, min_requests=100)
+    metrics, queries = measure(prometheus, config, 30, datetime.now(UTC))
+    canary = metrics["canary"]
+    assert canary.over_budget_calls == canary.timed_calls == canary.requests > 100
+    assert 'le="0.25"' in queries["canary"]["over_budget_calls"]
+    assert 'job="openfaas-gateway"' in queries["canary"]["over_budget_calls"]
+    decision = decide(canary, metrics["stable"], config, elapsed_s=30)
+    assert decision.action == ROLLBACK
+    assert [c.name for c in decision.checks if c.passed is False] == ["canary_over_budget_share"]
 
 
 def test_a_bad_query_is_a_one_line_error_naming_prometheus(prometheus):
@@ -228,7 +250,7 @@ def test_a_failing_canary_is_rolled_back_with_its_metrics_and_queries_recorded(p
     assert gateway.env("recommend")["MODEL_VERSION"] == v1
     [entry] = ReleaseStore(store).history()
     failed = {c["name"] for c in entry.analysis["decision"]["checks"] if not c["passed"]}
-    assert {"success_rate", "error_rate_vs_stable", "p99_latency"} <= failed
+    assert {"success_rate", "error_rate_vs_stable", "p99_latency", "canary_over_budget_share"} <= failed
     assert "recommend-canary.bad" in entry.analysis["queries"]["canary"]["errors"]
     assert hook.bodies[-1]["event"] == "release_rolled_back"
 
@@ -273,6 +295,7 @@ def test_forged_gateway_series_pushed_to_the_pushgateway_cannot_change_the_relea
         assert after[variant].errors == before[variant].errors == 0
         assert after[variant].requests == pytest.approx(before[variant].requests, rel=0.1)
         assert after[variant].p99_latency_s == pytest.approx(before[variant].p99_latency_s, rel=0.1)
+        assert after[variant].over_budget_calls == before[variant].over_budget_calls == 0  # forged: 50 at 9 s
     assert after["canary"].requests < 1.2 * TICKS * CANARY_PER_TICK
     verdict_after = decide(after["canary"], after["stable"], config, elapsed_s=600)
     assert verdict_after.action == verdict_before.action == PROMOTE

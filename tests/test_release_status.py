@@ -41,7 +41,7 @@ class ExtrapolatingPrometheus(FakePrometheus):
 
     def query_value(self, promql, at=None):
         value = super().query_value(promql, at)
-        requests = value is not None and "increase(" in promql and "5.." not in promql
+        requests = value is not None and "increase(" in promql and "5.." not in promql and 'le="' not in promql
         return value + 0.571 if requests else value
 
 
@@ -50,7 +50,8 @@ def drifted(tmp_path):
     """A release whose canary was redeployed to stable mid-way, then re-applied, 2 minutes in."""
     store, _registry, deployer, v1, v2 = started_release(tmp_path, CONFIG, T0)
     deployer.deploy_behind("recommend-canary", "stable")
-    canary = VariantMetrics(requests=120, errors=0, mean_latency_s=0.021, p99_latency_s=0.05)
+    canary = VariantMetrics(requests=120, errors=0, mean_latency_s=0.021, p99_latency_s=0.05, timed_calls=120,
+                            over_budget_calls=3)
     prometheus = ExtrapolatingPrometheus({"recommend": GOOD, "recommend-canary": canary})
     run_release_step(CONFIG, store, prometheus, deployer, None, now=T0 + timedelta(minutes=5))
     run_release_step(CONFIG, store, prometheus, deployer, None, now=T0 + timedelta(minutes=7))
@@ -68,14 +69,29 @@ def test_the_status_screen_shows_versions_integer_counts_checks_time_left_and_ev
     assert "  canary         121       0   100.00%    21 ms    50 ms" in screen  # 120.571 -> 121
     assert "  stable        1001       0   100.00%    20 ms    90 ms" in screen
     assert "decision  wait: checks pass; window 120s of 600s" in screen
-    assert "ok    success_rate            canary success 1.0000 (floor 0.99)" in screen
-    assert "ok    p99_latency             canary p99 50 ms (bound 500 ms)" in screen
-    assert "ok    error_rate_vs_stable    canary errors 0/121 vs stable 0/1001" in screen  # whole numbers
+    assert "ok    success_rate              canary success 1.0000 (floor 0.99)" in screen
+    assert "ok    p99_latency               canary p99 50 ms (bound 500 ms)" in screen
+    assert "ok    error_rate_vs_stable      canary errors 0/121 vs stable 0/1001" in screen  # whole numbers
+    assert ("ok    canary_over_budget_share  canary calls over 250 ms (after 300 ms nginx serves stable's answer) "
+            "3/121 = 2.48% (bound 1.00%): z=1.64") in screen  # value vs bound; not yet significant
     assert (f"drift_seen       recommend-canary deployed with MODEL_VERSION=stable ({v1}), answering {v1}, "
             f"expected {v2}") in screen
     assert f"reapplied        recommend-canary redeployed with MODEL_VERSION={v2}" in screen
     assert "window_restarted evidence since 01:00:00Z not counted" in screen
     assert "lease     free (last: step on " in screen
+
+
+def test_a_pending_check_reads_wait_not_fail(tmp_path):
+    store, _registry, deployer, _v1, _v2 = started_release(tmp_path, CONFIG, T0)
+    untimed = VariantMetrics(requests=120, errors=0, mean_latency_s=0.021, p99_latency_s=0.05, timed_calls=40,
+                             over_budget_calls=0)
+    for minutes in (1, 2):  # verified serving on the first step, the window counts from there
+        run_release_step(CONFIG, store, FakePrometheus({"recommend": GOOD, "recommend-canary": untimed}), deployer,
+                         None, now=T0 + timedelta(minutes=minutes))
+    screen = render_status(status(store), T0 + timedelta(minutes=2))
+    assert ("wait  canary_over_budget_share  canary calls over 250 ms: 38 timed, too little evidence (at least 100), "
+            "waiting") in screen  # 40 less the 2 probes of the step
+    assert "FAIL" not in screen
 
 
 def test_the_json_keeps_every_figure_for_scripts(drifted):

@@ -7,7 +7,7 @@ A release moves `canary` -> `promoted` | `rolled_back` | `aborted` (by hand). Wh
 | module | owns |
 | --- | --- |
 | `config.py` | `ReleaseConfig`, built from movierec.settings (RELEASE_*, CANARY_PERCENT, function names) |
-| `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable), the one loop `evaluate_checks`, `decide` (pure), the z-tests (watch-through: per user, an O'Brien-Fleming-type boundary over the window's looks, `look_bound`) |
+| `checks.py` | the policy: `RELEASE_CHECKS` (named checks as data: bounds, "not worse than stable at alpha", ratio to stable, a share not significantly above a bound: calls over the canary's latency budget), the one loop `evaluate_checks`, `decide` (pure), the z-tests (watch-through: per user, an O'Brien-Fleming-type boundary over the window's looks, `look_bound`) |
 | `promql.py` | the PromQL templates over the gateway metrics (the analysis, demo, dashboards and alerts use them) |
 | `state.py` | states, `Release` (with `serving_since` and its `events`), `ReleaseStore` (`releases/current.json`, `releases/history/`, fenced writes), the release errors; one step at a time: `acquire_lease`, `holding`, `read_lease` over THE lease (movierec.lease, `leases/release/`: `Lease.check` is the fencing token, `LeaseHeld` 409, `LeaseLost`), `clock_from` |
 | `drift.py` | the record as desired state: `observe`, `reconcile` (re-apply drift, restart the window, record events) |
@@ -34,10 +34,12 @@ from movierec.release.checks import (
     Decision,
     NotWorse,
     RatioToStable,
+    ShareAtMost,
     VariantMetrics,
     decide,
     evaluate_checks,
     look_bound,
+    one_proportion_z_test,
     per_user_z_test,
     two_proportion_z_test,
 )
@@ -80,9 +82,9 @@ __all__ = [
     "MANUAL_ACTIONS", "PROMOTE", "PROMOTED", "RELEASE_CHECKS", "ROLLBACK", "ROLLED_BACK", "RUNNING", "STABLE",
     "WAIT", "Bound", "Check", "Decision", "InvalidTransition", "Lease", "LeaseHeld", "LeaseLost", "NotWorse",
     "Observation", "QualityCounts", "RatioToStable", "Release", "ReleaseConfig", "ReleaseError",
-    "ReleaseRunningError", "ReleaseStore", "StepResult", "VariantMetrics", "acquire_lease",
+    "ReleaseRunningError", "ReleaseStore", "ShareAtMost", "StepResult", "VariantMetrics", "acquire_lease",
     "bootstrap_stable", "decide", "evaluate_checks", "finish_release", "holding", "look_bound", "manual_action",
-    "measure", "observe", "online_quality", "per_user_z_test", "prom_range", "read_lease", "reconcile",
+    "measure", "observe", "one_proportion_z_test", "online_quality", "per_user_z_test", "prom_range", "read_lease", "reconcile",
     "release_families", "run_release_step", "serving_versions", "start_release", "status", "stored_quality_source",
     "two_proportion_z_test", "variant_queries", "window_of",
 ]

@@ -5,7 +5,8 @@
   the release times out `timeout_s` after it started.
 - `measure`: per variant (the `recommend` and `recommend-canary` functions), from the OpenFaaS
   gateway metrics in Prometheus over the window so far, capped at its length: request count, 5xx
-  count, mean latency and p99 latency (promql.py's templates). The counts are `increase()` over
+  count, mean latency, p99 latency, and the calls the latency histogram timed and those slower than
+  the canary's budget bucket (promql.py's templates). The counts are `increase()` over
   the range, which extrapolates to the range's edges (2.571 of 20.569 requests): they are ROUNDED
   to whole requests here (COUNTS says so wherever they are shown), so the evidence, the checks and
   the operator's screen all show the same integers; the controller's own health probes in the
@@ -57,9 +58,17 @@ def measure(
             errors=round(values["errors"] or 0.0),
             mean_latency_s=_finite(values["mean_latency_s"]),
             p99_latency_s=_finite(values["p99_latency_s"]),
+            timed_calls=_count(values["timed_calls"]),
+            over_budget_calls=_count(values["over_budget_calls"]),
         )
         queries[variant] = q
     return metrics, queries
+
+
+def _count(value: float | None) -> int | None:
+    """A histogram count rounded like the requests (COUNTS); None while it has no series."""
+    value = _finite(value)
+    return None if value is None else max(round(value), 0)
 
 
 def _finite(value: float | None) -> float | None:
@@ -125,9 +134,11 @@ def analyse(config: ReleaseConfig, release: Release, prometheus: MetricsSource, 
 
 
 def _less(m: VariantMetrics, probes: int) -> VariantMetrics:
-    """`m` without `probes` successful calls (the controller's own)."""
+    """`m` without `probes` successful calls (the controller's own). They leave the timed calls
+    too; a probe slower than the budget stays among the over-budget ones (it was late as well)."""
     requests = max(m.requests - probes, 0)
-    return replace(m, requests=requests, errors=min(m.errors, requests))
+    timed = None if m.timed_calls is None else max(m.timed_calls - probes, m.over_budget_calls or 0)
+    return replace(m, requests=requests, errors=min(m.errors, requests), timed_calls=timed)
 
 
 def not_counted(config: ReleaseConfig, release: Release, at: datetime, reason: str,

@@ -11,7 +11,18 @@ tuple of named check specs, each one of three kinds, its thresholds named by Rel
   `unit` USER compares per-user counts (QualityCounts' sums, below), `sequential` judges it against
   a boundary that is honest over the release's many looks (below);
 - `RatioToStable`: canary figure / stable figure at most a config field, judged only above a
-  floor (a config field) where the figure is coarse.
+  floor (a config field) where the figure is coarse;
+- `ShareAtMost`: the canary's proportion (over-budget calls / timed calls) not significantly above
+  a fixed bound (a config field) at `alpha` (one-sample z-test, `one_proportion_z_test`), pending
+  below a `minimum` of trials and, like the watched share, `sequential` over the window's looks.
+  `canary_over_budget_share` is the one: nginx waits 300 ms for the canary, then serves stable's
+  answer, so a canary answering in 300-500 ms passes the gateway's figures (a success, p99 under
+  500 ms) while its users got the fallback; the calls slower than the gateway's 250 ms bucket (the
+  largest within that budget, promql.CANARY_BUDGET_LE) are the ones it counts. Simulated over 120
+  looks (binomial calls growing steadily): a canary exactly at the 1% bound is rolled back 6.2% of
+  the time with 2000 calls in the window (5.5% with 500, 5.0% with 20000: the normal approximation
+  of few late calls), one at 0.5% 0.0%, one at 2% 99%. "Not significantly above" promotes a share
+  a little over the bound on little evidence, as NotWorse promotes a slightly worse canary.
 `evaluate_checks` runs them in order, one `Check` record (name, passed: True | False | None for
 "pending, too little evidence", one-line detail) each; a check with nothing to judge (no stable
 p99; no online quality asked for) is left out.
@@ -52,7 +63,7 @@ the delta method's cluster-robust one, sum_u (x_u - p n_u)^2 / N^2 x G / (G - 1)
 and roll back equal variants more often still. The error-rate check keeps its binomial test at
 `alpha` per look (requests from Prometheus carry no user).
 
-Owns: the specs, the loop, the z-tests, the sequential boundary (`look_bound`), VariantMetrics,
+Owns: the specs, the loop, the z-tests (two-sample, margin, per user, one-sample), the sequential boundary (`look_bound`), VariantMetrics,
 Check, Decision. Must not touch: where the figures come from (controller.py, promql.py), state,
 services.
 """
@@ -84,6 +95,8 @@ class VariantMetrics:
     errors: float = 0.0
     mean_latency_s: float | None = None
     p99_latency_s: float | None = None
+    timed_calls: float | None = None  # calls the latency histogram observed (None: not measured)
+    over_budget_calls: float | None = None  # ... slower than the canary's budget bucket
 
     @property
     def success_rate(self) -> float | None:
@@ -162,6 +175,18 @@ def per_user_z_test(first: QualityCounts, second: QualityCounts, scale: float = 
     if se == 0:
         return 0.0, 1.0
     z = (first.watched / first.recommended - scale * second.watched / second.recommended) / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def one_proportion_z_test(x: float, n: float, bound: float) -> tuple[float, float]:
+    """One-sided test that the proportion x/n is GREATER than the fixed `bound`, with the bound's
+    own (null) standard error sqrt(b (1 - b) / n): (z, p-value). No evidence (n 0, or a bound of
+    1) gives (0.0, 1.0); against a bound of 0 any x > 0 is infinitely significant."""
+    if n <= 0 or bound >= 1:
+        return 0.0, 1.0
+    if bound <= 0:
+        return (math.inf, 0.0) if x > 0 else (0.0, 1.0)
+    z = (x / n - bound) / math.sqrt(bound * (1 - bound) / n)
     return z, 0.5 * math.erfc(z / math.sqrt(2))
 
 
@@ -259,15 +284,7 @@ class NotWorse:
         else:
             z, p = margin_z_test(getattr(first, x), getattr(first, n), getattr(second, x), getattr(second, n), scale)
         tolerance = "" if not margin else f" (tolerating {margin:.0%} {'more' if self.worse == HIGHER else 'fewer'})"
-        look = ""
-        if self.sequential:
-            fraction = 1.0 if elapsed_s is None else min(max(elapsed_s, 0.0) / config.window_s, 1.0)
-            bound = look_bound(alpha, fraction)
-            passed = z < bound
-            look = (f"; fails at z >= {bound:.2f} (p < {0.5 * math.erfc(bound / math.sqrt(2)):.2g}) "
-                    f"{fraction:.0%} into the window (alpha {alpha} over all looks)")
-        else:
-            passed = p >= alpha
+        passed, look = _judged(z, p, alpha, self.sequential, config, elapsed_s)
         units = {}
         if self.unit == USER:
             units = {"canary_units": c.per_user()[0], "stable_units": s.per_user()[0],
@@ -300,7 +317,51 @@ class RatioToStable:
                      self.detail.format(ratio=ratio, limit=limit, floor=_scaled(floor, self.scale)))
 
 
-CheckSpec = Bound | NotWorse | RatioToStable
+@dataclass(frozen=True)
+class ShareAtMost:
+    """The canary's `counts` proportion (x, n: VariantMetrics fields) not significantly above
+    config field `limit` at config field `alpha` (`one_proportion_z_test`). Left out when the
+    canary's n was not measured (None). Fewer than config field `minimum` trials: pending (detail
+    `waiting`). `sequential`: judged against `look_bound` as NotWorse's are. `detail` gets x, n,
+    share, limit, z, p, alpha and look."""
+
+    name: str
+    counts: tuple[str, str]
+    limit: str
+    detail: str
+    minimum: str
+    alpha: str = "alpha"
+    sequential: bool = True
+    waiting: str = "too little evidence yet: {n:g} canary trials (at least {minimum})"
+
+    def judge(self, canary: VariantMetrics, stable: VariantMetrics, config: ReleaseConfig,
+              quality: Quality, elapsed_s: float | None = None) -> Check | None:
+        x, n = (getattr(canary, f) for f in self.counts)
+        if n is None:
+            return None
+        x, limit, alpha, minimum = x or 0.0, getattr(config, self.limit), getattr(config, self.alpha), \
+            getattr(config, self.minimum)
+        if n < minimum:
+            return Check(self.name, None, self.waiting.format(x=x, n=n, minimum=minimum, limit=limit))
+        z, p = one_proportion_z_test(x, n, limit)
+        passed, look = _judged(z, p, alpha, self.sequential, config, elapsed_s)
+        return Check(self.name, passed, self.detail.format(x=x, n=n, share=x / n if n else 0.0, limit=limit,
+                                                           z=z, p=p, alpha=alpha, look=look))
+
+
+def _judged(z: float, p: float, alpha: float, sequential: bool, config: ReleaseConfig,
+            elapsed_s: float | None) -> tuple[bool, str]:
+    """(passed, look text): at p >= alpha; or, `sequential`, below `look_bound` at elapsed /
+    window_s (None: the whole window), the text saying where that look is."""
+    if not sequential:
+        return p >= alpha, ""
+    fraction = 1.0 if elapsed_s is None else min(max(elapsed_s, 0.0) / config.window_s, 1.0)
+    bound = look_bound(alpha, fraction)
+    return z < bound, (f"; fails at z >= {bound:.2f} (p < {0.5 * math.erfc(bound / math.sqrt(2)):.2g}) "
+                       f"{fraction:.0%} into the window (alpha {alpha} over all looks)")
+
+
+CheckSpec = Bound | NotWorse | RatioToStable | ShareAtMost
 
 
 def _scaled(value: float, scale: float) -> float:
@@ -317,6 +378,11 @@ RELEASE_CHECKS: tuple[CheckSpec, ...] = (
                     " z={z:.2f} p={p:.4f} (alpha {alpha})"),
     RatioToStable("p99_vs_stable", figure="p99_latency_s", limit="max_p99_ratio", floor="p99_ratio_floor_s",
                   scale=1000, detail="p99 ratio to stable {ratio:.2f} (bound {limit}, judged above {floor:.0f} ms)"),
+    ShareAtMost("canary_over_budget_share", counts=("over_budget_calls", "timed_calls"), limit="max_over_budget_share",
+                minimum="min_requests",
+                detail="canary calls over 250 ms (after 300 ms nginx serves stable's answer)"
+                       " {x:g}/{n:g} = {share:.2%} (bound {limit:.2%}): z={z:.2f} p={p:.4f}{look}",
+                waiting="canary calls over 250 ms: {n:g} timed, too little evidence (at least {minimum}), waiting"),
     NotWorse("watched_share_vs_stable", source=QUALITY, counts=("watched", "recommended"), worse=LOWER,
              detail="watched canary {canary_x}/{canary_n} vs stable {stable_x}/{stable_n}"
                     " ({canary_units} and {stable_units} {units}): z={z:.2f} p={p:.4f}{look}{tolerance}",

@@ -24,6 +24,9 @@ class ReleaseConfig:
     min_success_rate: float = 0.99
     max_p99_s: float = 0.5
     max_p99_ratio: float = 1.5
+    # The canary's calls slower than its budget bucket (promql.CANARY_BUDGET_LE, within nginx's
+    # canary_read_timeout): their users got stable's fallback. Rolled back when significantly above.
+    max_over_budget_share: float = 0.01
     # Below this p99 the ratio to stable is not judged: histogram buckets double in width
     # (.01 .025 .05 .1 ...), so 20 ms vs 30 ms already reads as "2x", and no caller notices it.
     p99_ratio_floor_s: float = 0.1
@@ -56,6 +59,7 @@ class ReleaseConfig:
             min_success_rate=s.get("RELEASE_MIN_SUCCESS_RATE"),
             max_p99_s=s.get("RELEASE_MAX_P99"),
             max_p99_ratio=s.get("RELEASE_MAX_P99_RATIO"),
+            max_over_budget_share=s.get("RELEASE_MAX_OVER_BUDGET_SHARE"),
             p99_ratio_floor_s=s.get("RELEASE_P99_RATIO_FLOOR"),
             alpha=s.get("RELEASE_ALPHA"),
             timeout_s=s.get("RELEASE_TIMEOUT"),

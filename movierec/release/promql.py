@@ -24,11 +24,16 @@ calls: the canary's figures select the exact `function_name` `recommend-canary.<
 (`function_is`, never a regex), so none of them counts as the canary's; they count in stable's
 figures, as the answers of stable's model they are. The failed canary attempt itself is the
 canary's (its 5xx, or its late answer's latency, once the gateway sees the call complete).
+The canary's latency budget: nginx waits `canary_read_timeout` (gateway/render.py, 300ms) for the
+canary, then serves stable's answer. The gateway counts a late canary answer a success, but its
+user never saw it; `over_budget_calls` counts the calls slower than CANARY_BUDGET_LE (0.25 s, the
+largest of the gateway's buckets, DURATION_BUCKETS, within that budget: tests/test_release_policy.py
+keeps the two in step), so the 250-300 ms slice of answers users did get counts against the canary.
 Ranges: the analysis asks for none shorter than two scrape intervals (analysis.py); the alert
 rules use 1m and 2m (4 and 8 of faasd's 15 s scrapes), the dashboards `$__rate_interval` (at
 least 4x the datasource's 15 s timeInterval).
 
-Owns: the metric names, the selectors, the templates, the range format, the gateway's job name.
+Owns: the metric names, the buckets and the canary's budget bucket, the selectors, the templates, the range format, the gateway's job name.
 Must not touch: querying (the MetricsSource the controller is given), thresholds (checks.py, the
 rules' own numbers).
 """
@@ -40,6 +45,9 @@ INVOCATIONS = "gateway_function_invocation_total"  # counter, labels function_na
 DURATION = "gateway_functions_seconds"  # histogram (_bucket, _sum, _count), labels function_name, code
 REPLICAS = "gateway_service_count"  # gauge, label function_name
 GATEWAY_METRICS = (INVOCATIONS, DURATION, REPLICAS)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)  # the gateway's `le` bounds (s)
+# The largest bucket within nginx's canary budget (`canary_read_timeout`, 300ms, gateway/render.py).
+CANARY_BUDGET_LE = 0.25
 
 GATEWAY_JOB = "openfaas-gateway"  # the scrape job of the gateway's own /metrics (monitoring/render.py)
 
@@ -124,6 +132,12 @@ def timed_calls(selector: str, window: str, func: str = "increase") -> str:
     return counted(f"{DURATION}_count", (selector,), window, func)
 
 
+def over_budget_calls(selector: str, window: str, le: float = CANARY_BUDGET_LE, func: str = "increase") -> str:
+    """Calls the latency histogram observed slower than its bucket `le` (count minus that bucket)."""
+    within = counted(f"{DURATION}_bucket", (selector, f'le="{le:g}"'), window, func)
+    return f"{timed_calls(selector, window, func)} - {within}"
+
+
 def p99_ratio(canary_selector: str, stable_selector: str, window: str) -> str:
     """Canary p99 over stable p99: what the release's `p99_vs_stable` check compares."""
     return ratio(latency_quantile(0.99, canary_selector, window), latency_quantile(0.99, stable_selector, window))
@@ -142,6 +156,8 @@ def figures(selector: str, window: str) -> dict[str, str]:
         "errors": calls(selector, window, func="increase", code=SERVER_ERROR),
         "mean_latency_s": mean_latency(selector, window),
         "p99_latency_s": latency_quantile(0.99, selector, window),
+        "timed_calls": timed_calls(selector, window),
+        "over_budget_calls": over_budget_calls(selector, window),
     }
 
 
