@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.recommend import time_calls
 from bench.report import write_result
 from movierec.batches.builder import parse_batch, store_batch
 from movierec.ranking import METRICS, RANKERS
@@ -91,14 +92,7 @@ def seen_violations(model, data) -> dict[str, int]:
 
 def latency_ms(model, user_ids: np.ndarray, calls: int, seed: int) -> tuple[float, float]:
     users = np.random.default_rng(seed).choice(user_ids, size=calls).tolist()
-    for u in users[:50]:
-        model.recommend(u)
-    samples = []
-    for u in users:
-        t = time.perf_counter_ns()
-        model.recommend(u)
-        samples.append(time.perf_counter_ns() - t)
-    a = np.asarray(samples) / 1e6
+    a = np.asarray(time_calls(model, users)) / 1e6
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 

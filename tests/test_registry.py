@@ -207,13 +207,18 @@ def test_a_symlink_planted_in_the_cache_is_not_followed(tmp_path):
     assert (elsewhere / entry.version / "model.npz").is_file()  # removed the link, not its target
 
 
-def test_during_an_outage_an_alias_is_served_only_with_the_sha_the_registry_recorded_last(tmp_path):
+def _stable_at_v1_of_two(tmp_path):
+    """A store with two registered versions, `stable` at the first, and an empty cache folder."""
     store = LocalDirectoryStore(tmp_path / "store")
     registry = Registry(store)
     v1 = registry.register_model(tiny_model(1), now=T0)
     v2 = registry.register_model(tiny_model(2), now=T0 + timedelta(seconds=5))
     registry.set_alias("stable", v1.version)
-    cache = tmp_path / "cache"
+    return store, registry, v1, v2, tmp_path / "cache"
+
+
+def test_during_an_outage_an_alias_is_served_only_with_the_sha_the_registry_recorded_last(tmp_path):
+    store, _registry, v1, v2, cache = _stable_at_v1_of_two(tmp_path)
     load_serving_model("stable", store, cache)
     load_serving_model(v2.version, store, cache)  # v2 is cached too, but stable was last seen at v1
     assert load_serving_model("stable", UnreachableStore(), cache).sha256 == v1.sha256
@@ -227,12 +232,7 @@ def test_during_an_outage_an_alias_is_served_only_with_the_sha_the_registry_reco
 
 
 def test_an_alias_is_never_served_from_the_cache_while_the_store_answers(tmp_path):
-    store = LocalDirectoryStore(tmp_path / "store")
-    registry = Registry(store)
-    v1 = registry.register_model(tiny_model(1), now=T0)
-    v2 = registry.register_model(tiny_model(2), now=T0 + timedelta(seconds=5))
-    registry.set_alias("stable", v1.version)
-    cache = tmp_path / "cache"
+    store, registry, _v1, v2, cache = _stable_at_v1_of_two(tmp_path)
     load_serving_model("stable", store, cache)
     registry.set_alias("stable", v2.version)
     assert load_serving_model("stable", store, cache).sha256 == v2.sha256
