@@ -293,13 +293,8 @@ class _Ingester:
                         records = self.accept(tp, records)
                         if records:
                             self.take(tp.partition, records)
-                    if not self.caught_up():
-                        continue
-                    # Caught up while the stream still flows: stop now and store what was read
-                    # (the next scheduled run takes the rest), rather than read on until
-                    # INGEST_MAX_SECONDS with the batch unstored and the replica busy.
-                    stop = "caught_up"
-                    break
+                # Caught up, even while the stream still flows: stop and store what was read (the
+                # next scheduled run takes the rest) rather than read on to INGEST_MAX_SECONDS.
                 if self.caught_up():
                     stop = "caught_up"
                     break
