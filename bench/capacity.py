@@ -193,12 +193,14 @@ def run(args) -> dict:
             ports = {"direct": urlsplit(stack.direct_url).port, "gateway": stack.port,
                      "nginx": urlsplit(stack.public_url).port, "baseline": baseline_port}
             replicas = _replica_pids(stack)
+            gateway = {"gateway": ([stack.processes["localfaas"].pid], False)}
+            plane = stack.state / "run" / "dataplane" / "dataplane.json"  # LOCALFAAS_DATA_PLANE=nginx
+            if plane.exists():
+                gateway["gateway nginx"] = ([json.loads(plane.read_text())["pid"]], True)
             procs = {
                 "direct": {"function (direct)": ([stack.processes["direct-recommend"].pid], True)},
-                "gateway": {"function replicas": (replicas, True),
-                            "gateway": ([stack.processes["localfaas"].pid], False)},
-                "nginx": {"function replicas": (replicas, True),
-                          "gateway": ([stack.processes["localfaas"].pid], False),
+                "gateway": {"function replicas": (replicas, True), **gateway},
+                "nginx": {"function replicas": (replicas, True), **gateway,
                           "nginx": ([stack.processes["nginx"].pid], True)},
                 "baseline": {"gunicorn + flask": ([baseline.pid], True)},
             }

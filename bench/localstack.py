@@ -122,7 +122,9 @@ class RecommendStack:
                "TMPDIR": str(self.workdir / "tmp"),  # passed to replicas: their model cache stays ours
                "DEPLOY_TARGET": "localfaas",  # stack.yml's local overlay: the addresses are these
                "CANARY_PERCENT": str(self.canary_percent),
-               "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "60"}
+               "LOCALFAAS_HEALTH_INTERVAL": "0.5", "LOCALFAAS_READY_TIMEOUT": "60",
+               # as `make up` runs it (env/local.yml); LOCALFAAS_DATA_PLANE=python measures the other
+               "LOCALFAAS_DATA_PLANE": os.environ.get("LOCALFAAS_DATA_PLANE", "nginx")}
         self.localfaas = self._spawn(
             "localfaas", [sys.executable, "-m", "localfaas", "up", "--stack", str(stack_file),
                           "--port", str(self.port), "--state-dir", str(self.state)], env, REPO,

@@ -21,6 +21,10 @@ deployed unchanged with faas-cli later:
   `proxy` (`/function/*`, `/async-function/*`), `system_api` (`/system/*`), `secrets_api`
   (`/system/secrets`), `logs`, `metrics` (`gateway_*`), `credentials` (the basic-auth files) and
   `replies` (errors as HTTP statuses); the same API as a provider under `/provider/`;
+- `dataplane`: the nginx data plane (LOCALFAAS_DATA_PLANE=nginx): nginx on the gateway's port
+  calls ready replicas itself and hands everything else to the gateway app on a loopback port;
+  its configuration follows the ready replicas (reloads, drain holds) and it outlives a killed
+  runtime; `calllog` reads the calls it answered into the gateway metrics;
 - `secretstore`: the secrets behind `/system/secrets` (private files, name rules);
 - `cron`: cron-connector, scheduling functions from their annotations (with the `cron-token`);
 - `validate`: the name, path and process rules of the real providers, applied before any use.

@@ -35,6 +35,7 @@ from aiohttp import web
 from localfaas.build import BuildContext, BuildError, shrinkwrap
 from localfaas.credentials import ensure_credentials
 from localfaas.cron import CRON_TOKEN, CronConnector, ensure_cron_token
+from localfaas.dataplane import MODES, DataPlane, DataPlaneError
 from localfaas.functionconfig import DeployError, FunctionConfig
 from localfaas.gateway import Gateway
 from localfaas.images import Image, ImageStore
@@ -193,8 +194,8 @@ async def up(args: argparse.Namespace) -> int:
         health_interval=_env_float("LOCALFAAS_HEALTH_INTERVAL", 2.0),
         drain_timeout=_env_float("LOCALFAAS_DRAIN_TIMEOUT", 30.0),
     )
-    gateway = Gateway(supervisor, images, credentials,
-                      upstream_timeout=_env_float("LOCALFAAS_UPSTREAM_TIMEOUT", 65.0),
+    upstream_timeout = _env_float("LOCALFAAS_UPSTREAM_TIMEOUT", 65.0)
+    gateway = Gateway(supervisor, images, credentials, upstream_timeout=upstream_timeout,
                       deploy_wait=_env_float("LOCALFAAS_DEPLOY_WAIT", 30.0), scale_from_zero_wait=ready_timeout,
                       no_replica_wait=_env_float("LOCALFAAS_NO_REPLICA_WAIT", 0.0),
                       max_body=int(_env_float("LOCALFAAS_MAX_BODY", DEFAULT_MAX_BODY)))
@@ -216,15 +217,20 @@ async def up(args: argparse.Namespace) -> int:
     await asyncio.to_thread(images.refresh_tags)
     runner = GatewayRunner(gateway.make_app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+    plane = _data_plane(args, gateway, upstream_timeout)
+    # With the nginx data plane, nginx takes the gateway's port and the app listens on loopback only.
+    site = web.TCPSite(runner, *(("127.0.0.1", plane.choose_control_port()) if plane else (args.host, args.port)),
+                       reuse_address=True)
     try:
         await site.start()
-    except OSError as exc:
+        if plane:
+            await plane.start()
+    except (OSError, DataPlaneError) as exc:
         await supervisor.close()
         await runner.cleanup()
-        if exc.errno == errno.EADDRINUSE:
-            raise StackError(f"port {args.port} on {args.host} is already in use (pick another with --port)")
-        raise
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            raise StackError(f"port {args.port} on {args.host} is already in use (pick another with --port)") from None
+        raise StackError(str(exc)) from None
     pid_file = state / "run" / "localfaas.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     url = f"http://{args.host}:{args.port}"
@@ -247,11 +253,31 @@ async def up(args: argparse.Namespace) -> int:
         deploys.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cron_task
+        if plane:
+            await plane.close()
         await runner.cleanup()
         await supervisor.close()
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
     return 0
+
+
+def _data_plane(args: argparse.Namespace, gateway: Gateway, upstream_timeout: float) -> DataPlane | None:
+    """The nginx data plane when asked for (LOCALFAAS_DATA_PLANE=nginx), else None: the gateway app
+    answers every call itself."""
+    mode = os.environ.get("LOCALFAAS_DATA_PLANE", "python") or "python"
+    if mode not in MODES:
+        raise StackError(f"LOCALFAAS_DATA_PLANE={mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "python":
+        return None
+    try:
+        plane = DataPlane(gateway.supervisor, gateway.metrics, host=args.host, port=args.port,
+                          body_limit=gateway.proxy.body_limit, upstream_timeout=upstream_timeout,
+                          control_timeout=upstream_timeout + gateway.proxy.scale_from_zero_wait + 5)
+    except DataPlaneError as exc:
+        raise StackError(str(exc)) from None
+    gateway.metrics.sources.append(plane.calls.read)
+    return plane
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ class Gateway:
                                    "scale_from_zero_wait": scale_from_zero_wait, "max_body": max_body}
         self.proxy = FunctionProxy(supervisor, self.metrics, **options)
         self.provider_proxy = FunctionProxy(supervisor, self.metrics, provider=True, **options)
-        self.system = SystemApi(supervisor, images, deploy_wait=deploy_wait)
+        self.system = SystemApi(supervisor, images, deploy_wait=deploy_wait, refresh=self.metrics.refresh)
         self.secrets_api = SecretsApi(supervisor, self.secrets, check_namespace, json_body)
         self.logs = LogsApi(supervisor.processes.logbook, lambda name: name in supervisor.functions)
 

@@ -5,12 +5,13 @@ Owns: the `gateway_*` series (`gateway_function_invocation_total` and
 buckets, `gateway_service_count` read from the supervisor at scrape time) in a private registry,
 and their text exposition for `/metrics`, with bucket bounds printed as the Go client prints them
 (`le="1"`, `le="5"`, `le="10"`, where Python's client prints `1.0`).
-Must not touch: processes, HTTP routing; it only counts what the proxy reports and reads replica
-counts.
+Must not touch: processes, HTTP routing; it only counts what the proxy and the data plane's call
+log (`sources`, read before each scrape) report, and reads replica counts.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import prometheus_client
@@ -40,6 +41,7 @@ class GatewayMetrics:
         # validates and locks on every call, which the invoke path does not need to pay each time.
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.supervisor = supervisor
+        self.sources: list[Callable[[], object]] = []  # read before each scrape (the data plane's call log)
         self.registry.register(self)  # collect() below reads replica counts at scrape time
 
     def collect(self) -> list[Metric]:
@@ -52,7 +54,13 @@ class GatewayMetrics:
     def describe(self) -> list[Metric]:
         return [GaugeMetricFamily("gateway_service_count", "")]
 
+    def refresh(self) -> None:
+        """Count what the sources hold that is not counted yet (before a scrape or a listing)."""
+        for source in self.sources:
+            source()
+
     def exposition(self) -> bytes:
+        self.refresh()
         # prometheus_client always names a counter family "<name>_total"; the Go gateway's
         # `gateway_function_invocation_started` has no suffix, so that one family is written here.
         lines = ["# HELP gateway_function_invocation_started Function invocations started",

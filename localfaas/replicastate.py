@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 REPLICAS_FILE = Path("run") / "localfaas-replicas.json"
+DATA_PLANE_FILE = Path("run") / "dataplane" / "dataplane.json"  # written by localfaas.dataplane
 UNKNOWN_EXIT = -1  # the exit code of a process that is not our child cannot be read
 
 
@@ -156,15 +157,31 @@ def runtime_alive(state: dict[str, Any]) -> bool:
     return same_process(state.get("runtime_pid"), state.get("runtime_start"), state.get("boot_id"))
 
 
+def _data_plane_record(state_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((Path(state_dir) / DATA_PLANE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+
+def data_plane_left_running(state_dir: str | Path) -> int | None:
+    """The pid of the data plane's nginx that a runtime of `state_dir` left running (it holds the
+    gateway's port until the next runtime adopts it), if it still runs; else None."""
+    record = _data_plane_record(state_dir)
+    return record["pid"] if record and same_process(record["pid"], record.get("start")) else None
+
+
 def stop_recorded(state_dir: str | Path, grace_s: float = 10.0) -> list[int]:
-    """Stop the replicas a runtime that is gone (killed) left running: each recorded pid that is
+    """Stop the replicas (and the data plane's nginx) a runtime that is gone (killed) left running: each recorded pid that is
     still the recorded process gets SIGTERM, then SIGKILL after `grace_s`. Nothing when the runtime
     that wrote the file still runs. Returns the pids stopped."""
     state = read_replica_state(state_dir)
     if runtime_alive(state):
         return []
     held: dict[int, int] = {}
-    for _name, entry in recorded_replicas(state):
+    plane = _data_plane_record(state_dir)  # the nginx of LOCALFAAS_DATA_PLANE=nginx outlives it too
+    for _name, entry in [*recorded_replicas(state), *([("", plane)] if plane else [])]:
         if state.get("boot_id") not in (None, boot_id()) or not isinstance(entry.get("start"), int):
             continue
         fd = _open_pidfd(entry["pid"], entry["start"])

@@ -24,7 +24,7 @@ import itertools
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,10 @@ class FunctionRuntime:
         return ready[next(self._rr) % len(ready)]
 
 
+async def _settled_at_once(_timeout: float) -> bool:
+    return True  # the gateway app routes from `ready_replicas` itself, at every call
+
+
 class Supervisor:
     def __init__(self, state_dir: str | Path, *, ready_timeout: float = 60.0, health_interval: float = 2.0,
                  drain_timeout: float = 30.0, stop_grace: float = 5.0, max_backoff: float = 10.0,
@@ -94,6 +98,9 @@ class Supervisor:
                                           drain_timeout=drain_timeout, stop_grace=stop_grace)
         self._health_task: asyncio.Task[None] | None = None
         self._closing = False
+        # Waits (at most the seconds given) until calls reach what `ready_replicas` says: set by the
+        # nginx data plane, whose configuration follows the replicas a moment later.
+        self.routing_settled: Callable[[float], Awaitable[object]] = _settled_at_once
 
     # ----- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -248,6 +255,8 @@ class Supervisor:
             if runtime.pending_generation > generation or runtime.crashed_generation >= generation:
                 return  # replaced by a newer deploy, or its replicas crash: waiting would not help
             if runtime.generation == generation and all(r.ready for r in runtime.replicas):
+                # and whoever routes calls (the nginx data plane) sends them to these replicas now
+                await self.routing_settled(max(0.0, deadline - time.monotonic()))
                 return
             await asyncio.sleep(0.05)
 
@@ -258,7 +267,9 @@ class Supervisor:
             raise DeployError(f"function {name}: replicas must be >= 0, got {replicas}")
         runtime = self.get(name)
         async with runtime.lock:
-            return await self._set_replicas(runtime, replicas)
+            count = await self._set_replicas(runtime, replicas)
+        await self.routing_settled(2.0)  # a replica taken away gets no call once this answers
+        return count
 
     async def _set_replicas(self, runtime: FunctionRuntime, replicas: int) -> int:
         ceiling = runtime.config.max_replicas()

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,10 @@ def check_namespace(namespace: str | None) -> str:
 
 
 class SystemApi:
-    def __init__(self, supervisor: Supervisor, images: ImageStore, *, deploy_wait: float = 0.0):
+    def __init__(self, supervisor: Supervisor, images: ImageStore, *, deploy_wait: float = 0.0,
+                 refresh: Callable[[], None] = lambda: None):
         self.supervisor = supervisor
+        self.refresh = refresh  # brings invocation counts up to date (the data plane's call log)
         self.images = images
         self.deploy_wait = deploy_wait  # seconds a deploy call waits for its replicas to serve
         self.namespace_labels = dict(NAMESPACE_LABELS)
@@ -134,6 +136,7 @@ class SystemApi:
 
     async def list_functions(self, request: web.Request) -> web.Response:
         namespace = check_namespace(request.query.get("namespace"))
+        self.refresh()
         return web.json_response([self._status(fn) for fn in self.supervisor.functions.values()
                                   if fn.config.namespace == namespace])
 
@@ -143,6 +146,7 @@ class SystemApi:
         fn = self.supervisor.functions.get(name)
         if fn is None:
             raise GatewayError(404, f"function {name}.{namespace} not found")
+        self.refresh()
         return web.json_response(self._status(fn))
 
     async def _deployment(self, request: web.Request) -> FunctionConfig:

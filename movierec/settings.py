@@ -199,6 +199,10 @@ SETTINGS: tuple[Setting, ...] = (
     _lf("LOCALFAAS_MAX_BODY", "int", "16777216",
         "request body bytes the local gateway passes to a function (413 above; label "
         "com.openfaas.localfaas.max-body-bytes per function)", minimum=0),
+    _lf("LOCALFAAS_DATA_PLANE", "str", "python",
+        "who answers /function/ calls: python (the gateway app) or nginx (nginx calls ready replicas "
+        "straight, localfaas is the control plane; env/local.yml sets it)"),
+    _lf("LOCALFAAS_NGINX", "str", "", "the nginx binary of the nginx data plane (default: nginx on PATH or /usr/sbin)"),
     _lf("LOCALFAAS_KEEP_IMAGES", "int", "5", "unused image snapshots kept besides those in use", minimum=0),
     _lf("LOCALFAAS_REDEPLOY_STACK", "bool", "0",
         "`up` deploys stack.yml for every function instead of restoring what was deployed"),

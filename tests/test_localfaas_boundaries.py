@@ -17,9 +17,10 @@ from tests.localfaas_harness import json_of, start_stack
 LIMIT = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def faas(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("localfaas-bounds"), env={"LOCALFAAS_MAX_BODY": str(LIMIT)})
+@pytest.fixture(scope="module", params=["python", "nginx"])  # LOCALFAAS_DATA_PLANE: both answer the same
+def faas(tmp_path_factory, request):
+    stack = start_stack(tmp_path_factory.mktemp("localfaas-bounds"), env={"LOCALFAAS_MAX_BODY": str(LIMIT),
+                                                                              "LOCALFAAS_DATA_PLANE": request.param})
     yield stack
     stack.stop()
 

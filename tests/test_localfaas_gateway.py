@@ -14,9 +14,9 @@ import requests
 from tests.localfaas_harness import start_stack
 
 
-@pytest.fixture(scope="module")
-def faas(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("localfaas-gw"))
+@pytest.fixture(scope="module", params=["python", "nginx"])  # LOCALFAAS_DATA_PLANE: both answer the same
+def faas(tmp_path_factory, request):
+    stack = start_stack(tmp_path_factory.mktemp("localfaas-gw"), env={"LOCALFAAS_DATA_PLANE": request.param})
     yield stack
     stack.stop()
 

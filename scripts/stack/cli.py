@@ -38,9 +38,9 @@ from pathlib import Path
 from localfaas.replicastate import stop_recorded
 from movierec.adapters.gateway import GatewayClient
 from movierec.errors import ConfigError, MovierecError
-from scripts._proc import free_port, port_open
+from scripts._proc import free_port
 from scripts.stack.config import ROOT, StackConfig, StackError, local_defaults
-from scripts.stack.processes import log_file, pid_file, running_pid, start_service, stop_pid
+from scripts.stack.processes import log_file, pid_file, port_taken, running_pid, start_service, stop_pid
 from scripts.stack.services import PACKAGES, STOP_GRACE_S, Service, services
 
 
@@ -87,7 +87,7 @@ def check_ports(config: StackConfig) -> None:
                             f"set {service.port_setting(free_port())}")
             continue
         claimed[service.port] = service.port_env or service.name
-        if running_pid(config, service) is None and port_open(service.port):
+        if running_pid(config, service) is None and port_taken(config, service):
             problems.append(f"port {service.port} ({service.port_env}) is in use by another process: "
                             f"set {service.port_setting(free_port())} or stop it")
     if problems:

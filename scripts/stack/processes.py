@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from localfaas.replicastate import data_plane_left_running
 from scripts._proc import pid_alive, port_open
 from scripts.stack.config import ROOT, StackConfig, StackError
 from scripts.stack.services import Service
@@ -105,13 +106,21 @@ def _safe_getpgid(pid: int) -> int | None:
         return None
 
 
+def port_taken(config: StackConfig, service: Service) -> bool:
+    """Whether `service`'s port is held by something else than what its own start will take over:
+    the nginx data plane a killed localfaas of this state dir left is adopted by the next localfaas."""
+    if service.port is None or not port_open(service.port):
+        return False
+    return not (service.name == "localfaas" and data_plane_left_running(config.state_dir))
+
+
 def start_service(config: StackConfig, service: Service) -> tuple[int, bool]:
     """Start `service` unless it already runs; wait until healthy. Returns (pid, started_now)."""
     pid = running_pid(config, service)
     if pid is not None:
         return pid, False
     log = log_file(config, service.name)
-    if service.port is not None and port_open(service.port):
+    if port_taken(config, service):
         raise StackError(f"{service.name}: 127.0.0.1:{service.port} is already in use by a process this stack "
                          f"did not start (stop it, or pick another port by env)")
     log.parent.mkdir(parents=True, exist_ok=True)
