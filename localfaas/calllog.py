@@ -1,8 +1,8 @@
 """The data plane's call log, read into the gateway's metrics.
 
 nginx (localfaas.dataplane) appends one line per call it answered itself, `<function>.<namespace>
-<status> <seconds>`, unbuffered, so a line is in the file before the caller has its answer. The
-control plane reads what is new whenever the metrics are scraped or the functions listed, and every
+<status> <seconds>`, unbuffered, just after the caller has its answer (so a scrape may miss the
+last milliseconds' calls; the next one counts them). The control plane reads what is new whenever the metrics are scraped or the functions listed, and every
 quarter second besides: each line is one started and one finished call in `gateway_*`, and one more
 `invocationCount` for the function. Nothing is sampled or dropped: a line cut off at the end of the
 file waits for its rest. The file is rotated past `ROTATE_BYTES` (renamed, nginx told to reopen

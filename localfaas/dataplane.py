@@ -125,6 +125,7 @@ class DataPlane:
             record.get("pid"), record.get("start")) and record.get("config") == str(self.config_path) else None
         if adopted is not None:
             self.process = adopted
+            self._old_workers = self._workers()  # they still send the control plane's calls to the last runtime
             self._signal(signal.SIGHUP)
             log.info("data plane: adopted nginx (pid %d) left by the last runtime; reloaded", adopted.pid)
         else:
@@ -132,6 +133,7 @@ class DataPlane:
         self._hold(self._table)
         self._save_record()
         await self._wait_listening()
+        await self.settled(NGINX_START_S)  # after an adoption: once the reload took, not before
         self.calls.resume()
         self._task = asyncio.create_task(self._watch())
         self.supervisor.routing_settled = self.settled
@@ -348,7 +350,10 @@ def _done_accepting(pid: int, start: int | None) -> bool:
 
 
 def _free(port: int) -> bool:
+    """Whether the control plane can listen on `port` as its site binds (SO_REUSEADDR: the
+    connections the killed runtime left in TIME_WAIT do not keep it from its own port)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
