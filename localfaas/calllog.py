@@ -39,12 +39,14 @@ class CallLog:
         self._partial = b""
         self._old: tuple[BinaryIO, Path, bytes, float] | None = None  # rotated: file, path, partial line, when
         self._offset_file = path.with_name(path.name + ".offset")
+        self._resumed = False
         self.malformed = 0
 
     def resume(self) -> None:
         """Go on from where the last reader stopped (the offset it recorded beside the file): the
         calls the data plane answered while no control plane ran (a killed runtime) are counted by
         the next one, the ones counted before are not counted again."""
+        self._resumed = True
         self.path.touch()  # nginx opens it once a function is routed: from its first line on, it counts
         if not self._open():
             return
@@ -58,7 +60,10 @@ class CallLog:
         self._save_offset()
 
     def read(self) -> int:
-        """Count every complete new line; returns how many."""
+        """Count every complete new line; returns how many (none before `resume`: a scrape that
+        reaches the control plane while it starts must not count from the file's beginning)."""
+        if not self._resumed:
+            return 0
         counted = 0
         if self._old is not None:
             old, rotated, partial, since = self._old

@@ -114,8 +114,6 @@ def test_a_function_scaled_to_zero_is_started_by_a_call_through_the_control_plan
     faas.wait_until(lambda: faas.call("spare").status_code == 200, "spare answering again")
 
 
-@pytest.mark.xfail(strict=False, reason="fails in about 1 of 3 runs, within 2 s of its start, cause not found yet "
-                                        "(the stack-level restart trial covers adoption): see the session note")
 def test_a_killed_runtime_leaves_nginx_serving_and_the_next_one_adopts_it_and_counts_those_calls(tmp_path):
     first = start_stack(tmp_path, env=NGINX)
     try:
