@@ -55,7 +55,7 @@ class NginxSettings:
     # user gets stable's answer (a few ms more) while the caller still waits.
     canary_read_timeout: str = "300ms"
     canary_connect_timeout: str = "100ms"
-    worker_processes: str = "2"
+    worker_processes: str = "1"
 
     @classmethod
     def local(cls, state_dir: str | os.PathLike[str], listen: str = DEFAULT_LISTEN,
