@@ -39,7 +39,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,9 +333,6 @@ class DataPlane:
         write_atomic(self.record_path, json.dumps({
             "pid": self.process.pid, "start": start_ticks(self.process.pid), "config": str(self.config_path),
             "control_port": self.control_port}).encode())
-
-    def replicas_held(self) -> Iterator[Replica]:
-        return iter(self._routed.values())
 
 
 def _done_accepting(pid: int, start: int | None) -> bool:
