@@ -277,6 +277,7 @@ def _data_plane(args: argparse.Namespace, gateway: Gateway, upstream_timeout: fl
     except DataPlaneError as exc:
         raise StackError(str(exc)) from None
     gateway.metrics.sources.append(plane.calls.read)
+    gateway.system.available = plane.available
     return plane
 
 

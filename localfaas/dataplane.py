@@ -98,6 +98,7 @@ class DataPlane:
         self.calls = CallLog(self.dir / "calls.log", metrics, supervisor, self._reopen_logs)
         self._table: dict[str, Route] = {}
         self._refused: dict[str, Route] | None = None
+        self._previous: dict[str, Route] = {}  # the table before the last reload
         self._old_workers: list[tuple[int, int | None]] = []  # of the configuration before the last reload
         self._routed: dict[int, Replica] = {}  # pid -> a replica some nginx worker may call (held)
         self._task: asyncio.Task[None] | None = None
@@ -217,6 +218,13 @@ class DataPlane:
             except Exception:  # the watch must go on; the next change tries again
                 log.exception("data plane: update failed")
 
+    def available(self, runtime: FunctionRuntime) -> int:
+        """Ready replicas that calls reach (`availableReplicas`): those of the table nginx routes by,
+        the one before the last reload while a worker of the old configuration still accepts."""
+        done = all(_done_accepting(*w) for w in self._old_workers)
+        route = (self._table if done else self._previous).get(runtime.config.name)
+        return len([r for r in runtime.ready_replicas() if route and r.port in route.ports])
+
     async def settled(self, timeout: float) -> bool:
         """Whether, within `timeout` seconds, nginx routes by the current table: applied, and the
         workers of the configuration before it take no new connection (they may finish long
@@ -236,7 +244,7 @@ class DataPlane:
             return
         old_workers = self._old_workers = self._workers()
         leaving = self._hold(table)
-        self._table = table
+        self._previous, self._table = self._table, table
         self._signal(signal.SIGHUP)
         if leaving:
             task = asyncio.create_task(self._release_after(old_workers, leaving))
@@ -359,9 +367,11 @@ def _free(port: int) -> bool:
 
 
 def _upstream(route: Route) -> str:
-    servers = "".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in route.ports)
+    # max_fails=0: never set a replica aside on one failed connection (a closed keep-alive one
+    # counts too); a replica that is gone leaves the table within 50 ms instead.
+    servers = "".join(f"        server 127.0.0.1:{port} max_fails=0;\n" for port in route.ports)
     return (f"    upstream lf_fn_{route.name} {{\n{servers}        keepalive 64;\n"
-            f"        keepalive_requests 100000;\n        keepalive_timeout 30s;\n    }}\n")
+            f"        keepalive_requests 100000;\n        keepalive_timeout 4s;\n    }}\n")
 
 
 def _indent(block: str) -> str:

@@ -97,6 +97,8 @@ class SystemApi:
                  refresh: Callable[[], None] = lambda: None):
         self.supervisor = supervisor
         self.refresh = refresh  # brings invocation counts up to date (the data plane's call log)
+        # the replicas that take calls (the nginx data plane: those its configuration routes to)
+        self.available: Callable[[FunctionRuntime], int] = lambda fn: len(fn.ready_replicas())
         self.images = images
         self.deploy_wait = deploy_wait  # seconds a deploy call waits for its replicas to serve
         self.namespace_labels = dict(NAMESPACE_LABELS)
@@ -126,7 +128,7 @@ class SystemApi:
             "createdAt": _rfc3339(fn.created_at),
             "usage": {"cpu": 0.0, "totalMemoryBytes": _memory_bytes(alive)},
         }
-        available = len(fn.ready_replicas())
+        available = self.available(fn)
         if available:  # Go's omitempty: gone when 0
             status["availableReplicas"] = available
         for key, value in (("limits", c.limits), ("requests", c.requests)):
