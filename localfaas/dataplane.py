@@ -42,12 +42,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from localfaas.calllog import CallLog
 from localfaas.metrics import GatewayMetrics
 from localfaas.replica import Replica, free_port
-from localfaas.replicastate import DATA_PLANE_FILE, AdoptedProcess, same_process, start_ticks, write_atomic
+from localfaas.replicastate import (
+    DATA_PLANE_FILE,
+    AdoptedProcess,
+    read_data_plane_record,
+    same_process,
+    start_ticks,
+    write_atomic,
+)
 from localfaas.supervisor import FunctionRuntime, Supervisor
 
 log = logging.getLogger("localfaas.dataplane")
@@ -108,7 +114,7 @@ class DataPlane:
     def choose_control_port(self) -> int:
         """The control plane's loopback port: the recorded one if it is free (an adopted nginx
         already sends there), else a new one."""
-        record = self._record()
+        record = (read_data_plane_record(self.supervisor.state_dir) or {})
         port = record.get("control_port")
         if isinstance(port, int) and _free(port):
             self.control_port = port
@@ -121,7 +127,7 @@ class DataPlane:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._table = self.routes()
         await self._write_config(self._table)
-        record = self._record()
+        record = (read_data_plane_record(self.supervisor.state_dir) or {})
         adopted = AdoptedProcess.open(record["pid"], record["start"]) if same_process(
             record.get("pid"), record.get("start")) and record.get("config") == str(self.config_path) else None
         if adopted is not None:
@@ -328,13 +334,6 @@ class DataPlane:
 
     def _reopen_logs(self) -> None:
         self._signal(signal.SIGUSR1)
-
-    def _record(self) -> dict[str, Any]:
-        with contextlib.suppress(OSError, ValueError):
-            record = json.loads(self.record_path.read_text())
-            if isinstance(record, dict):
-                return record
-        return {}
 
     def _save_record(self) -> None:
         assert self.process is not None

@@ -157,7 +157,8 @@ def runtime_alive(state: dict[str, Any]) -> bool:
     return same_process(state.get("runtime_pid"), state.get("runtime_start"), state.get("boot_id"))
 
 
-def _data_plane_record(state_dir: str | Path) -> dict[str, Any] | None:
+def read_data_plane_record(state_dir: str | Path) -> dict[str, Any] | None:
+    """The data plane's record (`DATA_PLANE_FILE`: pid, start, config, control_port), if readable."""
     try:
         record = json.loads((Path(state_dir) / DATA_PLANE_FILE).read_text())
     except (OSError, ValueError):
@@ -168,7 +169,7 @@ def _data_plane_record(state_dir: str | Path) -> dict[str, Any] | None:
 def data_plane_left_running(state_dir: str | Path) -> int | None:
     """The pid of the data plane's nginx that a runtime of `state_dir` left running (it holds the
     gateway's port until the next runtime adopts it), if it still runs; else None."""
-    record = _data_plane_record(state_dir)
+    record = read_data_plane_record(state_dir)
     return record["pid"] if record and same_process(record["pid"], record.get("start")) else None
 
 
@@ -180,7 +181,7 @@ def stop_recorded(state_dir: str | Path, grace_s: float = 10.0) -> list[int]:
     if runtime_alive(state):
         return []
     held: dict[int, int] = {}
-    plane = _data_plane_record(state_dir)  # the nginx of LOCALFAAS_DATA_PLANE=nginx outlives it too
+    plane = read_data_plane_record(state_dir)  # the nginx of LOCALFAAS_DATA_PLANE=nginx outlives it too
     for _name, entry in [*recorded_replicas(state), *([("", plane)] if plane else [])]:
         if state.get("boot_id") not in (None, boot_id()) or not isinstance(entry.get("start"), int):
             continue
