@@ -36,9 +36,23 @@ for path in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 
+# What index.serve hands granian for each kind of call: the body as one item or not.
+SHAPES = """
+import io, json, sys, index
+shapes = {}
+for method, path, body in json.loads(sys.argv[1]):
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "t",
+               "SERVER_PORT": "5000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(body.encode()), "CONTENT_LENGTH": str(len(body))}
+    result = index.serve(environ, lambda status, headers, exc_info=None: None)
+    shapes[f"{method} {path}"] = [type(result).__name__, len(result), [type(item).__name__ for item in result]]
+print(json.dumps(shapes))
+"""
+
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory):
+def built(tmp_path_factory):
+    """The recommend build context with a small saved model, and the env its replica gets."""
     tmp = tmp_path_factory.mktemp("template-server")
     stack = load_stack(REPO / "stack.yml", env={})
     context = build_function(stack, stack.functions["recommend"], tmp / "build")
@@ -46,9 +60,19 @@ def answers(tmp_path_factory):
     save_model(model, tmp / "model")
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "TMPDIR": str(tmp), "MODEL_PATH": str(tmp / "model"),
            "STORE_URL": "", "PUSHGATEWAY_URL": "", "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", COMPARE, json.dumps(PATHS)], cwd=context.path, env=env,
+    return context, env
+
+
+def _run_in(built, script: str, argument) -> object:
+    context, env = built
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(argument)], cwd=context.path, env=env,
                           capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def answers(built):
+    return _run_in(built, COMPARE, PATHS)
 
 
 def test_every_get_path_gets_from_the_straight_way_exactly_what_flask_answers(answers):
@@ -63,6 +87,15 @@ def test_the_comparison_covers_served_ids_refusals_and_the_probe_routes(answers)
     assert by_path["/1"][0] == 200 and by_path["/1"][1].count(",") >= 1
     assert by_path["/abc"][0] == 400 and by_path["/1%0a"][0] == 400
     assert by_path["/1/2"][0] == 404 and by_path["/_/ready"][0] == 200
+
+
+def test_every_reply_is_handed_to_the_server_as_one_bytes_item(built):
+    """Given an iterator granian may write a reply's head and body in two writes; a replica killed
+    between them cuts a call nobody can resend. One bytes item goes out in one write."""
+    calls = [["GET", "/1", ""], ["GET", "/abc", ""], ["GET", "/_/ready", ""], ["GET", "/", ""],
+             ["POST", "/", "7"], ["DELETE", "/1", ""]]
+    shapes = _run_in(built, SHAPES, calls)
+    assert shapes == {f"{method} {path}": ["list", 1, ["bytes"]] for method, path, _ in calls}
 
 
 def _children_of(pid: int) -> list[int]:

@@ -201,11 +201,15 @@ def serve(wsgi_call, start_response):
     the handler through the same Event, Context, reply shaping and error answers as Flask's
     `call_handler` route, without Flask's per-request dispatch (contexts, URL map), which cost
     more CPU than recommend's scoring; everything else (other methods, `/`, `/_/...`, `//`) is
-    Flask's `app`, unchanged."""
+    Flask's `app`, unchanged.
+
+    Every reply leaves as one piece (`_whole`): given an iterator, granian may write the head and
+    the body in two writes, and a replica killed between them cuts a call the gateway can no longer
+    send to another replica; given one bytes item it writes both at once."""
     path = wsgi_call.get("PATH_INFO") or ""  # the WSGI environ of this call
     if (wsgi_call.get("REQUEST_METHOD") != "GET" or len(path) < 2 or path[1] == "/" or "//" in path
             or path.startswith("/_/")):
-        return app(wsgi_call, start_response)
+        return _whole(app(wsgi_call, start_response))
     req = Request(wsgi_call)
     try:
         response = _format(handler.handle(Event(req.path, req), CONTEXT))
@@ -213,7 +217,17 @@ def serve(wsgi_call, start_response):
         response = _http_error(error)
     except Exception as error:  # noqa: BLE001 (as Flask's errorhandler(Exception): a one-line 500)
         response = _unexpected(error)
-    return response(wsgi_call, start_response)
+    return _whole(response(wsgi_call, start_response))
+
+
+def _whole(body_iterable):
+    """The WSGI body as a list of one bytes item (the iterable closed, as a server would)."""
+    try:
+        return [b"".join(body_iterable)]
+    finally:
+        close = getattr(body_iterable, "close", None)
+        if close is not None:
+            close()
 
 
 def owns_lock_file(env=os.environ):
