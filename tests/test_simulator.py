@@ -466,6 +466,30 @@ def test_bad_arguments_get_a_one_line_error():
     assert done.returncode == 2 and "cannot read replay file" in done.stderr
 
 
+def test_a_stop_wait_ends_within_a_slice_of_a_sigterm_and_runs_its_time_without_one():
+    """The handler sets a flag only (an Event.set() in a signal handler can wait forever for the
+    lock the interrupted thread holds); waits sleep in short slices that look at the flag."""
+    from scripts.simulator.runner import Stop
+
+    stop = Stop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.install()
+        started = time.monotonic()
+        assert stop.wait(0.12) is False and not stop.requested
+        assert time.monotonic() - started >= 0.12
+        timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        started = time.monotonic()
+        assert stop.wait(30) is True and stop.requested
+        assert time.monotonic() - started < 0.1 + 10 * Stop.SLICE_S
+        timer.join()
+        assert stop.wait(30) is True  # once requested, a wait returns at once
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def test_the_periodic_line_reports_latency_over_the_last_interval_and_the_final_line_over_the_run():
     from scripts.simulator import Stats
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import signal
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -101,20 +100,39 @@ class Bounds:
 
 
 class Stop:
-    """Set by SIGTERM/SIGINT; the loops check it between actions."""
+    """Set by SIGTERM/SIGINT; the loops check it between actions and wait with `wait`.
+
+    The handler only sets a flag. Python runs it in the main thread between two bytecodes, which
+    may be while that thread holds a lock inside `threading.Event.wait`; an `Event.set()` there
+    waits for that lock forever (1 SIGTERM in about 1000 hung the simulator so)."""
+
+    SLICE_S = 0.05  # the longest a wait goes on after a signal
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self._requested = False
 
     def install(self) -> None:
         def handler(signum, _frame):
-            self.event.set()
+            self._requested = True
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def request(self) -> None:
+        self._requested = True
+
     @property
     def requested(self) -> bool:
-        return self.event.is_set()
+        return self._requested
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, less once a stop is requested; True when one is."""
+        end = time.monotonic() + seconds
+        while not self._requested:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, self.SLICE_S))
+        return self._requested
 
 
 def _kind(item) -> str:
@@ -188,7 +206,7 @@ def run_live(sim: Simulation, send: Callable[[str], None], caller: Callable[[int
                 report(stats.interval_line())
                 next_report = now + report_every_s
             if now < next_slot:
-                stop.event.wait(min(next_slot - now, 0.05))
+                stop.wait(min(next_slot - now, 0.05))
                 continue
             next_slot = max(next_slot + interval, now - 1.0)  # catch up at most one second of slots
             if pending and pending[0][0] <= now:
@@ -224,7 +242,7 @@ def run_replay(lines: Iterable[str], send: Callable[[str], None], rate: float, b
             break
         if interval:
             delay = next_slot - time.monotonic()
-            if delay > 0 and stop.event.wait(delay):
+            if delay > 0 and stop.wait(delay):
                 break
             next_slot = max(next_slot + interval, time.monotonic() - 1.0)
         send(line)
