@@ -178,7 +178,7 @@ class CronConnector:
     def __init__(self, gateway_url: str, user: str, password: str, *, rebuild_interval: float = 10.0,
                  token_file: str | Path | None = None):
         self.gateway_url = gateway_url.rstrip("/")
-        self.auth = aiohttp.BasicAuth(user, password)
+        self._auth_headers = {"Authorization": aiohttp.encode_basic_auth(user, password)}
         self.rebuild_interval = rebuild_interval
         self.token_file = Path(token_file) if token_file is not None else None  # read at every call
         self.entries: dict[str, _Entry] = {}  # "<name>.<namespace>" -> its schedule
@@ -203,7 +203,7 @@ class CronConnector:
 
     async def _get_json(self, path: str) -> object:
         assert self._session is not None
-        async with self._session.get(self.gateway_url + path, auth=self.auth,
+        async with self._session.get(self.gateway_url + path, headers=self._auth_headers,
                                      timeout=aiohttp.ClientTimeout(total=10)) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"GET {path}: HTTP {resp.status} {(await resp.text()).strip()}")
