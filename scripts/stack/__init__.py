@@ -12,6 +12,8 @@ Modules:
 - `services`: `Service` and `services(config)`, the stack's definitions in start order.
 - `processes`: pid files, logs, `running_pid`, `start_service`, `stop_pid` (process groups).
 - `cli`: `ensure_packages`, `ensure_release_token`, `up`, `down`, `status`, `main`.
+- `first_answer`: `up`'s last step with the simulator on: one ingest run asked for at once, then a
+  bounded wait until the public entry answers with movie ids.
 
 Must not touch: processes it did not start; the services' own configuration logic (rendered by
 gateway/ and monitoring/); anything about movies.

@@ -3,7 +3,8 @@
 Owns: the commands `up` (every port it will bind checked free first, `check_ports`, naming the
 variable that moves a taken one; Debian packages present, the release token made, every service not
 already running started in order and, when one fails, what this run started stopped again; at the
-end a few users the simulator is sure to produce, `example_users`), `down` (in reverse, by verified
+end, when the simulator streams, a wait until the first of the users it is sure to produce
+(`example_users`) gets ids: scripts/stack/first_answer.py), `down` (in reverse, by verified
 PID; once localfaas is stopped, or found not running after a crash, the function replicas a killed
 localfaas left running, from its replica state file, each only while it is still the recorded
 process: `localfaas.replicastate.stop_recorded`; before our own broker stops, `final_ingest`: one last ingest run, bounded by
@@ -40,6 +41,7 @@ from movierec.adapters.gateway import GatewayClient
 from movierec.errors import ConfigError, MovierecError
 from scripts._proc import free_port
 from scripts.stack.config import ROOT, StackConfig, StackError, local_defaults
+from scripts.stack.first_answer import FIRST_ANSWER_S, first_answer
 from scripts.stack.processes import log_file, pid_file, port_taken, running_pid, start_service, stop_pid
 from scripts.stack.services import PACKAGES, STOP_GRACE_S, Service, services
 
@@ -132,6 +134,10 @@ def up(config: StackConfig) -> int:
         print(f"{service.name:<12} {'started' if started else 'already running'}, pid {pid}, {where}")
     if not config.own_broker:
         print(f"broker       not started: using KAFKA_BOOTSTRAP_SERVERS={config.kafka_bootstrap}")
+    users = example_users(config)
+    if users:  # the simulator streams: the first curl below should get ids, not an empty line
+        print(f"\nwaiting for ids for user {users[0]} (an ingest run now, at most {FIRST_ANSWER_S:g} s) ...", flush=True)
+        print(first_answer(config, users[0]))
     secrets = config.state_dir / "secrets"
     print(f"""
 public entry     {config.url(config.public_port)}/recommend/<userid>
@@ -141,7 +147,6 @@ Pushgateway      {config.url(config.pushgateway_port)}
 Kafka            {config.kafka_bootstrap}  topic {config.kafka_topic}
 credentials      {secrets}/basic-auth-user, {secrets}/basic-auth-password
 logs             {config.state_dir / 'logs'}/<service>.log      stop with: make down""")
-    users = example_users(config)
     if users:
         print(f"""
 users in the simulated data (personalised once the first model serves, within about a minute):
