@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 from localfaas.replicastate import stop_recorded
-from movierec.adapters.gateway import GatewayClient
 from movierec.errors import ConfigError, MovierecError
 from scripts._proc import free_port
 from scripts.stack.config import ROOT, StackConfig, StackError, local_defaults
@@ -253,8 +252,7 @@ def status(config: StackConfig) -> int:
 def _function_replicas(config: StackConfig) -> list[tuple[str, int, int]]:
     """(name, replicas, availableReplicas) from the runtime's /system/functions, [] if unreachable.
     A function with 0 available is up but not ready (e.g. recommend before any model is trained)."""
-    gateway = GatewayClient.from_env({"OPENFAAS_URL": config.url(config.gateway_port),
-                                      "SECRETS_DIR": str(config.state_dir / "secrets")}, timeout_s=3, attempts=1)
+    gateway = config.gateway(timeout_s=3, attempts=1)
     try:
         return sorted((f["name"], int(f.get("replicas", 0)), int(f.get("availableReplicas", 0)))
                       for f in gateway.list_functions())

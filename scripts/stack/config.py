@@ -90,6 +90,14 @@ class StackConfig:
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
 
+    def gateway(self, **options):
+        """The one gateway API client (movierec.adapters.gateway) for this stack's runtime, with the
+        credentials the runtime writes into `<state>/secrets`; `options`: timeout_s, attempts, ..."""
+        from movierec.adapters.gateway import GatewayClient
+
+        return GatewayClient.from_env({"OPENFAAS_URL": self.url(self.gateway_port),
+                                       "SECRETS_DIR": str(self.state_dir / "secrets")}, **options)
+
     def service_env(self) -> dict[str, str]:
         """What every service (and through localfaas, every function) sees of the stack."""
         env = dict(os.environ)

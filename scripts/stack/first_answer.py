@@ -33,10 +33,9 @@ def first_answer(config: StackConfig, user: int, wait_s: float = FIRST_ANSWER_S,
     """Wait until `GET /recommend/<user>` through the public entry has ids, asking for an ingest
     run while it has none; the line to print: how long it took and what answered, or that it
     did not within `wait_s` (the stack keeps starting; `up` still succeeds)."""
-    secrets = {"SECRETS_DIR": str(config.state_dir / "secrets")}
-    gateway = GatewayClient.from_env({"OPENFAAS_URL": config.url(config.gateway_port), **secrets},
-                                     timeout_s=INGEST_TIMEOUT_S, attempts=1)
-    auth = {"Authorization": f"Bearer {read_secret('cron-token', secrets) or ''}"}
+    gateway = config.gateway(timeout_s=INGEST_TIMEOUT_S, attempts=1)
+    token = read_secret("cron-token", {"SECRETS_DIR": str(config.state_dir / "secrets")})
+    auth = {"Authorization": f"Bearer {token or ''}"}
     url = f"{config.url(config.public_port)}/recommend/{user}"
     started, stored = clock(), False
     while True:
