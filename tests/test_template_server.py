@@ -50,6 +50,43 @@ print(json.dumps(shapes))
 """
 
 
+# What the straight way sends for each shape of handler result, against werkzeug's Response.
+REPLIES = r"""
+import json, sys, index
+results = json.loads(sys.argv[1]) + [{"body": {"a": 1}}, {"body": [1, 2], "headers": {"content-type": "text/plain"}},
+                                     {"body": None, "statusCode": 503, "headers": {"Retry-After": "5"}},
+                                     {"headers": {"X-Count": 3}}]
+out = []
+for result in results:
+    plain = index._plain_reply(*index._shape(result))
+    sent = {}
+    try:
+        body = index._format(result)({"REQUEST_METHOD": "GET"}, lambda status, headers, exc=None: sent.update(
+            status=status, headers=headers))
+        werkzeug = [sent["status"], [list(h) for h in sent["headers"]], b"".join(body).decode("latin-1")]
+    except ValueError as e:
+        werkzeug = f"ValueError: {e}"
+    out.append([result, plain and [plain[0], [list(h) for h in plain[1]], plain[2].decode("latin-1")], werkzeug])
+print(json.dumps(out))
+"""
+
+# The same call's Event built from the WSGI environ (the straight way) and from Flask's request.
+EVENTS = r"""
+import json, sys, index
+from werkzeug.test import EnvironBuilder
+def build():
+    return EnvironBuilder(path="/7", method="GET", query_string="user=3&x=1&x=2", headers={"X-Trace": "t1"},
+                          data=b"seven").get_environ()
+def seen(event):
+    return [event.method, event.path, event.body.decode(), sorted(event.headers.items()),
+            event.query.to_dict(flat=False)]
+straight = seen(index.Event("/7", environ=build()))
+with index.app.request_context(build()):
+    flask = seen(index.Event("/7"))
+print(json.dumps([straight, flask]))
+"""
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The recommend build context with a small saved model, and the env its replica gets."""
@@ -87,6 +124,41 @@ def test_the_comparison_covers_served_ids_refusals_and_the_probe_routes(answers)
     assert by_path["/1"][0] == 200 and by_path["/1"][1].count(",") >= 1
     assert by_path["/abc"][0] == 400 and by_path["/1%0a"][0] == 400
     assert by_path["/1/2"][0] == 404 and by_path["/_/ready"][0] == 200
+
+
+
+PLAIN_RESULTS = [None, "text", 42, {"body": "1,2,3", "headers": {"Content-Type": "text/plain; charset=utf-8",
+                                                                   "X-Model-Version": "v1"}},
+                 {"statusCode": 400, "body": "invalid user id\n", "headers": {"Content-Type": "text/plain"}},
+                 {"statusCode": 599, "body": "x"}, {"statusCode": 418, "body": "é"}]
+REWRITTEN_RESULTS = [{"statusCode": 204}, {"statusCode": 304}, {"statusCode": 101}, {"statusCode": 600},
+                     {"headers": {"Location": "/é"}}, {"headers": {"content-length": "3"}},
+                     {"headers": {"X-Bad": "a\r\nb"}}]
+
+
+def test_the_straight_way_sends_byte_for_byte_what_werkzeug_would_for_every_plain_reply(built):
+    """Status line, header names, values and order, and body equal werkzeug's Response's (its
+    default Content-Type, Content-Length, reason phrases); what werkzeug rewrites or refuses
+    (1xx/204/304, codes out of range, Location, a given Content-Length, non-text or multi-line
+    header values) is left to werkzeug itself."""
+    out = _run_in(built, REPLIES, PLAIN_RESULTS + REWRITTEN_RESULTS)
+    plain = [(result, mine, theirs) for result, mine, theirs in out if mine is not None]
+    assert [result for result, _, _ in plain] == PLAIN_RESULTS + [
+        {"body": {"a": 1}}, {"body": [1, 2], "headers": {"content-type": "text/plain"}},
+        {"body": None, "statusCode": 503, "headers": {"Retry-After": "5"}}]
+    for result, mine, theirs in plain:
+        assert mine == theirs, result
+    by_result = {json.dumps(result): theirs for result, _, theirs in out}
+    assert by_result[json.dumps({"headers": {"X-Bad": "a\r\nb"}})].startswith("ValueError")  # werkzeug refuses it
+    assert by_result[json.dumps({"statusCode": 418, "body": "é"})][0] == "418 I'M A TEAPOT"
+
+
+def test_an_event_from_the_environ_reads_what_flasks_request_reads(built):
+    """Body, headers and query of the straight way's Event (built only when the handler reads them)
+    equal those of the Event made from Flask's request for the same call."""
+    straight, flask = _run_in(built, EVENTS, None)
+    assert straight == flask
+    assert straight[2] == "seven" and straight[4] == {"user": ["3"], "x": ["1", "2"]}
 
 
 def test_every_reply_is_handed_to_the_server_as_one_bytes_item(built):

@@ -33,6 +33,7 @@ import os
 import socket
 import sys
 import threading
+from functools import cached_property
 
 if __name__ == "__main__":  # granian's main process: bind, fork the worker, never import the handler
     import ctypes
@@ -85,6 +86,7 @@ if __name__ == "__main__":  # granian's main process: bind, fork the worker, nev
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import PathConverter
 from werkzeug.wrappers import Request
 
@@ -110,13 +112,32 @@ app.url_map.converters["anypath"] = _AnyPath
 
 
 class Event:
-    def __init__(self, path, req=None):
-        req = request if req is None else req  # Flask's request of this call, or the fast path's own
-        self.body = req.get_data()
-        self.headers = req.headers
-        self.method = req.method
-        self.query = req.args
+    """A call as the handler sees it: method, path, and (read when the handler first asks) body,
+    headers and query. From Flask's request, or, on the straight way (`serve`), from the WSGI
+    environ alone: the werkzeug request is only built if the handler reads body, headers or query."""
+
+    def __init__(self, path, req=None, environ=None):
         self.path = path
+        self._environ = environ
+        self._req = None if environ is not None else (request if req is None else req)
+        self.method = environ.get("REQUEST_METHOD", "GET").upper() if environ is not None else self._req.method
+
+    def _request(self):
+        if self._req is None:
+            self._req = Request(self._environ)
+        return self._req
+
+    @cached_property
+    def body(self):
+        return self._request().get_data()
+
+    @cached_property
+    def headers(self):
+        return self._request().headers
+
+    @cached_property
+    def query(self):
+        return self._request().args
 
 
 class Context:
@@ -128,11 +149,13 @@ class Context:
 CONTEXT = Context(os.getenv("HOSTNAME") or socket.gethostname())
 
 
-def _format(result):
+def _shape(result):
+    """(status code, headers, body) of what `handle` returned: None, a value (its text), or a dict
+    with statusCode, body and headers (a dict or list body as JSON)."""
     if result is None:
-        return Response("", status=200)
+        return 200, {}, ""
     if not isinstance(result, dict):
-        return Response(str(result), status=200)
+        return 200, {}, str(result)
     body = result.get("body", "")
     headers = dict(result.get("headers") or {})
     if isinstance(body, (dict, list)):
@@ -142,7 +165,40 @@ def _format(result):
         body = ""
     elif not isinstance(body, (bytes, str)):
         body = str(body)
-    return Response(body, status=int(result.get("statusCode", 200)), headers=headers)
+    return int(result.get("statusCode", 200)), headers, body
+
+
+def _format(result):
+    status, headers, body = _shape(result)
+    return Response(body, status=status, headers=headers)
+
+
+# Headers werkzeug rewrites on the way out (made URLs, recomputed): such replies go through it.
+_REWRITTEN = frozenset(("location", "content-location", "content-length"))
+
+
+def _plain_reply(status, headers, body):
+    """(status line, header list, body bytes) exactly as werkzeug's Response would send this reply
+    (tests/test_template_server.py compares them), or None for what werkzeug changes or refuses:
+    1xx/204/304 and codes outside 200-599, headers from _REWRITTEN, non-text or multi-line headers."""
+    if not 200 <= status < 600 or status in (204, 304):
+        return None
+    listed = []
+    typed = False
+    for key, value in headers.items():
+        if not (isinstance(key, str) and isinstance(value, str)) or "\n" in value or "\r" in value:
+            return None
+        lowered = key.lower()
+        if lowered in _REWRITTEN:
+            return None
+        typed = typed or lowered == "content-type"
+        listed.append((key, value))
+    if not typed:
+        listed.append(("Content-Type", "text/html; charset=utf-8"))  # werkzeug's default
+    data = body.encode() if isinstance(body, str) else body
+    listed.append(("Content-Length", str(len(data))))
+    phrase = HTTP_STATUS_CODES.get(status)
+    return f"{status} {phrase.upper() if phrase else 'UNKNOWN'}", listed, data
 
 
 def _hook(name):
@@ -201,7 +257,9 @@ def serve(wsgi_call, start_response):
     the handler through the same Event, Context, reply shaping and error answers as Flask's
     `call_handler` route, without Flask's per-request dispatch (contexts, URL map), which cost
     more CPU than recommend's scoring; everything else (other methods, `/`, `/_/...`, `//`) is
-    Flask's `app`, unchanged.
+    Flask's `app`, unchanged. Neither is a werkzeug request built unless the handler reads body,
+    headers or query (`Event`), nor a werkzeug Response for a plain reply (`_plain_reply`, byte for
+    byte what it would send): both cost more CPU per call, cold, than the handler itself.
 
     Every reply leaves as one piece (`_whole`): given an iterator, granian may write the head and
     the body in two writes, and a replica killed between them cuts a call the gateway can no longer
@@ -210,14 +268,24 @@ def serve(wsgi_call, start_response):
     if (wsgi_call.get("REQUEST_METHOD") != "GET" or len(path) < 2 or path[1] == "/" or "//" in path
             or path.startswith("/_/")):
         return _whole(app(wsgi_call, start_response))
-    req = Request(wsgi_call)
     try:
-        response = _format(handler.handle(Event(req.path, req), CONTEXT))
+        status, headers, body = _shape(handler.handle(Event("/" + _decoded(path).lstrip("/"), environ=wsgi_call),
+                                                      CONTEXT))
+        plain = _plain_reply(status, headers, body)
+        if plain is not None:
+            start_response(plain[0], plain[1])
+            return [plain[2]]
+        response = Response(body, status=status, headers=headers)
     except HTTPException as error:
         response = _http_error(error)
     except Exception as error:  # noqa: BLE001 (as Flask's errorhandler(Exception): a one-line 500)
         response = _unexpected(error)
     return _whole(response(wsgi_call, start_response))
+
+
+def _decoded(path):
+    """PATH_INFO as werkzeug's request.path reads it: WSGI's latin-1 string taken as UTF-8 bytes."""
+    return path.encode("latin-1").decode("utf-8", "replace")
 
 
 def _whole(body_iterable):
