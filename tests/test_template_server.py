@@ -80,7 +80,7 @@ def build():
 def seen(event):
     return [event.method, event.path, event.body.decode(), sorted(event.headers.items()),
             event.query.to_dict(flat=False)]
-straight = seen(index.Event("/7", environ=build()))
+straight = seen(index.Event("/7", wsgi_call=build()))
 with index.app.request_context(build()):
     flask = seen(index.Event("/7"))
 print(json.dumps([straight, flask]))

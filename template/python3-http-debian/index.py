@@ -116,15 +116,15 @@ class Event:
     headers and query. From Flask's request, or, on the straight way (`serve`), from the WSGI
     environ alone: the werkzeug request is only built if the handler reads body, headers or query."""
 
-    def __init__(self, path, req=None, environ=None):
+    def __init__(self, path, wsgi_call=None):
         self.path = path
-        self._environ = environ
-        self._req = None if environ is not None else (request if req is None else req)
-        self.method = environ.get("REQUEST_METHOD", "GET").upper() if environ is not None else self._req.method
+        self._wsgi_call = wsgi_call
+        self._req = request if wsgi_call is None else None  # Flask's request of this call, or built later
+        self.method = request.method if wsgi_call is None else wsgi_call.get("REQUEST_METHOD", "GET").upper()
 
     def _request(self):
         if self._req is None:
-            self._req = Request(self._environ)
+            self._req = Request(self._wsgi_call)
         return self._req
 
     @cached_property
@@ -269,7 +269,7 @@ def serve(wsgi_call, start_response):
             or path.startswith("/_/")):
         return _whole(app(wsgi_call, start_response))
     try:
-        status, headers, body = _shape(handler.handle(Event("/" + _decoded(path).lstrip("/"), environ=wsgi_call),
+        status, headers, body = _shape(handler.handle(Event("/" + _decoded(path).lstrip("/"), wsgi_call=wsgi_call),
                                                       CONTEXT))
         plain = _plain_reply(status, headers, body)
         if plain is not None:
