@@ -167,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
     # -- the function template ---------------------------------------------------------------------
     _tmpl("BIND_HOST", "str", "127.0.0.1", "address the function server binds (in a container too: the watchdog forwards to 127.0.0.1)"),
     _tmpl("PORT", "int", "5000", "port the function server listens on", minimum=1, maximum=65535),
-    _tmpl("SERVER_THREADS", "int", "8", "function server threads (granian's Python threads running the handler)", minimum=1),
+    _tmpl("SERVER_THREADS", "int", "8", "function server threads (granian's Python threads running the handler); stack.yml gives recommend and recommend-canary 1", minimum=1),
     # -- the local stack (make up) and stack.yml substitutions ------------------------------------
     _stack("DEPLOY_TARGET", "str", "kubernetes", "stack.yml: the functions' address overlay env/<target>.yml: "
            "kubernetes, faasd, localfaas (make up)"),
