@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     config = StackConfig.from_env(args.state_dir)
     env = config.service_env()
     if args.state_dir:  # an explicit state dir names where the secrets and the store are
-        env["SECRETS_DIR"] = str(config.state_dir / "secrets")
+        env["SECRETS_DIR"] = str(config.secrets_dir)
         if not os.environ.get("STORE_URL"):
             env["STORE_URL"] = str(config.state_dir / "store")
     try:

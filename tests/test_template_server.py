@@ -53,11 +53,8 @@ print(json.dumps(shapes))
 # What the straight way sends for each shape of handler result, against werkzeug's Response.
 REPLIES = r"""
 import json, sys, index
-results = json.loads(sys.argv[1]) + [{"body": {"a": 1}}, {"body": [1, 2], "headers": {"content-type": "text/plain"}},
-                                     {"body": None, "statusCode": 503, "headers": {"Retry-After": "5"}},
-                                     {"headers": {"X-Count": 3}}]
 out = []
-for result in results:
+for result in json.loads(sys.argv[1]):
     plain = index._plain_reply(*index._shape(result))
     sent = {}
     try:
@@ -130,8 +127,10 @@ def test_the_comparison_covers_served_ids_refusals_and_the_probe_routes(answers)
 PLAIN_RESULTS = [None, "text", 42, {"body": "1,2,3", "headers": {"Content-Type": "text/plain; charset=utf-8",
                                                                    "X-Model-Version": "v1"}},
                  {"statusCode": 400, "body": "invalid user id\n", "headers": {"Content-Type": "text/plain"}},
-                 {"statusCode": 599, "body": "x"}, {"statusCode": 418, "body": "é"}]
-REWRITTEN_RESULTS = [{"statusCode": 204}, {"statusCode": 304}, {"statusCode": 101}, {"statusCode": 600},
+                 {"statusCode": 599, "body": "x"}, {"statusCode": 418, "body": "é"}, {"body": {"a": 1}},
+                 {"body": [1, 2], "headers": {"content-type": "text/plain"}},
+                 {"body": None, "statusCode": 503, "headers": {"Retry-After": "5"}}]
+REWRITTEN_RESULTS = [{"headers": {"X-Count": 3}}, {"statusCode": 204}, {"statusCode": 304}, {"statusCode": 101}, {"statusCode": 600},
                      {"headers": {"Location": "/é"}}, {"headers": {"content-length": "3"}},
                      {"headers": {"X-Bad": "a\r\nb"}}]
 
@@ -143,9 +142,7 @@ def test_the_straight_way_sends_byte_for_byte_what_werkzeug_would_for_every_plai
     header values) is left to werkzeug itself."""
     out = _run_in(built, REPLIES, PLAIN_RESULTS + REWRITTEN_RESULTS)
     plain = [(result, mine, theirs) for result, mine, theirs in out if mine is not None]
-    assert [result for result, _, _ in plain] == PLAIN_RESULTS + [
-        {"body": {"a": 1}}, {"body": [1, 2], "headers": {"content-type": "text/plain"}},
-        {"body": None, "statusCode": 503, "headers": {"Retry-After": "5"}}]
+    assert [result for result, _, _ in plain] == PLAIN_RESULTS
     for result, mine, theirs in plain:
         assert mine == theirs, result
     by_result = {json.dumps(result): theirs for result, _, theirs in out}

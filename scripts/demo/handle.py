@@ -142,7 +142,7 @@ def handle_for(env: dict[str, str], started_by_us: bool) -> StackHandle:
             "OPENFAAS_URL": config.url(config.gateway_port),
             "PUBLIC_URL": config.url(config.public_port),
             "PROMETHEUS_URL": config.url(config.prometheus_port)}
-    full.setdefault("SECRETS_DIR", str(config.state_dir / "secrets"))
+    full.setdefault("SECRETS_DIR", str(config.secrets_dir))
     full.setdefault("STORE_URL", str(config.state_dir / "store"))
     return StackHandle(full, config, started_by_us)
 

@@ -113,7 +113,7 @@ def up(config: StackConfig) -> int:
     check_ports(config)
     ensure_packages()
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    ensure_release_token(config.state_dir / "secrets")
+    ensure_release_token(config.secrets_dir)
     started_now: list[tuple[Service, int]] = []
     for service in services(config):
         try:
@@ -137,7 +137,7 @@ def up(config: StackConfig) -> int:
     if users:  # the simulator streams: the first curl below should get ids, not an empty line
         print(f"\nwaiting for ids for user {users[0]} (an ingest run now, at most {FIRST_ANSWER_S:g} s) ...", flush=True)
         print(first_answer(config, users[0]))
-    secrets = config.state_dir / "secrets"
+    secrets = config.secrets_dir
     print(f"""
 public entry     {config.url(config.public_port)}/recommend/<userid>
 OpenFaaS gateway {config.url(config.gateway_port)}  (faas-cli login -g {config.url(config.gateway_port)} -u "$(cat {secrets}/basic-auth-user)" --password-stdin < {secrets}/basic-auth-password)

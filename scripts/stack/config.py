@@ -90,13 +90,18 @@ class StackConfig:
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{port}"
 
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the runtime writes the stack's credentials (basic auth, cron and release tokens)."""
+        return self.state_dir / "secrets"
+
     def gateway(self, **options):
         """The one gateway API client (movierec.adapters.gateway) for this stack's runtime, with the
         credentials the runtime writes into `<state>/secrets`; `options`: timeout_s, attempts, ..."""
         from movierec.adapters.gateway import GatewayClient
 
         return GatewayClient.from_env({"OPENFAAS_URL": self.url(self.gateway_port),
-                                       "SECRETS_DIR": str(self.state_dir / "secrets")}, **options)
+                                       "SECRETS_DIR": str(self.secrets_dir)}, **options)
 
     def service_env(self) -> dict[str, str]:
         """What every service (and through localfaas, every function) sees of the stack."""
@@ -110,7 +115,7 @@ class StackConfig:
             "KAFKA_TOPIC": self.kafka_topic,
             "PUBLIC_URL": self.url(self.public_port),
         })
-        env.setdefault("SECRETS_DIR", str(self.state_dir / "secrets"))
+        env.setdefault("SECRETS_DIR", str(self.secrets_dir))
         env["STORE_URL"] = absolute_store_url(env.get("STORE_URL") or str(self.state_dir / "store"))
         for name, value in local_defaults().items():
             env.setdefault(name, value)

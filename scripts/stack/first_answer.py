@@ -34,7 +34,7 @@ def first_answer(config: StackConfig, user: int, wait_s: float = FIRST_ANSWER_S,
     run while it has none; the line to print: how long it took and what answered, or that it
     did not within `wait_s` (the stack keeps starting; `up` still succeeds)."""
     gateway = config.gateway(timeout_s=INGEST_TIMEOUT_S, attempts=1)
-    token = read_secret("cron-token", {"SECRETS_DIR": str(config.state_dir / "secrets")})
+    token = read_secret("cron-token", {"SECRETS_DIR": str(config.secrets_dir)})
     auth = {"Authorization": f"Bearer {token or ''}"}
     url = f"{config.url(config.public_port)}/recommend/{user}"
     started, stored = clock(), False

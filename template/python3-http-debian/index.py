@@ -89,6 +89,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import PathConverter
 from werkzeug.wrappers import Request
+from werkzeug.wsgi import get_path_info
 
 FUNCTION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "function")
 sys.path.insert(0, FUNCTION_DIR)
@@ -269,7 +270,7 @@ def serve(wsgi_call, start_response):
             or path.startswith("/_/")):
         return _whole(app(wsgi_call, start_response))
     try:
-        status, headers, body = _shape(handler.handle(Event("/" + _decoded(path).lstrip("/"), wsgi_call=wsgi_call),
+        status, headers, body = _shape(handler.handle(Event("/" + get_path_info(wsgi_call).lstrip("/"), wsgi_call=wsgi_call),
                                                       CONTEXT))
         plain = _plain_reply(status, headers, body)
         if plain is not None:
@@ -281,11 +282,6 @@ def serve(wsgi_call, start_response):
     except Exception as error:  # noqa: BLE001 (as Flask's errorhandler(Exception): a one-line 500)
         response = _unexpected(error)
     return _whole(response(wsgi_call, start_response))
-
-
-def _decoded(path):
-    """PATH_INFO as werkzeug's request.path reads it: WSGI's latin-1 string taken as UTF-8 bytes."""
-    return path.encode("latin-1").decode("utf-8", "replace")
 
 
 def _whole(body_iterable):
